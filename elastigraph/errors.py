@@ -1,0 +1,49 @@
+"""Exceptions a user can cause. Each message names the model, tensor or key at fault
+and says what would work; all are ValueError/TypeError subclasses so callers that
+catch the builtins keep working."""
+
+
+class ElastigraphError(Exception):
+    """Base class of every error elastigraph raises on purpose."""
+
+
+class MaskError(ElastigraphError, ValueError):
+    """A mask does not fit its model: unknown key, wrong shape, non-binary values."""
+
+
+class MaskTypeError(ElastigraphError, TypeError):
+    """A mask (or mask file) is not of a type elastigraph can read."""
+
+
+class TraceError(ElastigraphError, ValueError):
+    """torch.fx could not trace a model; the message names the module/op and how to
+    mark it as a leaf."""
+
+
+class SegmentMismatchError(ElastigraphError, ValueError):
+    """Source and target models do not line up (different family, unmatched stages or
+    unit signatures); the message names the first mismatch."""
+
+
+class MappingError(ElastigraphError, ValueError):
+    """A block mapping string or plan refers to blocks that do not exist, or is malformed."""
+
+
+class StrategyError(ElastigraphError, ValueError):
+    """An unknown transfer or pruning strategy name."""
+
+
+class ModelNameError(ElastigraphError, ValueError):
+    """A zoo model name (or its overrides) that elastigraph does not know."""
+
+
+class DatasetError(ElastigraphError, ValueError):
+    """A dataset that cannot be found or read; says where it looked and how to get it."""
+
+
+class RecipeError(ElastigraphError, ValueError):
+    """An invalid recipe; lists every invalid field by path."""
+
+
+class ConfigError(ElastigraphError, ValueError):
+    """Invalid settings passed to a training or pruning function."""

@@ -1,0 +1,106 @@
+"""Model zoo: name a model by string.
+
+``create("cifar_resnet_20")``, ``create("tv:resnet18")``,
+``create("timm:vit_tiny_patch16_224", depth=6)``. Input channels and class count are
+arguments so that a model follows its dataset (Fashion-MNIST: ``in_chans=1,
+num_classes=10``). Depth overrides are plain constructor keyword arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ModelNameError
+from .cifar_resnet import CifarResNet
+
+_BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(pattern: str):
+    """Register a constructor for names matching the regex ``pattern`` (full match).
+    The constructor receives the match groups as ``*args`` and ``in_chans``,
+    ``num_classes`` and the overrides as keywords."""
+
+    def deco(fn):
+        _BUILTIN[pattern] = fn
+        return fn
+
+    return deco
+
+
+@register(r"cifar_resnet_(\d+)")
+def _cifar_resnet(depth: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
+    return CifarResNet(int(depth), num_classes=num_classes, in_chans=in_chans, **kw)
+
+
+def _tv(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
+    import torchvision.models as tvm
+
+    try:
+        builder = tvm.get_model_builder(name)
+    except ValueError as e:
+        raise ModelNameError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from e
+    if kw.get("weights"):
+        raise ModelNameError("elastigraph never downloads weights: load a local state_dict instead")
+    model = builder(weights=None, num_classes=num_classes, **kw)
+    if in_chans != 3:
+        _set_input_channels(model, in_chans)
+    return model
+
+
+def _set_input_channels(model: nn.Module, in_chans: int) -> None:
+    """Replace the first conv of a torchvision model so it takes ``in_chans`` channels."""
+    for mname, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            new = nn.Conv2d(in_chans, m.out_channels, m.kernel_size, m.stride, m.padding,
+                            m.dilation, m.groups, m.bias is not None)
+            parent = model.get_submodule(mname.rpartition(".")[0]) if "." in mname else model
+            setattr(parent, mname.rpartition(".")[2], new)
+            return
+
+
+def _timm(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise ModelNameError(f"timm has no model {name!r}; see timm.list_models('{name.split('_')[0]}*')")
+    if kw.pop("pretrained", False):
+        raise ModelNameError("elastigraph never downloads weights: load a local state_dict instead")
+    return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kw)
+
+
+def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: Any) -> nn.Module:
+    """Build the model called ``name`` with random weights.
+
+    ``name`` is a built-in name (``cifar_resnet_56``), ``tv:<torchvision name>`` or
+    ``timm:<timm name>``; ``overrides`` go to the constructor (``depth=6``,
+    ``depths=(3, 3, 27, 3)``, ``layers=[2, 2, 2, 2]`` ...).
+    """
+    if not isinstance(name, str) or not name:
+        raise ModelNameError(f"model name must be a non-empty string, got {name!r}")
+    if name.startswith("tv:"):
+        return _tv(name[3:], in_chans=in_chans, num_classes=num_classes, **overrides)
+    if name.startswith("timm:"):
+        return _timm(name[5:], in_chans=in_chans, num_classes=num_classes, **overrides)
+    for pattern, fn in _BUILTIN.items():
+        m = re.fullmatch(pattern, name)
+        if m:
+            try:
+                return fn(*m.groups(), in_chans=in_chans, num_classes=num_classes, **overrides)
+            except TypeError as e:
+                raise ModelNameError(f"bad overrides for {name!r}: {e}") from e
+    raise ModelNameError(
+        f"unknown model {name!r}; built-in names: {available()}, or prefix a torchvision "
+        "name with 'tv:' or a timm name with 'timm:'"
+    )
+
+
+def available() -> list[str]:
+    """Built-in name patterns (regexes) known to :func:`create`."""
+    return sorted(_BUILTIN)
+
+
+__all__ = ["create", "register", "available", "CifarResNet"]
