@@ -2,14 +2,27 @@
 
 Everything that produces or consumes a ticket's mask (transfer, pruning, training,
 files) goes through this module: validation, which tensors are prunable, installing a
-mask into a model's forward (``torch.nn.utils.prune`` style) and reading it back.
+mask into a model's forward (``torch.nn.utils.prune`` style) and reading it back, mask
+files (safetensors; open_lth / E-LTH ``mask.pth`` read safely) and sparsity reports.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import pickle
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import torch
+from safetensors import safe_open as _st_open
+from safetensors import torch as _st
 from torch import nn
 from torch.nn.utils import prune as _tprune
 
@@ -63,19 +76,22 @@ def check_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name
             raise MaskError(
                 f"mask entry {key!r} has shape {tuple(t.shape)} but {label}.{key} has shape {tuple(shapes[key])}"
             )
-        if t.dtype == torch.bool:
-            b = t.detach().to("cpu").clone()
-        else:
-            td = t.detach().to("cpu")
-            if td.is_complex() or not bool(((td == 0) | (td == 1)).all()):
-                bad = td[(td != 0) & (td != 1)].flatten()[:3].tolist()
-                raise MaskError(
-                    f"mask entry {key!r} for {label} is not binary (found values such as {bad}); "
-                    "use a bool tensor or one holding only 0 and 1"
-                )
-            b = td != 0
-        out[key] = b
+        out[key] = _to_bool(key, t, f"for {label}")
     return out
+
+
+def _to_bool(key: str, t: torch.Tensor, where: str) -> torch.Tensor:
+    """A new bool CPU copy of the 0/1 tensor ``t``; :class:`MaskError` if it is not binary."""
+    if t.dtype == torch.bool:
+        return t.detach().to("cpu").clone()
+    td = t.detach().to("cpu")
+    if td.is_complex() or not bool(((td == 0) | (td == 1)).all()):
+        bad = td[(td != 0) & (td != 1)].flatten()[:3].tolist()
+        raise MaskError(
+            f"mask entry {key!r} {where} is not binary (found values such as {bad}); "
+            "use a bool tensor or one holding only 0 and 1"
+        )
+    return td != 0
 
 
 def prunable_parameters(
@@ -155,6 +171,19 @@ def remove(model: nn.Module) -> nn.Module:
     return model
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` that also works while masks are installed: the effective
+    ``weight`` that ``torch.nn.utils.prune`` keeps as a plain (non-leaf) attribute makes
+    ``deepcopy`` raise; the copy gets a detached one, recomputed by its hook on forward.
+    ``model`` itself is not touched."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def density(mask: Mapping[str, torch.Tensor]) -> float:
     """Fraction of entries kept over all tensors of ``mask`` (1.0 for an empty mask)."""
     total = sum(t.numel() for t in mask.values())
@@ -165,3 +194,311 @@ def density(mask: Mapping[str, torch.Tensor]) -> float:
 def sparsity(mask: Mapping[str, torch.Tensor]) -> float:
     """1 - :func:`density`."""
     return 1.0 - density(mask)
+
+
+# --------------------------------------------------------------------------------------
+# Mask files: safetensors (our format) and the ``mask.pth`` files of open_lth / E-LTH.
+# --------------------------------------------------------------------------------------
+
+MASK_FORMAT_VERSION = 1
+"""Version written into every mask file by :func:`save_mask`; newer files are refused."""
+
+_META_FORMAT = "elastigraph.format"
+_META_VERSION = "elastigraph.format_version"
+_META_SPARSITY = "elastigraph.sparsity"
+_META_KEYS = "elastigraph.keys"
+_META_USER = "elastigraph.metadata"
+_FORMATS_HINT = (
+    "readable formats: an elastigraph mask file (.safetensors, written by save_mask) or an "
+    "open_lth / E-LTH mask.pth (torch.save of a dict of 0/1 tensors)"
+)
+
+
+def _as_mask(mask: Mapping[str, torch.Tensor], where: str) -> Mask:
+    """Validate a model-free mask (str keys, 0/1 tensors) and return bool CPU copies."""
+    if not isinstance(mask, Mapping):
+        raise MaskTypeError(f"{where}: expected a dict of name -> 0/1 tensor, got {type(mask).__name__}")
+    out: Mask = {}
+    for key, t in mask.items():
+        if not isinstance(key, str):
+            raise MaskTypeError(f"{where}: key {key!r} is not a string parameter name")
+        if not isinstance(t, torch.Tensor):
+            raise MaskTypeError(f"{where}: entry {key!r} is a {type(t).__name__}, expected a tensor")
+        out[key] = _to_bool(key, t, where)
+    return out
+
+
+def save_mask(
+    mask: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``mask`` to a safetensors file (bool tensors, key order, sparsity and format
+    version in the header; ``metadata`` must be JSON-serialisable). The write is atomic:
+    a temporary file in the same folder is renamed over ``path`` only when complete."""
+    path = Path(path)
+    m = _as_mask(mask, f"mask to save to {path}")
+    header = {
+        _META_FORMAT: "mask",
+        _META_VERSION: str(MASK_FORMAT_VERSION),
+        _META_SPARSITY: repr(sparsity(m)),
+        _META_KEYS: json.dumps(list(m)),
+    }
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise MaskTypeError(f"metadata for mask file {path} must be a dict, got {type(metadata).__name__}")
+        try:
+            header[_META_USER] = json.dumps(dict(metadata), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise MaskTypeError(
+                f"metadata for mask file {path} must be JSON-serialisable (str, numbers, lists, dicts): {e}"
+            ) from e
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write mask file {path}: folder {path.parent} does not exist")
+    # A fresh name in the same folder (same file system, so the rename is atomic); created
+    # by save_file itself, so it gets the usual permissions.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        _st.save_file({k: v.contiguous() for k, v in m.items()}, tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors', 'torch' (zip or legacy pickle written by torch.save) or 'unknown'."""
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file {path} does not exist or is not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # zip archive / legacy pickle
+        return "torch"
+    return "unknown"
+
+
+def _read_safetensors(path: Path) -> tuple[Mask, dict[str, str]]:
+    try:
+        with _st_open(str(path), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise MaskTypeError(f"mask file {path} is not a readable safetensors file ({e}); {_FORMATS_HINT}") from e
+    version = header.get(_META_VERSION)
+    if version is not None and (not version.isdigit() or int(version) > MASK_FORMAT_VERSION):
+        raise MaskTypeError(
+            f"mask file {path} has format version {version!r}; this elastigraph reads versions "
+            f"<= {MASK_FORMAT_VERSION} (upgrade elastigraph)"
+        )
+    try:
+        order = json.loads(header.get(_META_KEYS, "[]"))
+        json.loads(header.get(_META_USER, "{}"))
+        float(header.get(_META_SPARSITY, "0"))
+    except ValueError as e:
+        raise MaskTypeError(f"mask file {path} has a corrupt elastigraph header ({e}); write it again with save_mask") from e
+    if isinstance(order, list) and sorted(order) == sorted(tensors):
+        tensors = {k: tensors[k] for k in order}
+    return _as_mask(tensors, f"mask file {path}"), header
+
+
+def load_mask(path: str | os.PathLike[str]) -> Mask:
+    """Read a safetensors mask file (as written by :func:`save_mask`, or any safetensors
+    file of 0/1 tensors) into bool tensors, in the order they were saved."""
+    path = Path(path)
+    kind = _sniff(path)
+    if kind != "safetensors":
+        hint = "; it looks like a torch.save file: use load_lth_mask or read_mask" if kind == "torch" else ""
+        raise MaskTypeError(f"mask file {path} is not a safetensors file{hint}; {_FORMATS_HINT}")
+    return _read_safetensors(path)[0]
+
+
+def mask_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header of a mask file written by :func:`save_mask`: ``format_version``,
+    ``sparsity`` and the user ``metadata`` dict (None/empty for foreign safetensors files)."""
+    path = Path(path)
+    if _sniff(path) != "safetensors":
+        raise MaskTypeError(f"mask file {path} is not a safetensors file; only save_mask files carry metadata")
+    header = _read_safetensors(path)[1]
+    return {
+        "format_version": int(header[_META_VERSION]) if _META_VERSION in header else None,
+        "sparsity": float(header[_META_SPARSITY]) if _META_SPARSITY in header else None,
+        "metadata": json.loads(header[_META_USER]) if _META_USER in header else {},
+    }
+
+
+def load_lth_mask(path: str | os.PathLike[str]) -> Mask:
+    """Read an open_lth / E-LTH ``mask.pth`` (``torch.save`` of a dict of int/float 0/1
+    tensors keyed by state_dict names) with ``weights_only=True``: files holding anything
+    but tensors and plain containers are refused, never unpickled."""
+    path = Path(path)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        raise MaskTypeError(f"mask file {path} is a safetensors file: use load_mask or read_mask")
+    try:
+        # A file object, not the path: torch.load reroutes paths ending in .safetensors.
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise MaskTypeError(
+            f"refused to load mask file {path}: it holds objects other than tensors and plain "
+            f"containers, which could run code when unpickled ({str(e).splitlines()[0]}); {_FORMATS_HINT}"
+        ) from e
+    except Exception as e:  # corrupt zip, truncated pickle, not a torch file at all
+        raise MaskTypeError(f"mask file {path} is not a readable torch.save file ({e}); {_FORMATS_HINT}") from e
+    if not isinstance(obj, Mapping):
+        raise MaskTypeError(
+            f"mask file {path} holds a {type(obj).__name__}, expected a dict of name -> 0/1 tensor; {_FORMATS_HINT}"
+        )
+    return _as_mask(obj, f"mask file {path}")
+
+
+def read_mask(path: str | os.PathLike[str]) -> Mask:
+    """Read any mask file elastigraph knows, choosing the reader by the file's content
+    (safetensors header or torch.save archive), not its suffix. One entry point for the CLI."""
+    path = Path(path)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        return load_mask(path)
+    if kind == "torch":
+        return load_lth_mask(path)
+    raise MaskTypeError(f"mask file {path} is in no format elastigraph reads; {_FORMATS_HINT}")
+
+
+# --------------------------------------------------------------------------------------
+# Sparsity reports
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One tensor's row of a :class:`SparsityReport`."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    kept: int
+    in_mask: bool = True
+    """False for a prunable parameter of the model that the mask does not cover (counted dense)."""
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.numel if self.numel else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Per-tensor and global kept/total counts of a mask. Print it with rich (``__rich__``)
+    or ``str()``; ``to_dict()`` is JSON-ready."""
+
+    rows: tuple[LayerSparsity, ...]
+    model_name: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return sum(r.numel for r in self.rows)
+
+    @property
+    def kept(self) -> int:
+        return sum(r.kept for r in self.rows)
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.numel if self.numel else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def not_in_mask(self) -> list[str]:
+        """Prunable parameters of the model absent from the mask, counted as dense."""
+        return [r.name for r in self.rows if not r.in_mask]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict: totals plus one entry per tensor."""
+        return {
+            "model": self.model_name,
+            "numel": self.numel,
+            "kept": self.kept,
+            "density": self.density,
+            "sparsity": self.sparsity,
+            "not_in_mask": self.not_in_mask,
+            "layers": [
+                {
+                    "name": r.name,
+                    "shape": list(r.shape),
+                    "numel": r.numel,
+                    "kept": r.kept,
+                    "density": r.density,
+                    "in_mask": r.in_mask,
+                }
+                for r in self.rows
+            ],
+        }
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        title = f"Sparsity of {self.model_name}" if self.model_name else "Sparsity"
+        missing = self.not_in_mask
+        caption = (
+            f"* {len(missing)} prunable tensor(s) not in the mask, counted as dense" if missing else None
+        )
+        table = Table(title=title, caption=caption, show_footer=True)
+        table.add_column("tensor", footer="total")
+        table.add_column("shape")
+        table.add_column("params", justify="right", footer=f"{self.numel:,}")
+        table.add_column("kept", justify="right", footer=f"{self.kept:,}")
+        table.add_column("density", justify="right", footer=f"{self.density:.2%}")
+        table.add_column("sparsity", justify="right", footer=f"{self.sparsity:.2%}")
+        for r in self.rows:
+            table.add_row(
+                r.name + ("" if r.in_mask else " *"),
+                "x".join(map(str, r.shape)) or "scalar",
+                f"{r.numel:,}",
+                f"{r.kept:,}",
+                f"{r.density:.2%}",
+                f"{r.sparsity:.2%}",
+            )
+        return table
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
+        console.print(self)
+        return console.file.getvalue()
+
+
+def sparsity_report(
+    mask: Mapping[str, torch.Tensor], model: nn.Module | None = None, *, model_name: str | None = None
+) -> SparsityReport:
+    """Kept/total counts per tensor of ``mask`` and overall. With ``model``, the mask is
+    checked against it and prunable parameters the mask omits are counted as dense rows
+    (flagged ``in_mask=False``), in the model's parameter order."""
+    if model is None:
+        m = _as_mask(mask, "mask given to sparsity_report")
+        rows = [LayerSparsity(k, tuple(t.shape), t.numel(), int(t.sum())) for k, t in m.items()]
+        return SparsityReport(tuple(rows), model_name)
+    m = check_mask(model, mask, model_name=model_name)
+    shapes = _param_shapes(model)
+    names = set(m) | set(prunable_parameters(model))
+    rows = []
+    for n in shapes:
+        if n not in names:
+            continue
+        if n in m:
+            rows.append(LayerSparsity(n, tuple(m[n].shape), m[n].numel(), int(m[n].sum())))
+        else:
+            numel = math.prod(shapes[n])
+            rows.append(LayerSparsity(n, tuple(shapes[n]), numel, numel, in_mask=False))
+    return SparsityReport(tuple(rows), model_name or type(model).__name__)

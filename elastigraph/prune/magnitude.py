@@ -1,0 +1,85 @@
+"""Magnitude pruning: one IMP round (remove a fraction of the remaining weights) or
+one-shot pruning to a target sparsity, on a model's or a state_dict's weights."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..masks import Mask
+from . import _core
+
+
+def magnitude(
+    model_or_state: nn.Module | Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor] | None = None,
+    *,
+    fraction: float | None = None,
+    sparsity: float | None = None,
+    scope: str = "global",
+    names: Iterable[str] | None = None,
+    include_first: bool = True,
+    include_last: bool = True,
+) -> Mask:
+    """A new mask keeping the largest-|w| weights among those ``mask`` keeps.
+
+    ``fraction`` (default 0.2): remove that share of the *remaining* weights, one IMP round
+    (keeps ``round(kept * (1 - fraction))``). ``sparsity``: one-shot, keep
+    ``round(total * (1 - sparsity))`` of all prunable weights. ``scope="global"`` ranks all
+    tensors together (the LTH papers), ``"layerwise"`` each tensor on its own. For a
+    state_dict, which tensors to prune comes from ``names`` or ``mask``. Nothing is modified.
+    """
+    method = "magnitude"
+    _core.check_scope(scope, method)
+    if fraction is not None and sparsity is not None:
+        raise ConfigError(f"{method}: give fraction (one IMP round) or sparsity (one shot), not both")
+    if sparsity is None:
+        fraction = _core.check_unit(0.2 if fraction is None else fraction, "fraction", method)
+    else:
+        sparsity = _core.check_unit(sparsity, "sparsity", method)
+
+    if isinstance(model_or_state, nn.Module):
+        names_, current, extra = _core.resolve_model(
+            model_or_state, names=names, mask=mask, include_first=include_first,
+            include_last=include_last, method=method,
+        )
+        weights = {n: model_or_state.get_parameter(n + "_orig" if _has_orig(model_or_state, n) else n)
+                   for n in names_}
+    elif isinstance(model_or_state, Mapping):
+        raw = model_or_state
+        if mask is None:
+            installed = _core.installed_mask_in_state(raw)
+            mask = installed or None
+        state = _core.public_state(raw)
+        # weight_orig/weight_mask pairs (a state_dict of a prune-installed model) become the
+        # effective weight; their masks are the starting mask unless one is given.
+        bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise ConfigError(f"{method}: state_dict entries {bad[:3]} are not name -> tensor")
+        shapes = {k: v.shape for k, v in state.items()}
+        names_, current, extra = _core.resolve(
+            shapes, model=None, names=names, mask=mask, include_first=include_first,
+            include_last=include_last, method=method, label="the state_dict",
+        )
+        weights = {n: state[n] for n in names_}
+    else:
+        raise ConfigError(
+            f"{method}: expected an nn.Module or a state_dict, got {type(model_or_state).__name__}"
+        )
+    nonfloat = [n for n, w in weights.items() if not w.is_floating_point()]
+    if nonfloat:
+        raise ConfigError(f"{method}: tensors {nonfloat[:3]} are not floating-point weights")
+    scores = {n: w.detach().abs() for n, w in weights.items()}
+    if sparsity is not None:
+        new = _core.select(scores, current, scope=scope, density=1.0 - sparsity, method=method)
+    else:
+        new = _core.select(scores, current, scope=scope, keep_remaining=1.0 - fraction, method=method)
+    return {**new, **{k: v.clone() for k, v in extra.items()}}
+
+
+def _has_orig(model: nn.Module, name: str) -> bool:
+    mod, _, attr = name.rpartition(".")
+    return hasattr(model.get_submodule(mod), attr + "_orig")
