@@ -167,7 +167,14 @@ def remove(model: nn.Module) -> nn.Module:
     pruned entries zero. Returns ``model``."""
     for name in list(from_model(model)):
         mod_name, attr = _split(name)
-        _tprune.remove(model.get_submodule(mod_name), attr)
+        module = model.get_submodule(mod_name)
+        keep = getattr(module, attr + "_mask") != 0
+        _tprune.remove(module, attr)
+        # prune.remove folds orig * mask, which leaves NaN/inf where a diverged run put
+        # them under the mask; pruned entries must be exactly zero whatever happened.
+        with torch.no_grad():
+            p = getattr(module, attr)
+            p.copy_(torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device)))
     return model
 
 

@@ -244,3 +244,15 @@ def test_copy_model_with_installed_masks():
     with torch.no_grad():
         twin.weight_orig.add_(1.0)
     assert torch.equal(model.weight, before)  # independent copy; original untouched
+
+
+def test_remove_zeroes_pruned_entries_even_if_orig_is_nan():
+    """A diverged run can leave NaN in weight_orig; the pruned entries must still be 0."""
+    net = torch.nn.Linear(3, 2)
+    keep = torch.tensor([[True, False, True], [False, True, True]])
+    masks.install(net, {"weight": keep})
+    with torch.no_grad():
+        net.weight_orig.fill_(float("nan"))
+    masks.remove(net)
+    assert torch.equal(net.weight[~keep], torch.zeros(int((~keep).sum())))
+    assert torch.isnan(net.weight[keep]).all()

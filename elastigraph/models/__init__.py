@@ -8,13 +8,16 @@ num_classes=10``). Depth overrides are plain constructor keyword arguments.
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import ModelNameError
+from .cifar_mobilenet import cifar_mobilenet_v2
 from .cifar_resnet import CifarResNet
+from .cifar_vgg import CifarVGG
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
 
@@ -36,6 +39,16 @@ def _cifar_resnet(depth: str, *, in_chans: int, num_classes: int, **kw: Any) -> 
     return CifarResNet(int(depth), num_classes=num_classes, in_chans=in_chans, **kw)
 
 
+@register(r"cifar_vgg_(\d+)")
+def _cifar_vgg(depth: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
+    return CifarVGG(int(depth), num_classes=num_classes, in_chans=in_chans, **kw)
+
+
+@register(r"cifar_mobilenet_v2")
+def _cifar_mobilenet_v2(*, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
+    return cifar_mobilenet_v2(num_classes=num_classes, in_chans=in_chans, **kw)
+
+
 def _tv(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
     import torchvision.models as tvm
 
@@ -45,10 +58,22 @@ def _tv(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
         raise ModelNameError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from e
     if kw.get("weights"):
         raise ModelNameError("elastigraph never downloads weights: load a local state_dict instead")
-    model = builder(weights=None, num_classes=num_classes, **kw)
+    img_size = kw.pop("img_size", None)
+    if img_size is not None and "image_size" in inspect.signature(_tv_class(builder)).parameters:
+        kw.setdefault("image_size", img_size)
+    try:
+        model = builder(weights=None, num_classes=num_classes, **kw)
+    except TypeError as e:
+        raise ModelNameError(f"bad overrides for 'tv:{name}': {e}") from e
     if in_chans != 3:
         _set_input_channels(model, in_chans)
     return model
+
+
+def _tv_class(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """The model class a torchvision builder instantiates (to read its keyword names)."""
+    ret = inspect.signature(builder).return_annotation
+    return ret if isinstance(ret, type) else builder
 
 
 def _set_input_channels(model: nn.Module, in_chans: int) -> None:
@@ -69,7 +94,20 @@ def _timm(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module
         raise ModelNameError(f"timm has no model {name!r}; see timm.list_models('{name.split('_')[0]}*')")
     if kw.pop("pretrained", False):
         raise ModelNameError("elastigraph never downloads weights: load a local state_dict instead")
-    return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kw)
+    img_size = kw.pop("img_size", None)
+    if img_size is not None:
+        # ViT-style models take img_size; convolutional ones are size-agnostic and would
+        # reject it, so it is only passed where the model's constructor accepts it.
+        try:
+            return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes,
+                                     img_size=img_size, **kw)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise ModelNameError(f"bad overrides for 'timm:{name}': {e}") from e
+    try:
+        return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kw)
+    except TypeError as e:
+        raise ModelNameError(f"bad overrides for 'timm:{name}': {e}") from e
 
 
 def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: Any) -> nn.Module:
@@ -77,7 +115,9 @@ def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: 
 
     ``name`` is a built-in name (``cifar_resnet_56``), ``tv:<torchvision name>`` or
     ``timm:<timm name>``; ``overrides`` go to the constructor (``depth=6``,
-    ``depths=(3, 3, 27, 3)``, ``layers=[2, 2, 2, 2]`` ...).
+    ``depths=(3, 3, 27, 3)``, ``layers=[2, 2, 2, 2]`` ...). ``img_size`` is accepted
+    for every name: passed on to constructors that take it (timm ViTs; torchvision ViTs
+    as ``image_size``), ignored by the size-agnostic convolutional models.
     """
     if not isinstance(name, str) or not name:
         raise ModelNameError(f"model name must be a non-empty string, got {name!r}")
@@ -88,6 +128,7 @@ def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: 
     for pattern, fn in _BUILTIN.items():
         m = re.fullmatch(pattern, name)
         if m:
+            overrides.pop("img_size", None)  # built-in models are input-size agnostic
             try:
                 return fn(*m.groups(), in_chans=in_chans, num_classes=num_classes, **overrides)
             except TypeError as e:
@@ -103,4 +144,4 @@ def available() -> list[str]:
     return sorted(_BUILTIN)
 
 
-__all__ = ["create", "register", "available", "CifarResNet"]
+__all__ = ["create", "register", "available", "CifarResNet", "CifarVGG", "cifar_mobilenet_v2"]

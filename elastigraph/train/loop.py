@@ -1,0 +1,506 @@
+"""One masked-training loop: SGD with momentum, step/cosine schedules with warm-up,
+weight decay, label smoothing, periodic evaluation. CUDA first (bf16 autocast,
+channels_last, optional torch.compile, the dataset held on the GPU and normalised /
+augmented there), the same code on CPU, DDP under torchrun.
+
+The mask lives in the forward (``elastigraph.masks.install``: ``weight_orig`` parameter,
+``weight_mask`` buffer, a pre-forward hook), so pruned weights are exactly zero in every
+forward whatever momentum and weight decay do to ``weight_orig``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import masks as _masks
+from ..errors import ConfigError, DatasetError
+from . import distributed as _dist
+from .data import ArrayDataset, FolderDataset
+
+Progress = Callable[[int, int, dict], None]
+"""``progress(step, total, metrics)``: called after every optimizer step (rank 0 only)."""
+
+_SCHEDULES = ("step", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters; plain data (``dataclasses.asdict`` is JSON-ready) so a
+    runner can hash it. ``steps`` overrides ``epochs``; ``amp``/``channels_last`` only
+    act on CUDA."""
+
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # "step" | "cosine" | "constant"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    label_smoothing: float = 0.0
+    augment: bool = True  # random crop (pad 4; pad 2 below 32 px) + horizontal flip
+    eval_every: int | None = None
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        bad = []
+        if self.schedule not in _SCHEDULES:
+            bad.append(f"schedule={self.schedule!r} (use one of {_SCHEDULES})")
+        if self.steps is not None and self.steps < 1:
+            bad.append(f"steps={self.steps} (must be >= 1, or None to use epochs)")
+        if self.steps is None and not self.epochs > 0:
+            bad.append(f"epochs={self.epochs} (must be > 0)")
+        if self.batch_size < 1:
+            bad.append(f"batch_size={self.batch_size} (must be >= 1)")
+        if not self.lr >= 0 or self.momentum < 0 or self.weight_decay < 0:
+            bad.append(f"lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay} (must be >= 0)")
+        if self.nesterov and self.momentum <= 0:
+            bad.append("nesterov=True needs momentum > 0")
+        if any(not 0 < m <= 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            bad.append(f"milestones={self.milestones} (ascending fractions of training in (0, 1])")
+        if self.warmup_steps < 0:
+            bad.append(f"warmup_steps={self.warmup_steps} (must be >= 0)")
+        if not 0 <= self.label_smoothing < 1:
+            bad.append(f"label_smoothing={self.label_smoothing} (must be in [0, 1))")
+        if self.eval_every is not None and self.eval_every < 1:
+            bad.append(f"eval_every={self.eval_every} (must be >= 1, or None for the end only)")
+        if bad:
+            raise ConfigError("invalid TrainConfig: " + "; ".join(bad))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (milestones as a list)."""
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``final_state``/``rewind_state`` are plain state_dicts
+    (no ``*_orig``/``*_mask`` keys) on the CPU with masked entries exactly zero;
+    ``steps`` counts the optimizer steps of this call; ``history`` has one record per
+    evaluation: ``step`` (global), ``epoch``, ``train_loss`` (mean since the previous
+    record), ``test_loss``, ``test_acc``, ``lr``, ``time_s`` (since the call started)."""
+
+    final_state: dict[str, Tensor]
+    rewind_state: dict[str, Tensor] | None
+    history: list[dict]
+    test_acc: float
+    test_loss: float
+    steps: int
+    wall_s: float
+    images_per_s: float
+    device: str
+    config: dict = field(default_factory=dict)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps per pass over ``n`` images (last partial batch dropped)."""
+    return max(1, n // batch_size)
+
+
+def total_steps(cfg: TrainConfig, n: int) -> int:
+    """Length of the whole training run in steps: ``cfg.steps`` or ``epochs`` passes."""
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, round(cfg.epochs * steps_per_epoch(n, cfg.batch_size)))
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate of (0-based) ``step`` of a ``total``-step run: linear warm-up to
+    ``cfg.lr`` over ``warmup_steps``, then step decay by ``gamma`` at each milestone
+    (``round(m * total)``), cosine decay to 0 over the steps after warm-up, or constant."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "step":
+        passed = sum(step >= round(m * total) for m in cfg.milestones)
+        return cfg.lr * cfg.gamma**passed
+    if cfg.schedule == "cosine":
+        span = max(1, total - cfg.warmup_steps)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+    return cfg.lr
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _resolve_device(name: str, ctx: _dist.DistContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"TrainConfig.device={name!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1')") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"TrainConfig.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
+        if ctx.enabled:
+            dev = torch.device("cuda", ctx.local_rank)
+        elif dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _plain_state(model: nn.Module, order: list[str]) -> dict[str, Tensor]:
+    """``model``'s state with installed masks folded in (``weight = weight_orig *
+    weight_mask``), plain keys in ``order`` first, contiguous CPU copies."""
+    sd = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if k.endswith("_orig") and k[:-5] + "_mask" in sd:
+            v = v * sd[k[:-5] + "_mask"]
+            k = k[:-5]
+        elif k.endswith("_mask") and k[:-5] + "_orig" in sd:
+            continue
+        out[k] = v.detach().to("cpu", copy=True).contiguous()
+    rank = {k: i for i, k in enumerate(order)}
+    return dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
+def _plain_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of ``model`` as they will be once masks are removed."""
+    keys = list(model.state_dict(keep_vars=True).keys())
+    out = []
+    for k in keys:
+        if k.endswith("_mask") and k[:-5] + "_orig" in keys:
+            continue
+        out.append(k[:-5] if k.endswith("_orig") and k[:-5] + "_mask" in keys else k)
+    return out
+
+
+class _Normalizer:
+    """uint8 batch -> normalised float batch on the device, with the loop's random crop
+    (zero padding) + flip done as one gather."""
+
+    def __init__(self, spec, device: torch.device, channels_last: bool):
+        c = spec.in_chans
+        self.mean = torch.tensor(spec.mean, device=device).view(1, c, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(spec.std, device=device).view(1, c, 1, 1) * 255)
+        self.channels_last = channels_last
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = (x.float() - self.mean) * self.inv_std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _crop_flip(x: Tensor, off: Tensor, flip: Tensor, pad: int) -> Tensor:
+    """Crop ``x`` (N,C,H,W) at offsets ``off`` (2,N) of its zero-padded copy, mirroring the
+    rows with ``flip``: torchvision's RandomCrop(padding) + RandomHorizontalFlip, batched."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = off[0][:, None] + ar_h
+    cols = off[1][:, None] + torch.where(flip[:, None], ar_w.flip(0), ar_w)
+    return xp[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+class _ArrayBatches:
+    """Global batches of an ArrayDataset held on the device: a seeded permutation per
+    epoch (seed, epoch), seeded crop/flip per step (seed, step), so the data stream at
+    step k is the same whether training starts at 0 or resumes at k, and whatever the
+    number of DDP ranks (each takes rows ``rank::world`` of every global batch)."""
+
+    def __init__(self, ds: ArrayDataset, batch: int, seed: int, augment: bool, device, ctx):
+        self.x = ds.x.to(device)
+        self.y = ds.y.to(device)
+        self.n, self.batch, self.seed, self.augment = len(ds), min(batch, len(ds)), seed, augment
+        self.spe = steps_per_epoch(self.n, self.batch)
+        self.pad = 2 if ds.spec.image_size < 32 else 4
+        self.device, self.ctx = device, ctx
+        self.gen = torch.Generator(device=device)
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor]:
+        epoch, i = divmod(step, self.spe)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=g).to(self.device), epoch
+        idx = self._perm[i * self.batch : (i + 1) * self.batch]
+        sl = slice(self.ctx.rank, None, self.ctx.world)
+        xb, yb = self.x[idx[sl]], self.y[idx[sl]]
+        if self.augment:
+            self.gen.manual_seed(self.seed * 1_000_003 + 7919 * step + 1)
+            off = torch.randint(0, 2 * self.pad + 1, (2, len(idx)), generator=self.gen, device=self.device)
+            flip = torch.rand(len(idx), generator=self.gen, device=self.device) < 0.5
+            xb = _crop_flip(xb, off[:, sl], flip[sl], self.pad)
+        return xb, yb
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """Batch sampler yielding this rank's share of the global batch of every step in
+    ``[start, total)`` (same seeded per-epoch permutations as _ArrayBatches)."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, total: int, ctx):
+        self.n, self.batch, self.seed, self.start, self.total, self.ctx = n, min(batch, n), seed, start, total, ctx
+        self.spe = steps_per_epoch(n, self.batch)
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self):
+        perm, cur = None, -1
+        for step in range(self.start, self.total):
+            epoch, i = divmod(step, self.spe)
+            if epoch != cur:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm, cur = torch.randperm(self.n, generator=g), epoch
+            yield perm[i * self.batch : (i + 1) * self.batch][self.ctx.rank :: self.ctx.world].tolist()
+
+
+def _loader(ds: FolderDataset, batch_sampler, device: torch.device, world: int):
+    workers = max(1, min(8, (os.cpu_count() or 2) // max(1, world) - 1))
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=batch_sampler, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+@torch.no_grad()
+def _evaluate(net: nn.Module, test_set, norm: _Normalizer, device, amp_ctx, ctx, batch: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``net`` in eval mode on ``test_set``, each rank
+    taking rows ``rank::world`` and the sums all-reduced."""
+    was_training = net.training
+    net.eval()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, count
+    try:
+        if isinstance(test_set, FolderDataset):
+            mine = list(range(ctx.rank, len(test_set), ctx.world))
+            chunks = [mine[i : i + batch] for i in range(0, len(mine), batch)]
+            it = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                  for x, y in _loader(test_set.with_mode(train=False, augment=False), chunks, device, ctx.world))
+        else:
+            x_all, y_all = test_set.x[ctx.rank :: ctx.world], test_set.y[ctx.rank :: ctx.world]
+            it = ((x_all[i : i + batch].to(device, non_blocking=True), y_all[i : i + batch].to(device, non_blocking=True))
+                  for i in range(0, len(y_all), batch))
+        for xb, yb in it:
+            with amp_ctx():
+                out = net(norm(xb))
+            sums[0] += F.cross_entropy(out.float(), yb, reduction="sum").double()
+            sums[1] += (out.argmax(1) == yb).sum()
+            sums[2] += len(yb)
+        _dist.all_reduce_sum(sums, ctx)
+    finally:
+        net.train(was_training)
+    loss, correct, count = sums.tolist()
+    if count == 0:
+        return float("nan"), float("nan")
+    return loss / count, correct / count
+
+
+def evaluate(model: nn.Module, test_set: ArrayDataset | FolderDataset, *, device: str = "auto",
+             batch_size: int = 1024, mask: Mapping[str, Tensor] | None = None) -> tuple[float, float]:
+    """(test loss, test accuracy) of ``model`` (under ``mask`` if given) without changing
+    it: evaluation runs on a copy."""
+    dev = _resolve_device(device, _dist.DistContext())
+    net = _masks.copy_model(model).to(dev)
+    if mask is not None:
+        _masks.install(net, mask)
+    norm = _Normalizer(test_set.spec, dev, channels_last=False)
+    return _evaluate(net, test_set, norm, dev, contextlib.nullcontext, _dist.DistContext(), batch_size)
+
+
+@contextlib.contextmanager
+def rich_progress(description: str = "training", *, console=None) -> Iterator[Progress]:
+    """A rich progress bar as a ``progress`` callback for :func:`train`::
+
+        with rich_progress("IMP round 3") as cb:
+            train(model, tr, te, cfg, progress=cb)
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as _P, TextColumn, TimeRemainingColumn
+
+    with _P(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None, info="")
+
+        def cb(step: int, total: int, metrics: dict) -> None:
+            info = f"lr {metrics['lr']:.4g}"
+            if "test_acc" in metrics:
+                info += f"  loss {metrics['train_loss']:.3f}  acc {metrics['test_acc']:.2%}"
+            bar.update(task, completed=step, total=total, info=info)
+
+        yield cb
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    model: nn.Module,
+    train_set: ArrayDataset | FolderDataset,
+    test_set: ArrayDataset | FolderDataset | None,
+    cfg: TrainConfig,
+    *,
+    mask: Mapping[str, Tensor] | None = None,
+    rewind_step: int | None = None,
+    start_step: int = 0,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``model`` in place under ``mask`` from global step ``start_step`` to the end
+    of the run (the LR schedule and data order continue from there; the optimizer's
+    momentum starts fresh), evaluating every ``cfg.eval_every`` steps and at the end.
+
+    ``model`` is modified: it ends up holding the trained weights, on the device it came
+    from, as plain parameters (the mask hooks are removed; masked entries are zero).
+    A mask already installed in ``model`` (``masks.install``) is used when ``mask`` is
+    None. ``rewind_step`` (in ``[start_step, total]``) also returns the weights at that
+    step. Under torchrun (``WORLD_SIZE > 1``) trains with DDP, each rank taking its
+    share of every ``cfg.batch_size`` global batch; every rank returns the same weights
+    and metrics (timings are each rank's own).
+    """
+    t0 = time.perf_counter()
+    ctx = _dist.from_env()
+    device = _resolve_device(cfg.device, ctx)
+    _dist.init(ctx, device)
+    if not isinstance(train_set, (ArrayDataset, FolderDataset)):
+        raise DatasetError(f"train_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(train_set).__name__}")
+    if len(train_set) == 0:
+        raise DatasetError(f"train_set {train_set.spec.name!r} is empty")
+    total = total_steps(cfg, len(train_set))
+    if not 0 <= start_step <= total:
+        raise ConfigError(f"start_step={start_step} is outside the run's {total} steps")
+    if rewind_step is not None and not start_step <= rewind_step <= total:
+        raise ConfigError(f"rewind_step={rewind_step} must lie in [start_step={start_step}, total steps={total}]")
+    batch = min(cfg.batch_size, len(train_set))
+    if batch % ctx.world:
+        raise ConfigError(f"batch_size {batch} is not divisible by the {ctx.world} DDP ranks; use a multiple of {ctx.world}")
+
+    cuda = device.type == "cuda"
+    channels_last = cfg.channels_last and cuda
+    amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cfg.amp and cuda) else contextlib.nullcontext
+    home = next(iter(model.parameters()), torch.empty(0)).device
+    order = _plain_keys(model)
+    if mask is None:
+        mask = _masks.from_model(model) or None
+    history: list[dict] = []
+    rewind_state = None
+    try:
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        if mask is not None:
+            _masks.install(model, mask)
+        net = _dist.wrap(model, ctx, device)
+        fwd = torch.compile(net) if cfg.compile else net
+        fwd_eval = torch.compile(model) if cfg.compile else model
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr_at(cfg, start_step, total), momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        norm = _Normalizer(train_set.spec, device, channels_last)
+        if isinstance(train_set, FolderDataset):
+            sampler = _StepSampler(len(train_set), batch, cfg.seed, start_step, total, ctx)
+            dl = iter(_loader(train_set.with_mode(train=True, augment=cfg.augment), sampler, device, ctx.world))
+
+            def next_batch(step: int) -> tuple[Tensor, Tensor]:
+                x, y = next(dl)
+                return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        else:
+            next_batch = _ArrayBatches(train_set, batch, cfg.seed, cfg.augment, device, ctx)
+        eval_bs = max(256, 2 * batch // ctx.world)
+        if isinstance(test_set, ArrayDataset):  # held on the device too, like the train set
+            test_set = ArrayDataset(test_set.x.to(device), test_set.y.to(device), test_set.spec)
+        spe = steps_per_epoch(len(train_set), batch)
+
+        def record(step: int, lr: float, loss_sum: Tensor, n_loss: int) -> dict:
+            _dist.broadcast_buffers(model, ctx)
+            if test_set is not None:
+                te_loss, te_acc = _evaluate(fwd_eval, test_set, norm, device, amp_ctx, ctx, eval_bs)
+            else:
+                te_loss = te_acc = float("nan")
+            tl = _dist.all_reduce_sum(loss_sum.detach().clone().double(), ctx).item() / max(1, n_loss * ctx.world)
+            return {"step": step, "epoch": step / spe, "train_loss": tl if n_loss else float("nan"),
+                    "test_loss": te_loss, "test_acc": te_acc, "lr": lr, "time_s": time.perf_counter() - t0}
+
+        fork = torch.random.fork_rng(devices=[device.index] if cuda else [])
+        with fork:
+            torch.manual_seed(cfg.seed * 1_000_003 + start_step)
+            model.train()
+            if rewind_step == start_step:
+                _dist.broadcast_buffers(model, ctx)
+                rewind_state = _plain_state(model, order)
+            loss_sum = torch.zeros((), device=device)
+            n_loss, train_s, lr, last = 0, 0.0, lr_at(cfg, start_step, total), {}
+            t_seg = time.perf_counter()
+            for step in range(start_step, total):
+                lr = lr_at(cfg, step, total)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                xb, yb = next_batch(step)
+                with amp_ctx():
+                    out = fwd(norm(xb))
+                loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+                n_loss += 1
+                done = step + 1
+                is_eval = done == total or (cfg.eval_every is not None and done % cfg.eval_every == 0)
+                if is_eval or done == rewind_step:
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    train_s += time.perf_counter() - t_seg
+                    if done == rewind_step:
+                        _dist.broadcast_buffers(model, ctx)
+                        rewind_state = _plain_state(model, order)
+                    if is_eval:
+                        last = record(done, lr, loss_sum, n_loss)
+                        history.append(last)
+                        loss_sum.zero_()
+                        n_loss = 0
+                    t_seg = time.perf_counter()
+                if progress is not None and ctx.is_main:
+                    progress(done, total, {"lr": lr, **{k: v for k, v in last.items() if k != "lr"}})
+            if start_step == total:  # nothing to train: still report where the model stands
+                last = record(total, lr, loss_sum, 0)
+                history.append(last)
+            _dist.broadcast_buffers(model, ctx)
+    finally:
+        if _masks.from_model(model):
+            _masks.remove(model)
+        model.to(home)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+    final_state = _plain_state(model, order)
+    steps = total - start_step
+    dev_label = str(device) + (f" x{ctx.world} (ddp)" if ctx.enabled else "")
+    return TrainResult(
+        final_state=final_state,
+        rewind_state=rewind_state,
+        history=history,
+        test_acc=float(last.get("test_acc", float("nan"))),
+        test_loss=float(last.get("test_loss", float("nan"))),
+        steps=steps,
+        wall_s=time.perf_counter() - t0,
+        images_per_s=steps * batch / train_s if train_s > 0 else float("nan"),
+        device=dev_label,
+        config=cfg.to_dict(),
+    )
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
