@@ -47,3 +47,11 @@ class RecipeError(ElastigraphError, ValueError):
 
 class ConfigError(ElastigraphError, ValueError):
     """Invalid settings passed to a training or pruning function."""
+
+
+class ReportError(ElastigraphError, ValueError):
+    """A run directory without a (valid) results.json; says how to finish the run."""
+
+
+class ModelTypeError(ElastigraphError, TypeError):
+    """An argument that must be an nn.Module (or an example input) has another type."""

@@ -1,0 +1,204 @@
+"""Pair the structure of a source and a target model: fixed regions one to one, and
+stages whose unit counts may differ.
+
+Both models are read as a sequence of tokens: a *unit* wherever the regions match a
+unit pattern that either model repeats, a *fixed* region elsewhere. Consecutive units of
+one pattern form a stage. Where the sequences disagree because one model holds a single
+shape-preserving block the other lacks (a stage of 1 vs 0 units, which neither model
+repeats), that block becomes a pattern too; anything else is a
+:class:`~elastigraph.errors.SegmentMismatchError` naming the first mismatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import SegmentMismatchError
+from . import ModelGraph, block_label, stage_label
+from .units import Region, Unit, _make_unit, find_block0
+
+_MAX_SINGLE = 48  # longest single block (in regions) looked for when sequences disagree
+
+
+@dataclass
+class StageMatch:
+    """One stretchable stage in both models. ``*_units`` exclude block 0."""
+
+    index: int
+    label: str
+    src_units: list[Unit]
+    dst_units: list[Unit]
+    src_block0: tuple[int, int] | None
+    dst_block0: tuple[int, int] | None
+    block0_label: str | None
+    src_labels: list[str]
+    dst_labels: list[str]
+
+    @property
+    def has_block0(self) -> bool:
+        return self.src_block0 is not None
+
+
+@dataclass
+class Matching:
+    """Stages plus the one-to-one pairs of fixed regions (src index, dst index)."""
+
+    stages: list[StageMatch]
+    fixed: list[tuple[int, int]]
+
+
+def _tokenize(ids: list[int], patterns: list[tuple[int, ...]]) -> list[tuple]:
+    """('fixed', region) or ('seg', pattern index, [unit starts]) tokens."""
+    order = sorted(range(len(patterns)), key=lambda i: -len(patterns[i]))
+    toks: list[tuple] = []
+    i, k = 0, len(ids)
+    while i < k:
+        hit = None
+        for pi in order:
+            p = patterns[pi]
+            if tuple(ids[i:i + len(p)]) == p:
+                hit = pi
+                break
+        if hit is None:
+            toks.append(("fixed", i))
+            i += 1
+            continue
+        if toks and toks[-1][0] == "seg" and toks[-1][1] == hit and toks[-1][2][-1] + len(patterns[hit]) == i:
+            toks[-1][2].append(i)
+        else:
+            toks.append(("seg", hit, [i]))
+        i += len(patterns[hit])
+    return toks
+
+
+def _pos(tok: tuple) -> int:
+    return tok[1] if tok[0] == "fixed" else tok[2][0]
+
+
+def _describe(mg: ModelGraph, r: int) -> str:
+    if r >= len(mg.regions):
+        return "the end of the model"
+    reg = mg.regions[r]
+    g = mg.graph
+    ops = [g.nodes[n]["target"] if g.nodes[n]["op"] in ("call_module", "placeholder") else g.nodes[n]["kind"]
+           for n in reg.nodes if g.nodes[n]["op"] != "get_attr"]
+    more = f", ... {len(ops) - 4} more" if len(ops) > 4 else ""
+    return f"region {r} ({', '.join(ops[:4])}{more}; shape {reg.in_shape} -> {reg.out_shape})"
+
+
+def _single_block(regions: list[Region], ids: list[int], at: int, other: list[int], other_at: int) -> int | None:
+    """Length q of a weight-carrying, shape-preserving group of regions at ``at`` after
+    which the sequences line up again (``ids[at+q] == other[other_at]``), or None."""
+    for q in range(1, _MAX_SINGLE + 1):
+        if at + q > len(ids):
+            return None
+        grp = regions[at:at + q]
+        if not any(r.has_weights for r in grp) or not (grp[0].anchor & 3):
+            continue
+        if grp[0].in_shape != grp[-1].out_shape:
+            continue
+        rest = ids[at + q:at + q + 1]
+        if rest == other[other_at:other_at + 1] and rest:
+            return q
+    return None
+
+
+def match(src: ModelGraph, dst: ModelGraph) -> Matching:
+    """Align ``src`` and ``dst`` (see module doc); raises SegmentMismatchError."""
+    table: dict = {}
+    s_ids = [table.setdefault(r.signature, len(table)) for r in src.regions]
+    d_ids = [table.setdefault(r.signature, len(table)) for r in dst.regions]
+    patterns: list[tuple[int, ...]] = []
+    for mg, ids in ((src, s_ids), (dst, d_ids)):
+        for seg in mg.segments:
+            u = seg.units[0]
+            p = tuple(ids[u.start:u.stop])
+            if p not in patterns:
+                patterns.append(p)
+    for _ in range(64):
+        st, dt = _tokenize(s_ids, patterns), _tokenize(d_ids, patterns)
+        pairs, problem = _align(st, dt, s_ids, d_ids)
+        if problem is None:
+            return _build(src, dst, st, dt, pairs, patterns)
+        a, b = problem
+        q = _single_block(src.regions, s_ids, a, d_ids, b)
+        if q is not None:
+            patterns.append(tuple(s_ids[a:a + q]))
+            continue
+        q = _single_block(dst.regions, d_ids, b, s_ids, a)
+        if q is not None:
+            patterns.append(tuple(d_ids[b:b + q]))
+            continue
+        raise SegmentMismatchError(
+            f"{src.name} and {dst.name} do not line up: the first mismatch is {src.name} "
+            f"{_describe(src, a)} vs {dst.name} {_describe(dst, b)}. Transfer needs models of one family "
+            "that differ only in how many identical blocks each stage repeats."
+        )
+    raise SegmentMismatchError(f"{src.name} and {dst.name}: could not align their structure")  # pragma: no cover
+
+
+def _align(st: list[tuple], dt: list[tuple], s_ids: list[int], d_ids: list[int]):
+    """Pair tokens; a stage present in one model only gets 0 units in the other."""
+    pairs: list[tuple] = []
+    i = j = 0
+    while i < len(st) or j < len(dt):
+        s = st[i] if i < len(st) else None
+        d = dt[j] if j < len(dt) else None
+        if s is not None and d is not None and s[0] == "seg" and d[0] == "seg" and s[1] == d[1]:
+            pairs.append((s, d)); i += 1; j += 1
+        elif s is not None and s[0] == "seg":
+            pairs.append((s, None)); i += 1
+        elif d is not None and d[0] == "seg":
+            pairs.append((None, d)); j += 1
+        elif s is not None and d is not None and s_ids[s[1]] == d_ids[d[1]]:
+            pairs.append((s, d)); i += 1; j += 1
+        else:
+            a = s[1] if s is not None else len(s_ids)
+            b = d[1] if d is not None else len(d_ids)
+            return pairs, (a, b)
+    return pairs, None
+
+
+def _build(src: ModelGraph, dst: ModelGraph, st: list[tuple], dt: list[tuple], pairs: list[tuple],
+           patterns: list[tuple[int, ...]]) -> Matching:
+    fixed: list[tuple[int, int]] = []
+    stages: list[StageMatch] = []
+    s_lower = d_lower = 0
+    for k, (s, d) in enumerate(pairs):
+        if s is not None and s[0] == "fixed":
+            fixed.append((s[1], d[1]))
+            continue
+        plen = len(patterns[(s or d)[1]])
+        s_units = [_make_unit(src.graph, src.regions, a, a + plen) for a in (s[2] if s else [])]
+        d_units = [_make_unit(dst.graph, dst.regions, a, a + plen) for a in (d[2] if d else [])]
+        s_at = s[2][0] if s else _next_pos(pairs, k, 0, len(src.regions))
+        d_at = d[2][0] if d else _next_pos(pairs, k, 1, len(dst.regions))
+        if s_units:
+            b0 = find_block0(src.graph, src.regions, s_at, plen, (s_units[0].start, s_units[0].stop), s_lower)
+            ref, ref_units, ref_at = src, s_units, s_at
+        else:
+            b0 = find_block0(dst.graph, dst.regions, d_at, plen, (d_units[0].start, d_units[0].stop), d_lower)
+            ref, ref_units, ref_at = dst, d_units, d_at
+        s_b0 = d_b0 = None
+        b0_label = None
+        if b0 is not None:
+            n = b0[1] - b0[0]
+            s_b0, d_b0 = (s_at - n, s_at), (d_at - n, d_at)
+            b0_label = block_label(ref.graph, ref.regions, b0)  # its regions stay in ``fixed``
+        label = stage_label(ref.graph, ref.regions, ref_units[0])
+        b0l = [b0_label] if b0 is not None else []
+        stages.append(StageMatch(
+            index=len(stages), label=label, src_units=s_units, dst_units=d_units, src_block0=s_b0, dst_block0=d_b0,
+            block0_label=b0_label, src_labels=b0l + [u.label for u in s_units], dst_labels=b0l + [u.label for u in d_units],
+        ))
+        s_lower = s_units[-1].stop if s_units else s_at
+        d_lower = d_units[-1].stop if d_units else d_at
+    return Matching(stages=stages, fixed=fixed)
+
+
+def _next_pos(pairs: list[tuple], k: int, side: int, end: int) -> int:
+    for s_d in pairs[k + 1:]:
+        t = s_d[side]
+        if t is not None:
+            return _pos(t)
+    return end

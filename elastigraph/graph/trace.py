@@ -1,0 +1,471 @@
+"""Trace a model with torch.fx and propagate shapes on meta tensors.
+
+The output is a plain ``networkx.DiGraph`` (one node per fx node, plus a virtual
+``__input__`` source) whose nodes carry the op kind, the target, the module scope, the
+parameters/buffers the node reads and its output shape. The model itself is never
+modified: shape propagation swaps meta copies of its tensors in only for the duration
+of the call (``torch.func.functional_call``), so no data is computed or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import ModelTypeError, TraceError
+
+SOURCE = "__input__"
+"""Name of the virtual node that feeds every placeholder (so the graph has one entry)."""
+
+_CANDIDATE_SIZES = (32, 64, 224)
+
+
+def _timm_leaves() -> tuple[list[type], list[Any]]:
+    """The modules and functions timm publishes as non-traceable (empty without timm)."""
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except Exception:  # pragma: no cover - timm is a dependency, but stay usable without it
+        return [], []
+    return list(get_notrace_modules()), [f for f in get_notrace_functions() if callable(f)]
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer with extra leaf types; remembers the module being traced so that a
+    failure can name it."""
+
+    def __init__(self, leaf_types: tuple[type, ...], autowrap: tuple[Any, ...]):
+        super().__init__(autowrap_functions=autowrap)
+        self.leaf_types = leaf_types
+        self.scope_stack: list[tuple[str, type]] = []
+        self._pnames: dict[int, str] | None = None
+        self.failed_in: tuple[str, type] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        if _is_regulariser(m):  # one opaque no-op, whatever its forward does in training
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        # Same result as fx's default, but with a name lookup table instead of a scan
+        # over root.named_parameters() per access (quadratic on deep timm models).
+        if isinstance(attr_val, nn.Parameter):
+            if self._pnames is None:
+                self._pnames = {id(p): n for n, p in self.root.named_parameters()}
+            n = self._pnames.get(id(attr_val))
+            if n is not None:
+                if n not in parameter_proxy_cache:
+                    parameter_proxy_cache[n] = self.create_proxy("get_attr", n, (), {})
+                return parameter_proxy_cache[n]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.scope_stack.append((self.path_of_module(m), type(m)))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module wins
+                self.failed_in = self.scope_stack[-1]
+            raise
+        finally:
+            self.scope_stack.pop()
+
+
+def _model_label(model: nn.Module, name: str | None = None) -> str:
+    return name or type(model).__name__
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: str | None = None) -> fx.Graph:
+    """Symbolically trace ``model`` (timm's non-traceable layers kept as leaves) into an
+    fx Graph whose targets are ``model``'s qualified names. Raises :class:`TraceError`."""
+    if not isinstance(model, nn.Module):
+        raise ModelTypeError(f"expected an nn.Module to trace, got {type(model).__name__}")
+    leaf_modules = tuple(leaf_modules)
+    bad = [t for t in leaf_modules if not isinstance(t, type)]
+    if bad:
+        raise TraceError(f"leaf_modules must be module classes (e.g. leaf_modules=(MyBlock,)), got {bad[:3]}")
+    timm_mods, timm_fns = _timm_leaves()
+    tracer = _Tracer(tuple(leaf_modules) + tuple(timm_mods), tuple(timm_fns))
+    label = _model_label(model, model_name)
+    before = set(model.__dict__)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # torch.fx raises TraceError/TypeError/RuntimeError/... by design
+        where = tracer.failed_in or ("", type(model))
+        qual, cls = where
+        name = f"module {qual!r} ({cls.__name__})" if qual else f"the forward of {cls.__name__}"
+        raise TraceError(
+            f"torch.fx cannot trace {label}: it failed inside {name}: {type(e).__name__}: {e}. "
+            f"Mark that module type as a leaf with leaf_modules=({cls.__name__},) "
+            "(it is then treated as one opaque op), or make its forward traceable."
+        ) from e
+    finally:
+        # fx stores tensor constants met while tracing as attributes of the root module;
+        # move them off the user's model onto the graph
+        constants = {k: model.__dict__.pop(k) for k in set(model.__dict__) - before}
+    graph._elastigraph_constants = constants  # type: ignore[attr-defined]
+    return graph
+
+
+F = torch.nn.functional
+# Ops whose output has the input's shape and dtype. Several of them go through slow
+# Python decompositions on the meta device (batch norm, relu6, hardswish: ~1 ms each),
+# so shape propagation answers them directly.
+_SAME_SHAPE_MODULES = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity,
+    nn.modules.dropout._DropoutNd,
+)
+_SAME_SHAPE_FNS = {
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish, F.dropout,
+    F.batch_norm, F.layer_norm, F.group_norm, torch.sigmoid, torch.relu, torch.tanh, F.sigmoid, F.tanh,
+}
+
+
+class _MetaShapeProp(ShapeProp):
+    """ShapeProp over (module, graph) without building a GraphModule, with shortcuts for
+    shape-preserving ops (see ``_SAME_SHAPE_*``)."""
+
+    def __init__(self, module: nn.Module, graph: fx.Graph, constants: dict[str, Any]):
+        fx.Interpreter.__init__(self, module, graph=graph)
+        self.fake_module = None
+        self.fake_mode = None
+        self.real_module = module
+        self.constants = constants
+
+    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if target in self.constants:
+            return self.constants[target]
+        return super().get_attr(target, args, kwargs)
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        mod = self.fetch_attr(target)
+        if isinstance(mod, _SAME_SHAPE_MODULES) and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if target in _SAME_SHAPE_FNS and args and isinstance(args[0], torch.Tensor):
+            return torch.empty_like(args[0])
+        return super().call_function(target, args, kwargs)
+
+
+class _PropWrapper(nn.Module):
+    """Runs ShapeProp on ``g`` so that functional_call can swap meta tensors into it."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph):
+        super().__init__()
+        self.g = model
+        self.fx_graph = graph
+        self.constants: dict[str, Any] = {}
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return _MetaShapeProp(self.g, self.fx_graph, self.constants).propagate(*args)
+
+
+def _to_meta(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t, device="meta")
+
+
+def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
+    """Candidate example input shapes (batch 2), in the order tried: the first conv's
+    channels at 32 pixels, timm's ``pretrained_cfg['input_size']``, then 64 and 224
+    pixels (a first linear layer: its ``in_features``). Small first: the same input
+    then fits siblings whose configs differ (EfficientNet-B0 224 vs B1 240)."""
+    cands: list[tuple[int, ...]] = []
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
+    if isinstance(first, nn.Linear):
+        cands.append((2, first.in_features))
+    elif first is not None:
+        nd = 1 if isinstance(first, nn.Conv1d) else 3 if isinstance(first, nn.Conv3d) else 2
+        c = first.in_channels
+        for s in _CANDIDATE_SIZES:
+            cands.append((2, c) + (s,) * nd)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        size = tuple(int(v) for v in cfg["input_size"])
+        if first is not None and not isinstance(first, nn.Linear) and len(size) == 3:
+            size = (first.in_channels,) + size[1:]
+        cands.insert(1 if cands else 0, (2,) + size)
+    seen: list[tuple[int, ...]] = []
+    for c in cands:
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, model_name: str | None = None) -> tuple:
+    """Annotate ``graph``'s nodes (traced from ``model``) with ``tensor_meta`` using meta tensors (no compute, the
+    model's tensors untouched). ``example_input``: a tensor, a shape, or a list/tuple of
+    tensors for multi-input models; ``None`` tries :func:`default_inputs`. Returns the
+    input shapes used."""
+    label = _model_label(model, model_name)
+    if example_input is None:
+        cands = default_inputs(model)
+        if not cands:
+            raise TraceError(f"cannot guess an input shape for {label} (no conv/linear layer); pass example_input=")
+    else:
+        cands = [example_input]
+    wrapper = _PropWrapper(model, graph)
+    errors: list[str] = []
+    meta_state = {f"g.{k}": _to_meta(v) for k, v in _all_tensors(model)}
+    consts = getattr(graph, "_elastigraph_constants", {})
+    wrapper.constants = {k: _to_meta(v) if isinstance(v, torch.Tensor) else v for k, v in consts.items()}
+    for cand in cands:
+        args = _as_meta_args(cand, label)
+        err = _try_propagate(wrapper, meta_state, args)
+        if err is None:
+            return tuple(tuple(a.shape) for a in args)
+        errors.append(err)
+    # Some ops cannot run on meta tensors (data-dependent leaf modules, .item()): run the
+    # first candidate for real, on a copy of the model's tensors so nothing is updated.
+    if any("meta" in e for e in errors):
+        real_state = {f"g.{k}": v.detach().clone() for k, v in _all_tensors(model)}
+        wrapper.constants = dict(consts)
+        args = [torch.zeros(a.shape, dtype=a.dtype) for a in _as_meta_args(cands[0], label)]
+        err = _try_propagate(wrapper, real_state, args)
+        if err is None:
+            return tuple(tuple(a.shape) for a in args)
+        errors.append(err)
+    raise TraceError(
+        f"shape propagation through {label} failed for every example input tried ({'; '.join(errors)}). "
+        "Pass example_input= (a tensor or an input shape such as (1, 3, 224, 224)) that the model accepts."
+    )
+
+
+def _all_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers, non-persistent buffers included (they are not in the
+    state_dict but must be swapped too, e.g. attention index tables)."""
+    return list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+
+
+def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: list[torch.Tensor]) -> str | None:
+    """Run shape propagation; None on success, else a one-line description of the failure."""
+    try:
+        # ShapeProp prints a traceback before re-raising; failures here are expected
+        # while probing input sizes, so keep them off the user's terminal.
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            torch.func.functional_call(wrapper, state, tuple(args), strict=False, tie_weights=True)
+        return None
+    except Exception as e:
+        cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
+        msg = str(e)
+        where = msg.split(" with meta=")[0].replace("ShapeProp error for: ", "at ") if "ShapeProp error" in msg else ""
+        return f"{[tuple(a.shape) for a in args]}: {type(cause).__name__}: {str(cause)[:160]} {where}".strip()
+
+
+def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
+    if isinstance(example, torch.Tensor):
+        return [_to_meta(example)]
+    if isinstance(example, (tuple, list, torch.Size)) and example and all(isinstance(v, int) for v in example):
+        return [torch.empty(tuple(example), device="meta")]
+    if isinstance(example, (tuple, list)) and example and all(isinstance(v, torch.Tensor) for v in example):
+        return [_to_meta(v) for v in example]
+    if isinstance(example, (tuple, list)) and example and all(isinstance(v, (tuple, list, torch.Size)) for v in example):
+        return [torch.empty(tuple(v), device="meta") for v in example]
+    raise TraceError(
+        f"example_input for {label} must be a tensor, an input shape like (1, 3, 32, 32), or a list of "
+        f"those for a multi-input model; got {type(example).__name__}"
+    )
+
+
+def _shape_of(node: fx.Node) -> Any:
+    tm = node.meta.get("tensor_meta")
+    if tm is None:
+        return None
+    if hasattr(tm, "shape"):
+        return tuple(tm.shape)
+    if isinstance(tm, (tuple, list)):
+        return tuple(_shape_meta(t) for t in tm)
+    if isinstance(tm, dict):
+        return tuple((k, _shape_meta(v)) for k, v in sorted(tm.items()))
+    return None
+
+
+def _shape_meta(tm: Any) -> Any:
+    if hasattr(tm, "shape"):
+        return tuple(tm.shape)
+    if isinstance(tm, (tuple, list)):
+        return tuple(_shape_meta(t) for t in tm)
+    return None
+
+
+def _scope(node: fx.Node) -> tuple[str, ...]:
+    """Qualified names of the modules enclosing ``node`` (outermost first), excluding the
+    leaf module a call_module node calls."""
+    stack = node.meta.get("nn_module_stack") or {}
+    names = tuple(v[0] if isinstance(v, tuple) else str(v) for v in stack.values())
+    if node.op == "call_module" and names and names[-1] == node.target:
+        names = names[:-1]
+    return names
+
+
+def _target_label(gm: nn.Module, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_function":
+        t = node.target
+        return getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
+    if node.op == "call_method":
+        return str(node.target)
+    return node.op
+
+
+def _tensor_names(gm: nn.Module, node: fx.Node) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+    """(parameters, buffers) the node reads, as (qualified name, shape), in module order.
+    torch.nn.utils.prune's ``*_orig``/``*_mask`` appear under the public name / not at all."""
+    params: list[tuple[str, tuple]] = []
+    bufs: list[tuple[str, tuple]] = []
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        pre = f"{node.target}." if node.target else ""
+        mask_bufs = set()
+        # sorted by name inside the module: torch.nn.utils.prune re-registers a pruned
+        # ``weight`` as ``weight_orig`` after ``bias``, which must not change the order
+        for n, p in sorted(mod.named_parameters(remove_duplicate=False), key=lambda kv: kv[0].removesuffix("_orig")):
+            if n.endswith("_orig"):
+                n = n[: -len("_orig")]
+                mask_bufs.add(n + "_mask")
+            params.append((pre + n, tuple(p.shape)))
+        for n, b in sorted(mod.named_buffers(remove_duplicate=False), key=lambda kv: kv[0]):
+            if n in mask_bufs:
+                continue
+            bufs.append((pre + n, tuple(b.shape)))
+    elif node.op == "get_attr":
+        obj = _fetch(gm, node.target)
+        if isinstance(obj, nn.Parameter):
+            params.append((node.target, tuple(obj.shape)))
+        elif isinstance(obj, torch.Tensor):
+            bufs.append((node.target, tuple(obj.shape)))
+    return params, bufs
+
+
+def _fetch(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _const(v: Any) -> Any:
+    """A hashable, stable description of a non-node argument (for signatures)."""
+    if isinstance(v, fx.Node):
+        return ("node", v.name)
+    if isinstance(v, (list, tuple)):
+        return tuple(_const(x) for x in v)
+    if isinstance(v, dict):
+        return tuple((k, _const(x)) for k, x in sorted(v.items()))
+    if isinstance(v, slice):
+        return ("slice", _const(v.start), _const(v.stop), _const(v.step))
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    if isinstance(v, (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format)):
+        return v
+    if isinstance(v, torch.Tensor):
+        return ("tensor", tuple(v.shape))
+    return type(v).__name__
+
+
+_WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
+_WEIGHTED_FNS = {torch.nn.functional.linear, torch.nn.functional.conv1d, torch.nn.functional.conv2d,
+                 torch.nn.functional.conv3d}
+
+
+_REGULARISER_FNS = ("dropout", "drop_path", "stochastic_depth", "drop_block")
+
+
+def _args_signature(node: fx.Node) -> tuple:
+    """Arguments as they enter a signature; for regularisers (dropout, stochastic depth)
+    only the tensor inputs, since their rates often differ per block."""
+    if _is_regulariser_fn(node):
+        return (tuple(_const(a) for a in node.all_input_nodes), ())
+    return (_const(node.args), _const(node.kwargs))
+
+
+def _is_regulariser_fn(node: fx.Node) -> bool:
+    name = getattr(node.target, "__name__", str(node.target)).lower()
+    return node.op == "call_function" and any(k in name for k in _REGULARISER_FNS)
+
+
+def _is_regulariser(mod: nn.Module) -> bool:
+    """Dropout / stochastic depth: no-ops for the function a trained block computes."""
+    if isinstance(mod, nn.modules.dropout._DropoutNd):
+        return True
+    name = type(mod).__name__
+    return not any(True for _ in mod.parameters()) and any(k in name for k in ("DropPath", "DropBlock", "StochasticDepth"))
+
+
+@dataclass
+class Traced:
+    """A traced model: the model (``gm``: the root the fx graph's targets refer to), the fx
+    graph, the annotated DiGraph and the input shapes used."""
+
+    gm: nn.Module
+    fx_graph: fx.Graph
+    graph: nx.DiGraph
+    input_shapes: tuple
+    order: list[str] = field(default_factory=list)
+
+
+def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Sequence[type] = (),
+                *, model_name: str | None = None) -> Traced:
+    """Trace ``model``, propagate shapes and return the annotated DiGraph (see module doc)."""
+    fxg = trace(model, leaf_modules, model_name=model_name)
+    shapes = propagate_shapes(fxg, example_input, model, model_name=model_name)
+    gm = model
+    g = nx.DiGraph()
+    g.add_node(SOURCE, op="source", target="", kind="source", scope=(), params=[], buffers=[], shape=None,
+               args=(), index=-1, module_repr="", weighted=False, noop=False, const=False, default=None)
+    g.graph["module_types"] = {n: type(m).__qualname__ for n, m in model.named_modules()}
+    g.graph["containers"] = {n for n, m in model.named_modules()
+                             if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))}
+    order: list[str] = []
+    n_fed = len(shapes)  # placeholders beyond the fed inputs keep their defaults: constants
+    for i, node in enumerate(fxg.nodes):
+        params, bufs = _tensor_names(gm, node)
+        feeds = node.op == "placeholder" and n_fed > 0
+        mrepr, weighted, noop = "", False, False
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            weighted = isinstance(mod, _WEIGHTED)
+            noop = isinstance(mod, nn.Identity) or _is_regulariser(mod)
+            # regularisers (dropout, stochastic depth) do not change the math of a trained
+            # block; their rates often differ per block and must not break segments.
+            mrepr = "" if _is_regulariser(mod) else mod.extra_repr()
+        elif node.op == "call_function":
+            weighted = node.target in _WEIGHTED_FNS
+            noop = _is_regulariser_fn(node)
+        g.add_node(
+            node.name,
+            op=node.op,
+            target=str(node.target),
+            kind=_target_label(gm, node),
+            scope=_scope(node),
+            params=params,
+            buffers=bufs,
+            shape=_shape_of(node),
+            args=_args_signature(node),
+            index=i,
+            module_repr=mrepr,
+            weighted=weighted,
+            noop=noop and len(node.all_input_nodes) >= 1,
+            const=node.op == "placeholder" and not feeds,
+            default=_const(node.args[0]) if node.op == "placeholder" and node.args else None,
+        )
+        order.append(node.name)
+        for inp in node.all_input_nodes:
+            g.add_edge(inp.name, node.name)
+        if feeds:
+            g.add_edge(SOURCE, node.name)
+            n_fed -= 1
+    return Traced(gm=gm, fx_graph=fxg, graph=g, input_shapes=shapes, order=order)

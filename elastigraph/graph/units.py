@@ -1,0 +1,458 @@
+"""Regions, units, segments and stages, found from the traced graph's structure.
+
+* **cut points**: nodes every input->output path passes through (the dominator chain
+  of the output node, rooted at the virtual input). They split the graph into a chain
+  of minimal single-entry/single-exit **regions** (a residual block is one region, a
+  plain conv/relu is one region each, a transformer block is two).
+* A region's **signature** is its op sequence with module attributes, parameter and
+  buffer shapes, activation shapes and its internal wiring: equal signatures mean the
+  regions compute the same function of the same shapes with tensors in the same order.
+* **units** are the period of a repeating run of region signatures (smallest period
+  first); the phase is anchored where a unit starts a new module of the hierarchy or
+  at a conv/linear. A **segment** is a maximal run of >= 2 identical units.
+* A **stage** is a segment plus, where present, the shape-changing block just before it
+  (ResNet's downsampling block 0): a sibling module of the same type as the units, or,
+  in flat models (VGG), the same op skeleton with other shapes. A stage of block 0 plus
+  a single unit (ResNet-18) repeats nothing; it is found as a shape-preserving block
+  module right after a sibling of its type, or when matching against a deeper sibling.
+* Dropout / stochastic depth / Identity are no-ops in signatures (their rates differ
+  per block; block 0 often gets an Identity where the others have a DropPath).
+
+Module names only label results and break ties in the phase; they never decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .trace import SOURCE, Traced
+
+_TensorList = list[tuple[str, tuple]]
+
+
+@dataclass
+class Region:
+    """A minimal single-entry/single-exit piece of the graph between two cut points."""
+
+    index: int
+    nodes: list[str]
+    entry: str
+    exit: str
+    in_shape: Any
+    out_shape: Any
+    params: _TensorList
+    buffers: _TensorList
+    signature: tuple
+    sig_id: str
+    anchor: int
+    skeleton: tuple
+    modules: list[str]
+
+    @property
+    def has_weights(self) -> bool:
+        return bool(self.params)
+
+
+@dataclass
+class Unit:
+    """Consecutive regions ``[start, stop)`` that together form one repeatable block."""
+
+    start: int
+    stop: int
+    label: str
+    params: _TensorList
+    buffers: _TensorList
+    sig_id: str
+
+
+@dataclass
+class Segment:
+    """A run of identical units (``pattern`` = their region signatures)."""
+
+    pattern: tuple
+    sig_id: str
+    units: list[Unit]
+
+    @property
+    def start(self) -> int:
+        return self.units[0].start if self.units else -1
+
+    @property
+    def stop(self) -> int:
+        return self.units[-1].stop if self.units else -1
+
+
+@dataclass
+class Stage:
+    """A segment plus its optional fixed block 0 (regions ``block0``)."""
+
+    index: int
+    label: str
+    segment: Segment
+    block0: tuple[int, int] | None
+    block0_label: str | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.segment.units) + (self.block0 is not None)
+
+
+@dataclass
+class Decomposition:
+    """Regions of one traced model plus what lives outside every region."""
+
+    regions: list[Region]
+    unowned_params: _TensorList = field(default_factory=list)
+    unowned_buffers: _TensorList = field(default_factory=list)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(repr(obj).encode()).hexdigest()[:10]
+
+
+def _through_noops(g: nx.DiGraph, name: str) -> str:
+    """Follow no-op nodes (identity, dropout, stochastic depth) back to their input."""
+    while g.nodes[name].get("noop"):
+        preds = [p for p in g.predecessors(name) if not g.nodes[p]["const"]]
+        if len(preds) != 1:
+            break
+        name = preds[0]
+    return name
+
+
+def _remap(v: Any, local: dict[str, int], entry: str, g: nx.DiGraph) -> Any:
+    """Replace node references in an args structure by region-relative positions
+    (no-op nodes are looked through: an Identity in one block and a DropPath in the
+    next do not make them different)."""
+    if isinstance(v, tuple):
+        if len(v) == 2 and v[0] == "node" and isinstance(v[1], str):
+            name = _through_noops(g, v[1])
+            if g.nodes[name]["const"]:
+                return ("default", g.nodes[name]["default"])
+            if name in local:
+                return ("n", local[name])
+            if name == entry or name == _through_noops(g, entry):
+                return ("in",)
+            return ("ext", g.nodes[name]["kind"], g.nodes[name]["shape"])
+        return tuple(_remap(x, local, entry, g) for x in v)
+    return v
+
+
+def cut_points(g: nx.DiGraph, sink: str) -> list[str]:
+    """Nodes on every path from the virtual input to ``sink``, input first, sink last."""
+    idom = nx.immediate_dominators(g, SOURCE)
+    chain = [sink]
+    while chain[-1] != SOURCE:
+        chain.append(idom[chain[-1]])
+    return chain[::-1]
+
+
+def decompose(traced: Traced) -> Decomposition:
+    """Split a traced graph into the chain of regions between consecutive cut points."""
+    g = traced.graph
+    order = traced.order
+    sink = next(n for n in reversed(order) if g.nodes[n]["op"] == "output")
+    idom = nx.immediate_dominators(g, SOURCE)
+    cuts = [sink]
+    while cuts[-1] != SOURCE:
+        cuts.append(idom[cuts[-1]])
+    cuts.reverse()
+    cut_index = {c: i for i, c in enumerate(cuts)}
+    n_regions = len(cuts) - 1
+    region_of: dict[str, int] = {}
+
+    def nearest_cut(n: str) -> int:
+        path = []
+        d = n
+        while d not in cut_index and d not in region_of:
+            path.append(d)
+            d = idom[d]
+        r = cut_index[d] if d in cut_index else region_of[d]
+        for p in path:
+            region_of[p] = r
+        return r
+
+    for n in order:
+        if n in cut_index:
+            region_of[n] = cut_index[n] - 1
+    for n in order:
+        if n in idom and n not in region_of:
+            nearest_cut(n)
+    # nodes not reachable from the inputs (get_attr, constants): the region of their
+    # first consumer
+    for n in reversed(order):
+        if n not in region_of:
+            succ = [region_of[s] for s in g.successors(n) if s in region_of]
+            region_of[n] = min(succ) if succ else 0
+    members: list[list[str]] = [[] for _ in range(n_regions)]
+    for n in order:
+        if not g.nodes[n]["const"]:  # unfed inputs (defaults) are constants of their users
+            members[max(region_of[n], 0)].append(n)
+
+    seen_t: set[str] = set()
+    regions: list[Region] = []
+    for r in range(n_regions):
+        nodes = members[r]
+        entry, exit_ = cuts[r], cuts[r + 1]
+        local = {n: i for i, n in enumerate(nodes)}
+        sig = []
+        params: _TensorList = []
+        bufs: _TensorList = []
+        skeleton = []
+        modules = []
+        sig_nodes = [n for n in nodes if not g.nodes[n].get("noop")]
+        local = {n: i for i, n in enumerate(sig_nodes)}
+        for n in nodes:
+            a = g.nodes[n]
+            if a.get("noop"):
+                continue
+            sig.append((a["op"], a["kind"], a["module_repr"], tuple(s for _, s in a["params"]),
+                        tuple(s for _, s in a["buffers"]), a["shape"], _remap(a["args"], local, entry, g)))
+            if a["op"] in ("call_module", "call_function", "call_method"):
+                skeleton.append(a["kind"])
+            if a["op"] == "call_module":
+                modules.append(a["target"])
+            for name, shape in a["params"]:
+                if name not in seen_t:
+                    seen_t.add(name)
+                    params.append((name, shape))
+            for name, shape in a["buffers"]:
+                if name not in seen_t:
+                    seen_t.add(name)
+                    bufs.append((name, shape))
+        in_shape = g.nodes[entry]["shape"]
+        signature = (in_shape, tuple(sig))
+        regions.append(Region(
+            index=r, nodes=nodes, entry=entry, exit=exit_, in_shape=in_shape,
+            out_shape=g.nodes[exit_]["shape"], params=params, buffers=bufs, signature=signature,
+            sig_id=_digest(signature), anchor=_anchor(g, nodes, entry), skeleton=tuple(skeleton), modules=modules,
+        ))
+    gm = traced.gm
+    unowned_p = [(n.removesuffix("_orig"), tuple(p.shape)) for n, p in gm.named_parameters()
+                 if n.removesuffix("_orig") not in seen_t]
+    masks = {n.removesuffix("_orig") + "_mask" for n, _ in gm.named_parameters() if n.endswith("_orig")}
+    unowned_b = [(n, tuple(b.shape)) for n, b in gm.named_buffers() if n not in seen_t and n not in masks]
+    return Decomposition(regions=regions, unowned_params=unowned_p, unowned_buffers=unowned_b)
+
+
+def _scope_of(g: nx.DiGraph, n: str, with_leaf: bool = False) -> tuple[str, ...]:
+    a = g.nodes[n]
+    s = tuple(a["scope"])
+    if with_leaf and a["op"] == "call_module":
+        s = s + (a["target"],)
+    return s
+
+
+def _anchor(g: nx.DiGraph, nodes: list[str], entry: str) -> int:
+    """How well a unit may start at this region: 2 if it opens a new module of the
+    hierarchy (the first op's scope does not extend the entry's), +1 if its first
+    compute op is a conv/linear."""
+    first = next((n for n in nodes if g.nodes[n]["op"] in ("call_module", "call_function", "call_method")
+                  and not g.nodes[n].get("noop")), None)
+    if first is None:
+        return 0
+    score = 0
+    es = _scope_of(g, entry) if entry != SOURCE else ()
+    fs = _scope_of(g, first)
+    if fs[: len(es)] != es:
+        score += 2
+    if g.nodes[first]["weighted"]:
+        score += 1
+    return score
+
+
+def _make_unit(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> Unit:
+    params = [t for r in regions[start:stop] for t in r.params]
+    bufs = [t for r in regions[start:stop] for t in r.buffers]
+    pattern = tuple(r.signature for r in regions[start:stop])
+    return Unit(start=start, stop=stop, label=_label(g, regions, start, stop), params=params, buffers=bufs,
+                sig_id=_digest(pattern))
+
+
+def _common_scope(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tuple[str, ...]:
+    scopes = [_scope_of(g, n, with_leaf=True) for r in regions[start:stop] for n in r.nodes
+              if g.nodes[n]["op"] in ("call_module", "call_function", "call_method")]
+    if not scopes:
+        return ()
+    common = scopes[0]
+    for s in scopes[1:]:
+        k = 0
+        while k < min(len(common), len(s)) and common[k] == s[k]:
+            k += 1
+        common = common[:k]
+    return common
+
+
+def _module_regions(g: nx.DiGraph, regions: list[Region]) -> dict[str, set[int]]:
+    """Module qualified name -> indices of the regions holding a node run inside it."""
+    key = ("_module_regions", id(regions), len(regions))
+    cached = g.graph.get("_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    out: dict[str, set[int]] = {}
+    for r in regions:
+        for n in r.nodes:
+            for m in _scope_of(g, n, with_leaf=True):
+                out.setdefault(m, set()).add(r.index)
+    g.graph["_cache"] = (key, out)
+    return out
+
+
+def _is_tight(g: nx.DiGraph, regions: list[Region], start: int, stop: int, scope: tuple[str, ...]) -> bool:
+    """True if ``scope`` (a module) is entered only by nodes of regions [start, stop)."""
+    if not scope:
+        return False
+    held = _module_regions(g, regions).get(scope[-1], set())
+    return bool(held) and all(start <= i < stop for i in held)
+
+
+def tight_scope(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tuple[str, ...] | None:
+    """Module path down to the outermost module that only regions [start, stop) enter
+    (``('layer1', 'layer1.0')``), or None (flat models such as VGG)."""
+    sc = _common_scope(g, regions, start, stop)
+    for k in range(1, len(sc) + 1):
+        if _is_tight(g, regions, start, stop, sc[:k]):
+            return sc[:k]
+    return None
+
+
+def _label(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> str:
+    sc = tight_scope(g, regions, start, stop)
+    if sc:
+        return sc[-1]
+    mods = [m for r in regions[start:stop] for m in r.modules]
+    if not mods:
+        return f"regions[{start}:{stop}]"
+    return mods[0] if len(mods) == 1 else f"{mods[0]}..{mods[-1]}"
+
+
+def _sig_ids(regions: list[Region]) -> list[int]:
+    """Small ints standing for region signatures (equal int <=> equal signature)."""
+    table: dict[tuple, int] = {}
+    return [table.setdefault(r.signature, len(table)) for r in regions]
+
+
+def find_segments(g: nx.DiGraph, regions: list[Region]) -> list[Segment]:
+    """Maximal runs (>= 2) of identical, weight-carrying units, smallest period first."""
+    sigs = _sig_ids(regions)
+    k = len(sigs)
+    taken = [False] * k
+    found: list[Segment] = []
+    for p in range(1, k // 2 + 1):
+        t = 0
+        while t + p < k:
+            if sigs[t] != sigs[t + p]:
+                t += 1
+                continue
+            a = t
+            while t + p < k and sigs[t] == sigs[t + p]:
+                t += 1
+            b = t + p  # regions [a, b) repeat with period p
+            best = None
+            for s in range(p):
+                st = a + s
+                reps = 0
+                while st + (reps + 1) * p <= b and not any(taken[st + reps * p: st + (reps + 1) * p]):
+                    reps += 1
+                if reps < 2 or not any(regions[i].has_weights for i in range(st, st + p)):
+                    continue
+                key = (regions[st].anchor, reps, -s)
+                if best is None or key > best[0]:
+                    best = (key, st, reps)
+            if best is not None:
+                _, st, reps = best
+                for i in range(st, st + reps * p):
+                    taken[i] = True
+                found.append(segment_at(g, regions, st, p, reps))
+    found.sort(key=lambda s: s.start)
+    return found
+
+
+def find_single_units(g: nx.DiGraph, regions: list[Region], segments: list[Segment]) -> list[Segment]:
+    """Stages of block 0 + one unit (ResNet-18's layer2): nothing repeats, so periodicity
+    cannot see them. A candidate is a weight-carrying, shape-preserving group of regions
+    that exactly covers one module, opens a new module at its start, and follows a
+    sibling module of the same type (its block 0) -- the module tree cross-checks what
+    the graph's shapes allow. (Containers such as nn.Sequential are never blocks here.)"""
+    taken = {i for seg in segments for u in seg.units for i in range(u.start, u.stop)}
+    out: list[Segment] = []
+    lower = 0
+    ends = sorted((seg.start, seg.stop) for seg in segments)
+    for mod, held in sorted(_module_regions(g, regions).items(), key=lambda kv: min(kv[1])):
+        a, b = min(held), max(held) + 1
+        if len(held) != b - a or taken & set(range(a, b)) or not regions[a].anchor & 2:
+            continue
+        grp = regions[a:b]
+        if not any(r.has_weights for r in grp) or grp[0].in_shape != grp[-1].out_shape:
+            continue
+        sc = tight_scope(g, regions, a, b)
+        if not sc or sc[-1] != mod or mod in g.graph.get("containers", ()):
+            continue  # a block is a module with its own forward, not a Sequential of layers
+        lower = max([e for s, e in ends if e <= a] + [u.stop for seg in out for u in seg.units if u.stop <= a] + [0])
+        b0 = find_block0(g, regions, a, b - a, (a, b), lower)
+        if b0 is None or taken & set(range(*b0)):
+            continue
+        out.append(segment_at(g, regions, a, b - a, 1))
+        taken |= set(range(a, b))
+    return out
+
+
+def segment_at(g: nx.DiGraph, regions: list[Region], start: int, p: int, reps: int) -> Segment:
+    pattern = tuple(r.signature for r in regions[start:start + p])
+    units = [_make_unit(g, regions, start + i * p, start + (i + 1) * p) for i in range(reps)]
+    return Segment(pattern=pattern, sig_id=_digest(pattern), units=units)
+
+
+def find_block0(g: nx.DiGraph, regions: list[Region], seg_start: int, unit_len: int,
+                unit_span: tuple[int, int] | None, lower: int) -> tuple[int, int] | None:
+    """The fixed, shape-changing block 0 right before a segment starting at region
+    ``seg_start`` (regions ``[lower, seg_start)`` are free to take), or None.
+
+    ``unit_span`` is one unit of the segment (from either model) used for its module
+    scope; in flat models the block 0 must have the unit's op skeleton."""
+    if seg_start <= lower:
+        return None
+    if unit_span is not None:
+        us, ue = unit_span
+        sc = tight_scope(g, regions, us, ue)
+        if sc:
+            parent = sc[:-1]
+            unit_mod = sc[-1]
+            start = seg_start
+            owner = None
+            while start > lower:
+                r = regions[start - 1]
+                scopes = [_scope_of(g, n, with_leaf=True) for n in r.nodes
+                          if g.nodes[n]["op"] in ("call_module", "call_function", "call_method")]
+                if not scopes:
+                    break
+                s0 = {s[len(parent)] if len(s) > len(parent) and s[:len(parent)] == parent else None for s in scopes}
+                if len(s0) != 1 or None in s0:
+                    break
+                mod = next(iter(s0))
+                if mod == unit_mod or (owner is not None and mod != owner):
+                    break
+                if owner is None:
+                    if (_module_type(g, mod) != _module_type(g, unit_mod)
+                            or mod.rpartition(".")[0] != unit_mod.rpartition(".")[0]):
+                        break
+                    owner = mod
+                start -= 1
+            return (start, seg_start) if owner is not None else None
+    start = seg_start - unit_len
+    if start < lower or unit_span is None:
+        return None
+    first = regions[start]
+    skel = tuple(k for r in regions[start:seg_start] for k in r.skeleton)
+    uskel = tuple(k for r in regions[unit_span[0]:unit_span[1]] for k in r.skeleton)
+    if skel == uskel and first.anchor & 1 and first.in_shape != regions[seg_start - 1].out_shape:
+        return (start, seg_start)
+    return None
+
+
+def _module_type(g: nx.DiGraph, qualname: str) -> str | None:
+    return g.graph.get("module_types", {}).get(qualname)

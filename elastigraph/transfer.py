@@ -1,0 +1,519 @@
+"""Elastic ticket transfer: stretch or squeeze a lottery ticket onto a deeper or
+shallower model of the same family.
+
+``transfer(src_model, src_mask, dst_model)`` traces both models, pairs their fixed parts
+(stem, head, each stage's shape-changing block 0) one to one and re-uses the source's
+identical blocks to fill the target's stages, following a named strategy or an explicit
+mapping. The result is a :class:`Ticket`: the target mask, the source's (rewound)
+weights laid out on the target, and the :class:`Plan` that says which source block fed
+each target block.
+
+Conventions (the E-LTH paper's code): blocks are numbered per stage, 0 being the stage's
+first block. Block 0 always maps to block 0 (``0:0``) -- in stages with a shape-changing
+first block (ResNet's downsampling block) because nothing else has its shape, and in
+stages where every block is identical (CIFAR-ResNet stage 1, ViT) by convention. Tensors
+are paired by their position inside a block, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import masks as _masks
+from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
+from .graph import ModelGraph, analyze
+from .graph.match import Matching, match
+
+STRETCH_STRATEGIES = {
+    "append": "copies appended after the originals, earliest blocks first, fewest copies each "
+              "(B0,B1,B2,B1,B2; the paper's default)",
+    "interpolate": "each block repeated in place, earlier blocks first (B0,B1,B1,B2,B2)",
+}
+SQUEEZE_STRATEGIES = {
+    "keep-first": "keep the earliest blocks, drop from the end (the paper's default)",
+    "even": "keep evenly spaced blocks (9 -> 3 keeps 0, 4, 8)",
+}
+DEFAULT_STRATEGY = "append+keep-first"
+_ALIASES = {"paper": DEFAULT_STRATEGY, "default": DEFAULT_STRATEGY}
+
+
+def strategies() -> dict[str, str]:
+    """Every strategy name accepted by ``transfer(strategy=...)`` with a description. A
+    stretch name and a squeeze name may be combined with ``+`` (``"interpolate+even"``);
+    a single name leaves the other direction at its default."""
+    out = {"paper": f"= {DEFAULT_STRATEGY}"}
+    out.update(STRETCH_STRATEGIES)
+    out.update(SQUEEZE_STRATEGIES)
+    return out
+
+
+def _parse_strategy(strategy: str | None) -> tuple[str, str]:
+    if strategy is None:
+        strategy = DEFAULT_STRATEGY
+    if not isinstance(strategy, str):
+        raise StrategyError(f"strategy must be a string such as 'append' or 'interpolate+even', got {strategy!r}")
+    name = _ALIASES.get(strategy.strip().lower(), strategy.strip().lower())
+    stretch, squeeze = DEFAULT_STRATEGY.split("+")
+    for part in filter(None, (p.strip() for p in name.split("+"))):
+        if part in STRETCH_STRATEGIES:
+            stretch = part
+        elif part in SQUEEZE_STRATEGIES:
+            squeeze = part
+        else:
+            raise StrategyError(
+                f"unknown transfer strategy {part!r}; valid: stretch {sorted(STRETCH_STRATEGIES)}, "
+                f"squeeze {sorted(SQUEEZE_STRATEGIES)}, 'paper' (= {DEFAULT_STRATEGY}), or combine one of "
+                "each with '+', e.g. 'interpolate+even'"
+            )
+    return stretch, squeeze
+
+
+# ---------------------------------------------------------------------------- strategies
+
+
+def stretch_append(n: int, m: int) -> list[int]:
+    """Source block for each of ``m`` target blocks: blocks 0..n-1, then copies of
+    1..n-1 appended in order, cycling (``3 -> 5``: 0,1,2,1,2)."""
+    copyable = list(range(1, n))
+    return list(range(n)) + [copyable[i % len(copyable)] for i in range(m - n)]
+
+
+def stretch_interpolate(n: int, m: int) -> list[int]:
+    """Each source block 1..n-1 repeated in place, earlier ones once more when the copies
+    do not divide evenly (``5 -> 9``: 0,1,1,2,2,3,3,4,4)."""
+    q, r = divmod(m - 1, n - 1)
+    out = [0]
+    for b in range(1, n):
+        out += [b] * (q + (1 if b - 1 < r else 0))
+    return out
+
+
+def squeeze_keep_first(n: int, m: int) -> list[int]:
+    """Keep blocks 0..m-1 (drop from the end)."""
+    return list(range(m))
+
+
+def squeeze_even(n: int, m: int) -> list[int]:
+    """Keep ``m`` evenly spaced blocks, first and last included (``9 -> 3``: 0,4,8)."""
+    if m == 1:
+        return [0]
+    return [int(math.floor(j * (n - 1) / (m - 1) + 0.5)) for j in range(m)]
+
+
+_FUNCS = {"append": stretch_append, "interpolate": stretch_interpolate,
+          "keep-first": squeeze_keep_first, "even": squeeze_even}
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class StagePlan:
+    """One stage: ``sources[j]`` is the source block (stage-local index) feeding target
+    block ``j``. ``block0`` names the fixed shape-changing block, if the stage has one."""
+
+    index: int
+    label: str
+    block0: str | None
+    src_blocks: list[str]
+    dst_blocks: list[str]
+    sources: list[int]
+
+    @property
+    def kind(self) -> str:
+        n, m = len(self.src_blocks), len(self.dst_blocks)
+        return "stretch" if m > n else "squeeze" if m < n else "same"
+
+    def mapping(self) -> dict[int, list[int]]:
+        """``{source block: [target blocks]}`` (sources that feed nothing are left out)."""
+        out: dict[int, list[int]] = {}
+        for j, i in enumerate(self.sources):
+            out.setdefault(i, []).append(j)
+        return dict(sorted(out.items()))
+
+    def mapping_string(self) -> str:
+        """The paper code's format: ``0:0;1:1,3;2:2,4``."""
+        return ";".join(f"{i}:{','.join(map(str, js))}" for i, js in self.mapping().items())
+
+
+@dataclass
+class Plan:
+    """Which source block feeds each target block, stage by stage; fixed parts (stem,
+    head, blocks 0) carry over one to one. Printable (rich) and JSON round-trippable."""
+
+    src: str
+    dst: str
+    strategy: str
+    stages: list[StagePlan]
+    fixed_regions: int = 0
+    version: int = 1
+
+    def mapping_string(self) -> str:
+        """All stages in the paper's format, joined by ``|`` (one string if all agree)."""
+        parts = [s.mapping_string() for s in self.stages]
+        return parts[0] if parts and all(p == parts[0] for p in parts) else "|".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+        try:
+            stages = [StagePlan(**s) for s in d["stages"]]
+            return cls(src=d["src"], dst=d["dst"], strategy=d["strategy"], stages=stages,
+                       fixed_regions=int(d.get("fixed_regions", 0)), version=int(d.get("version", 1)))
+        except (KeyError, TypeError) as e:
+            raise MappingError(f"not a valid transfer plan ({type(e).__name__}: {e}); use Plan.to_json() output") from e
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MappingError(f"plan JSON does not parse: {e}") from e
+        return cls.from_dict(data)
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        t = Table(title=f"transfer plan: {self.src} -> {self.dst} ({self.strategy})",
+                  caption=f"{self.fixed_regions} fixed regions (stem, blocks 0, head) carried over one to one")
+        for col in ("stage", "module", "block 0", "blocks", "", "target <- source"):
+            t.add_column(col)
+        for s in self.stages:
+            t.add_row(str(s.index), s.label, s.block0 or "-", f"{len(s.src_blocks)} -> {len(s.dst_blocks)}",
+                      s.kind, " ".join(f"{j}<{i}" for j, i in enumerate(s.sources)))
+        return t
+
+
+# ---------------------------------------------------------------------------- mapping strings
+
+
+def parse_mapping(text: str, n_stages: int, labels: Sequence[str] | None = None) -> list[dict[int, list[int]] | None]:
+    """Parse the paper code's mapping string into ``{src: [dst, ...]}`` per stage
+    (``None`` for an empty stage entry: use the strategy). One stage string applies to
+    every stage; otherwise there must be one per stage, joined by ``|``."""
+    if not isinstance(text, str) or not text.strip():
+        raise MappingError(f"mapping must be a non-empty string like '0:0;1:1,2;2:3,4', got {text!r}")
+    if n_stages == 0:
+        raise MappingError(f"a mapping was given ({text!r}) but the models have no stretchable stage: "
+                           "they are identical in depth everywhere, or nothing in them repeats")
+    parts = text.split("|")
+    if len(parts) == 1:
+        parts = parts * n_stages
+    if len(parts) != n_stages:
+        names = ", ".join(labels or [])
+        raise MappingError(
+            f"mapping has {len(parts)} stage entries joined by '|' but the models have {n_stages} stretchable "
+            f"stage(s) ({names}); give one entry per stage or a single entry for all"
+        )
+    out: list[dict[int, list[int]] | None] = []
+    for si, part in enumerate(parts):
+        part = part.strip()
+        if not part:
+            out.append(None)
+            continue
+        where = f"stage {si}" + (f" ({labels[si]})" if labels else "")
+        entries: dict[int, list[int]] = {}
+        for entry in filter(None, (e.strip() for e in part.split(";"))):
+            src, sep, dsts = entry.partition(":")
+            try:
+                if not sep:
+                    raise ValueError
+                i = int(src)
+                js = [int(x) for x in dsts.split(",") if x.strip()]
+            except ValueError:
+                raise MappingError(f"{where}: malformed mapping entry {entry!r}; expected 'src:dst1,dst2' "
+                                   "with block indices") from None
+            if i in entries:
+                raise MappingError(f"{where}: source block {i} appears twice in {part!r}; list its targets once")
+            entries[i] = js
+        out.append(entries)
+    return out
+
+
+def _sources_from_mapping(entries: dict[int, list[int]], n: int, m: int, has_b0: bool, where: str) -> list[int]:
+    src_of: dict[int, int] = {}
+    for i, js in entries.items():
+        if not 0 <= i < n:
+            raise MappingError(f"{where}: the mapping names source block {i} but the source stage has {n} "
+                               f"block(s) (0..{n - 1})")
+        for j in js:
+            if not 0 <= j < m:
+                raise MappingError(f"{where}: the mapping names target block {j} but the target stage has {m} "
+                                   f"block(s) (0..{m - 1})")
+            if j in src_of:
+                raise MappingError(f"{where}: target block {j} is fed twice (by {src_of[j]} and {i}); "
+                                   "every target block must be fed exactly once")
+            src_of[j] = i
+    missing = [j for j in range(m) if j not in src_of]
+    if missing:
+        raise MappingError(f"{where}: target block(s) {missing} are fed by no source block; every target block "
+                           "must be fed exactly once")
+    sources = [src_of[j] for j in range(m)]
+    _check_block0(sources, has_b0, where)
+    return sources
+
+
+def _check_block0(sources: list[int], has_b0: bool, where: str) -> None:
+    if not has_b0:
+        return
+    if sources and sources[0] != 0:
+        raise MappingError(f"{where}: block 0 changes the shape and must map to block 0 ('0:0'), "
+                           f"got target 0 fed by {sources[0]}")
+    bad = [j for j, i in enumerate(sources) if i == 0 and j != 0]
+    if bad:
+        raise MappingError(f"{where}: block 0 changes the shape and cannot feed target block(s) {bad}")
+
+
+def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, block0: str | None) -> list[int]:
+    if m == n:
+        return list(range(n))
+    if m == 0:
+        return []
+    if m < n:
+        return _FUNCS[squeeze](n, m)
+    if n <= 1:
+        what = (f"a single block (block 0 = {block0}, which changes the shape)" if block0
+                else ("a single block" if n == 1 else "no block"))
+        raise SegmentMismatchError(
+            f"{where}: the source stage has {what} and the target needs {m}: there is nothing to stretch from. "
+            "Use a source with at least 2 blocks in that stage (squeezing to 1 block works)."
+        )
+    return _FUNCS[stretch](n, m)
+
+
+# ---------------------------------------------------------------------------- the ticket
+
+
+@dataclass
+class Ticket:
+    """A transferred ticket: ``mask`` (target parameter name -> bool tensor, one tensor
+    per entry), ``weights`` (target state_dict key -> the source's tensor) and the
+    ``plan``. ``apply(model)`` copies both into a target model.
+
+    ``weights`` holds the source model's own tensors, not copies (the blocks a stretch
+    replicates appear under several keys): treat them as read-only, or ``clone()``
+    before editing in place. safetensors users: clone before ``save_file``, which
+    refuses shared tensors."""
+
+    mask: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]
+    plan: Plan
+    src_mask: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    blocks: list[tuple[int, int, int, list[str]]] = field(default_factory=list, repr=False)
+    unmapped: list[str] = field(default_factory=list)
+
+    def sparsity(self) -> dict[str, float]:
+        """Global sparsity of the source mask and of the transferred mask. The transfer keeps
+        every block's own density; the global one drifts with the share of copied blocks."""
+        return {"src": _masks.sparsity(self.src_mask), "dst": _masks.sparsity(self.mask)}
+
+    def block_density(self) -> list[dict[str, Any]]:
+        """Per target block of every stage (block 0 included): its source block and the
+        density of its masked tensors (the source block's own: blocks are copied whole)."""
+        rows = []
+        for stage, j, i, names in self.blocks:
+            sub = {n: self.mask[n] for n in names if n in self.mask}
+            if sub:
+                rows.append({"stage": stage, "label": self.plan.stages[stage].label, "dst_block": j,
+                             "src_block": i, "density": _masks.density(sub)})
+        return rows
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Copy ``weights`` into ``model`` (into ``*_orig`` where it is already pruned) and
+        install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``."""
+        if not isinstance(model, nn.Module):
+            raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
+        label = type(model).__name__
+        targets: dict[str, torch.Tensor] = {}
+        for key, value in self.weights.items():
+            mod_name, _, attr = key.rpartition(".")
+            try:
+                mod = model.get_submodule(mod_name)
+            except AttributeError:
+                mod = None
+            t = None
+            if mod is not None:
+                t = getattr(mod, attr + "_orig", None)
+                if not isinstance(t, torch.Tensor):
+                    t = getattr(mod, attr, None)
+            if not isinstance(t, torch.Tensor):
+                raise SegmentMismatchError(f"ticket weight {key!r} (made for {self.plan.dst}) has no tensor in {label}; "
+                                           "apply the ticket to the target model it was transferred onto")
+            if tuple(t.shape) != tuple(value.shape):
+                raise SegmentMismatchError(f"ticket weight {key!r} has shape {tuple(value.shape)} but {label}.{key} "
+                                           f"has shape {tuple(t.shape)}")
+            targets[key] = t
+        already = set(_masks.from_model(model))
+        with torch.no_grad():
+            for key, t in targets.items():
+                t.copy_(self.weights[key])
+        _masks.install(model, self.mask, model_name=label)
+        # install() computes weight = orig * mask for new masks; where a mask was already
+        # installed, refresh the effective weight now rather than at the next forward
+        for name in already & set(self.mask):
+            mod_name, _, attr = name.rpartition(".")
+            mod = model.get_submodule(mod_name)
+            with torch.no_grad():
+                setattr(mod, attr, getattr(mod, attr + "_orig") * getattr(mod, attr + "_mask"))
+        return model
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        sp = self.sparsity()
+        lines = [self.plan, Text(f"mask: {len(self.mask)} tensors, global sparsity {sp['src']:.2%} (source) -> "
+                                 f"{sp['dst']:.2%} (target); weights: {len(self.weights)} tensors")]
+        if self.unmapped:
+            lines.append(Text(f"kept from the target (no source): {self.unmapped[:5]}", style="yellow"))
+        return Group(*lines)
+
+
+# ---------------------------------------------------------------------------- transfer
+
+
+def _source_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict with torch.nn.utils.prune's ``X_orig`` under ``X`` and ``X_mask`` left out."""
+    sd = model.state_dict()
+    masked = {k[: -len("_mask")] for k in sd if k.endswith("_mask") and k[: -len("_mask")] + "_orig" in sd}
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("_mask") and k[: -len("_mask")] in masked:
+            continue
+        if k.endswith("_orig") and k[: -len("_orig")] in masked:
+            k = k[: -len("_orig")]
+        out[k] = v
+    return out
+
+
+def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str | None,
+                 mapping: str | Plan | None) -> tuple[str, list[StagePlan]]:
+    labels = [s.label for s in mt.stages]
+    stretch, squeeze = _parse_strategy(strategy)
+    name = f"{stretch}+{squeeze}"
+    per_stage: list[dict[int, list[int]] | None] = [None] * len(mt.stages)
+    if isinstance(mapping, Plan):
+        if len(mapping.stages) != len(mt.stages):
+            raise MappingError(f"the plan has {len(mapping.stages)} stage(s) but {src.name} -> {dst.name} has "
+                               f"{len(mt.stages)} ({', '.join(labels)})")
+        per_stage = [sp.mapping() for sp in mapping.stages]
+        name = "plan"
+    elif mapping is not None:
+        per_stage = parse_mapping(mapping, len(mt.stages), labels)
+        name = "mapping"
+    out = []
+    for sm, entries in zip(mt.stages, per_stage):
+        has_b0 = sm.has_block0
+        n, m = len(sm.src_labels), len(sm.dst_labels)
+        where = f"stage {sm.index} ({sm.label})"
+        if entries is None:
+            sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label)
+        else:
+            sources = _sources_from_mapping(entries, n, m, has_b0, where)
+        out.append(StagePlan(index=sm.index, label=sm.label, block0=sm.block0_label,
+                             src_blocks=list(sm.src_labels), dst_blocks=list(sm.dst_labels), sources=sources))
+    return name, out
+
+
+def _pairs(a: list[tuple[str, tuple]], b: list[tuple[str, tuple]], what: str) -> list[tuple[str, str]]:
+    """Pair dst tensors ``a`` with src tensors ``b`` by position (shapes must agree)."""
+    if len(a) != len(b) or any(sa != sb for (_, sa), (_, sb) in zip(a, b)):
+        raise SegmentMismatchError(f"{what}: tensors differ ({[(n, s) for n, s in a][:3]} vs {[(n, s) for n, s in b][:3]})")
+    return [(na, nb) for (na, _), (nb, _) in zip(a, b)]
+
+
+def transfer(
+    src_model: nn.Module,
+    src_mask: Mapping[str, torch.Tensor] | None,
+    dst_model: nn.Module,
+    *,
+    strategy: str | None = None,
+    mapping: str | Plan | None = None,
+    example_input: Any = None,
+    leaf_modules: Sequence[type] = (),
+) -> Ticket:
+    """Transfer a ticket (``src_mask`` + ``src_model``'s weights, its rewind point) onto
+    ``dst_model``, a deeper or shallower model of the same family.
+
+    ``src_mask``: ``{parameter name: 0/1 or bool tensor}`` over any subset of the source's
+    parameters, or ``None`` to read masks installed with ``torch.nn.utils.prune``.
+    ``strategy``: see :func:`strategies` (default: the paper's, append + keep-first);
+    ``mapping``: the paper's block-mapping string (``"0:0;1:1,2;2:3,4"``, stages joined by
+    ``|``) or a :class:`Plan`. Neither model is modified."""
+    for what, m in (("src_model", src_model), ("dst_model", dst_model)):
+        if not isinstance(m, nn.Module):
+            raise ModelTypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
+    if strategy is not None and mapping is not None:
+        raise StrategyError("pass either strategy= or mapping=, not both")
+    src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"
+    if src_mask is None:
+        smask = _masks.from_model(src_model)
+        if not smask:
+            raise MaskError(f"src_mask is None but {src_label} has no torch.nn.utils.prune masks installed; "
+                            "pass a mask dict {parameter name: bool tensor}")
+    else:
+        smask = _masks.check_mask(src_model, src_mask, model_name=src_label)
+    src = analyze(src_model, example_input, leaf_modules=leaf_modules, name=src_label)
+    # the target sees exactly the source's input, so that activation shapes compare
+    shared = example_input if example_input is not None else [torch.Size(s) for s in src.traced.input_shapes]
+    dst = analyze(dst_model, shared, leaf_modules=leaf_modules, name=dst_label)
+    mt = match(src, dst)
+    strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping)
+    plan = Plan(src=src_label, dst=dst_label, strategy=strat_name, stages=stage_plans, fixed_regions=len(mt.fixed))
+
+    # dst tensor name -> src tensor name, parameters and buffers
+    pmap: dict[str, str] = {}
+    bmap: dict[str, str] = {}
+    for a, b in mt.fixed:
+        ra, rb = src.regions[a], dst.regions[b]
+        pmap.update(_pairs(rb.params, ra.params, f"{src_label} region {a} vs {dst_label} region {b}"))
+        bmap.update(_pairs(rb.buffers, ra.buffers, f"{src_label} region {a} vs {dst_label} region {b}"))
+    block_rows: list[tuple[int, int, int, list[str]]] = []
+    for sm, sp in zip(mt.stages, stage_plans):
+        off = 1 if sm.has_block0 else 0
+        if off:
+            block_rows.append((sm.index, 0, 0, [n for r in range(*sm.dst_block0) for n, _ in dst.regions[r].params]))
+        for j, du in enumerate(sm.dst_units):
+            su = sm.src_units[sp.sources[j + off] - off]
+            pmap.update(_pairs(du.params, su.params, f"{sm.label}: {su.label} -> {du.label}"))
+            bmap.update(_pairs(du.buffers, su.buffers, f"{sm.label}: {su.label} -> {du.label}"))
+            block_rows.append((sm.index, j + off, sp.sources[j + off], [n for n, _ in du.params]))
+    # tensors no graph node reads (unused modules): same name and shape, else left to the target
+    src_unowned = dict(src.decomposition.unowned_params + src.decomposition.unowned_buffers)
+    unmapped = []
+    for n, s in dst.decomposition.unowned_params + dst.decomposition.unowned_buffers:
+        if src_unowned.get(n) == s:
+            (pmap if (n, s) in dst.decomposition.unowned_params else bmap)[n] = n
+        else:
+            unmapped.append(n)
+
+    state = _source_state(src_model)
+    dst_keys = _source_state(dst_model).keys()
+    src_of = {k: v for k, v in list(pmap.items()) + list(bmap.items()) if v in state}
+    # target state_dict order; values are the source's tensors themselves (no copies:
+    # a stretched ViT-B would otherwise allocate hundreds of MB here)
+    weights = {k: state[src_of[k]].detach() for k in dst_keys if k in src_of}
+    used: set[str] = set()
+    dst_mask = {}
+    for k, v in pmap.items():  # copies of a block get their own tensors
+        if v in smask:
+            dst_mask[k] = smask[v].clone() if v in used else smask[v]
+            used.add(v)
+    order = {n: i for i, (n, _) in enumerate(dst_model.named_parameters())}
+    dst_mask = dict(sorted(dst_mask.items(), key=lambda kv: order.get(kv[0], order.get(kv[0] + "_orig", 0))))
+    return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped)
+
+
+__all__ = ["transfer", "Ticket", "Plan", "StagePlan", "strategies", "parse_mapping", "stretch_append",
+           "stretch_interpolate", "squeeze_keep_first", "squeeze_even", "DEFAULT_STRATEGY"]
