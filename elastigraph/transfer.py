@@ -354,18 +354,10 @@ class Ticket:
                 raise SegmentMismatchError(f"ticket weight {key!r} has shape {tuple(value.shape)} but {label}.{key} "
                                            f"has shape {tuple(t.shape)}")
             targets[key] = t
-        already = set(_masks.from_model(model))
         with torch.no_grad():
             for key, t in targets.items():
                 t.copy_(self.weights[key])
         _masks.install(model, self.mask, model_name=label)
-        # install() computes weight = orig * mask for new masks; where a mask was already
-        # installed, refresh the effective weight now rather than at the next forward
-        for name in already & set(self.mask):
-            mod_name, _, attr = name.rpartition(".")
-            mod = model.get_submodule(mod_name)
-            with torch.no_grad():
-                setattr(mod, attr, getattr(mod, attr + "_orig") * getattr(mod, attr + "_mask"))
         return model
 
     def __rich__(self) -> Any:
