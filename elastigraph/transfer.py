@@ -187,7 +187,7 @@ class Plan:
 
         t = Table(title=f"transfer plan: {self.src} -> {self.dst} ({self.strategy})",
                   caption=f"{self.fixed_regions} fixed regions (stem, blocks 0, head) carried over one to one")
-        for col in ("stage", "module", "block 0", "blocks", "", "target <- source"):
+        for col in ("stage", "module", "block 0", "blocks", "change", "target block <- source block"):
             t.add_column(col)
         for s in self.stages:
             t.add_row(str(s.index), s.label, s.block0 or "-", f"{len(s.src_blocks)} -> {len(s.dst_blocks)}",
