@@ -1,0 +1,401 @@
+"""The ``elastigraph`` command line: a thin typer + rich layer over the library.
+
+``inspect`` (a model's stages and segments), ``transfer`` (move a ticket), ``prune`` (a
+mask by a named method), ``train`` (masked training -> results JSON), ``run`` (a recipe,
+resumable) and ``report`` (tables and plots of a run). MODEL is a zoo name with optional
+constructor overrides: ``timm:vit_tiny_patch16_224?depth=6&img_size=32``. User errors
+print one message and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import ElastigraphError
+
+app = typer.Typer(
+    name="elastigraph",
+    help="Move lottery tickets (masks + rewound weights) between networks of one family but different depth.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err_console = Console(stderr=True)
+
+MODEL_HELP = (
+    "Zoo name with optional overrides: cifar_resnet_56, tv:resnet34, "
+    "'timm:vit_tiny_patch16_224?depth=6&img_size=32', 'timm:convnext_atto?depths=[2,2,4,2]'."
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _shape(dataset: Optional[str], data_root: Optional[str], in_chans: Optional[int], num_classes: Optional[int]) -> tuple[int, int]:
+    """Input channels and classes: from ``--dataset`` when given, else the options (3/10)."""
+    if dataset is not None:
+        from .recipes.schema import dataset_shape
+
+        c, k = dataset_shape(dataset, data_root)
+        return (in_chans or c), (num_classes or k)
+    return in_chans or 3, num_classes or 10
+
+
+def _example_input(dataset: Optional[str], data_root: Optional[str], image_size: Optional[int], in_chans: int) -> Optional[tuple[int, ...]]:
+    """Example input shape for tracing: ``--image-size``, else the dataset's images, else
+    None (the graph module guesses)."""
+    if image_size is not None:
+        return (2, in_chans, image_size, image_size)
+    if dataset is not None:
+        from .recipes.schema import dataset_input
+
+        return (2, *dataset_input(dataset, data_root)[2])
+    return None
+
+
+def _model(spec: str, in_chans: int, num_classes: int, seed: int = 0):
+    """Build MODEL (zoo name + overrides) with a seeded random init."""
+    import torch
+
+    from .recipes.schema import ModelSpec, parse_model_spec
+
+    name, overrides = parse_model_spec(spec)
+    torch.manual_seed(seed)
+    return ModelSpec(name=name, overrides=overrides).build(in_chans=in_chans, num_classes=num_classes)
+
+
+def _load_weights(model, path: Path, what: str) -> None:
+    """Load a safetensors state dict into ``model`` (strict), with a readable error."""
+    from .errors import MaskError
+    from .recipes.cache import load_tensors
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
+    try:
+        state = load_tensors(path)
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise MaskError(f"{what} file {path} is not a safetensors state dict: {e}") from None
+    missing, unexpected = [], []
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad_shape = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        raise MaskError(
+            f"{what} file {path} does not fit {type(model).__name__}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]} "
+            "(is it the state dict of the same model spec?)"
+        )
+    model.load_state_dict(state)
+
+
+def _param_table(model) -> Table:
+    from . import masks
+
+    prunable = set(masks.prunable_parameters(model))
+    total = sum(p.numel() for p in model.parameters())
+    pr = sum(p.numel() for n, p in model.named_parameters() if n in prunable)
+    t = Table(title="parameters", show_header=False)
+    t.add_row("total", f"{total:,}")
+    t.add_row("prunable (conv/linear weights)", f"{pr:,} in {len(prunable)} tensors")
+    return t
+
+
+def _emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def inspect(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    dataset: Optional[str] = typer.Option(None, help="Take input channels/classes from this dataset."),
+    data_root: Optional[str] = typer.Option(None, help="Folder of the dataset files."),
+    in_chans: Optional[int] = typer.Option(None, help="Input channels (default 3, or the dataset's)."),
+    num_classes: Optional[int] = typer.Option(None, help="Classes (default 10, or the dataset's)."),
+    image_size: Optional[int] = typer.Option(None, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
+) -> None:
+    """Show MODEL's stages and segments (the units a ticket transfer replicates or drops)."""
+    from . import graph
+
+    c, k = _shape(dataset, data_root, in_chans, num_classes)
+    net = _model(model, c, k)
+    analysis = graph.analyze(net, _example_input(dataset, data_root, image_size, c), name=model)
+    if as_json:
+        from . import masks
+
+        prunable = set(masks.prunable_parameters(net))
+        _emit_json({
+            "model": model,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "prunable_parameters": sum(p.numel() for n, p in net.named_parameters() if n in prunable),
+            "analysis": analysis.to_dict(),
+        })
+        return
+    console.print(analysis)
+    console.print(_param_table(net))
+
+
+@app.command()
+def transfer(
+    src: str = typer.Option(..., "--src", help="Source model. " + MODEL_HELP),
+    mask: Path = typer.Option(..., "--mask", help="Source mask file (safetensors, or the paper's mask.pth)."),
+    dst: str = typer.Option(..., "--dst", help="Target model (same family, other depth)."),
+    out: Path = typer.Option(..., "--out", help="Target mask file to write (.safetensors); the plan goes to OUT.plan.json."),
+    strategy: Optional[str] = typer.Option(None, help="Named transfer strategy (default: the library's)."),
+    mapping: Optional[str] = typer.Option(None, help="Explicit block mapping, e.g. '0:0;1:1,2;2:3,4' (per stage, '|' between stages), or a plan JSON file."),
+    src_weights: Optional[Path] = typer.Option(None, help="Source state dict (safetensors) to carry, e.g. its rewind weights; writes OUT.weights.safetensors."),
+    dataset: Optional[str] = typer.Option(None, help="Take input channels/classes from this dataset."),
+    data_root: Optional[str] = typer.Option(None),
+    in_chans: Optional[int] = typer.Option(None),
+    num_classes: Optional[int] = typer.Option(None),
+    image_size: Optional[int] = typer.Option(None, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
+    seed: int = typer.Option(0, help="Seed of the target's initialisation (for parameters the plan does not carry)."),
+    as_json: bool = typer.Option(False, "--json", help="Print file paths and sparsities as JSON."),
+) -> None:
+    """Move a ticket from SRC to DST: print the plan and sparsities, write mask (+ weights) and plan."""
+    from . import masks
+    from .recipes.cache import save_tensors, write_json
+    from .transfer import Plan
+    from .transfer import transfer as _transfer
+
+    if strategy is not None and mapping is not None:
+        raise typer.BadParameter("give --strategy or --mapping, not both", param_hint="--mapping")
+    if not mask.is_file():
+        raise FileNotFoundError(f"mask file {str(mask)!r} does not exist")
+    c, k = _shape(dataset, data_root, in_chans, num_classes)
+    example = _example_input(dataset, data_root, image_size, c)
+    plan_or_mapping: Any = mapping
+    if mapping is not None and mapping.endswith(".json"):
+        if not Path(mapping).is_file():
+            raise FileNotFoundError(f"plan file {mapping!r} does not exist")
+        plan_or_mapping = Plan.from_json(Path(mapping).read_text())
+    src_model = _model(src, c, k, seed)
+    if src_weights is not None:
+        _load_weights(src_model, src_weights, "--src-weights")
+    src_mask = masks.read_mask(mask)
+    dst_model = _model(dst, c, k, seed)
+    ticket = _transfer(src_model, src_mask, dst_model, strategy=strategy, mapping=plan_or_mapping, example_input=example)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("") if out.suffix == ".safetensors" else out
+    plan_path = Path(f"{stem}.plan.json")
+    masks.save_mask(ticket.mask, out, metadata={"source": src, "target": dst, "strategy": strategy, "mapping": mapping})
+    files = {"mask": str(out), "plan": str(plan_path)}
+    if src_weights is not None:
+        w = Path(f"{stem}.weights.safetensors")
+        save_tensors(w, ticket.weights)
+        files["weights"] = str(w)
+    write_json(plan_path, ticket.plan.to_dict())
+    report = masks.sparsity_report(ticket.mask, dst_model, model_name=dst)
+    if as_json:
+        _emit_json({"files": files, "source_sparsity": masks.sparsity(src_mask), "sparsity": masks.sparsity(ticket.mask),
+                    "report": report.to_dict()})
+        return
+    console.print(ticket.plan)
+    console.print(f"mapping: {ticket.plan.mapping_string()}")
+    console.print(report)
+    console.print(
+        f"source sparsity {masks.sparsity(src_mask):.2%} -> target sparsity {masks.sparsity(ticket.mask):.2%}; "
+        f"wrote {', '.join(files.values())}"
+    )
+
+
+@app.command()
+def prune(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    method: str = typer.Option(..., "--method", "-m", help="magnitude, random, snip, grasp or synflow."),
+    sparsity: float = typer.Option(..., "--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
+    out: Path = typer.Option(..., "--out", help="Mask file to write (.safetensors)."),
+    weights: Optional[Path] = typer.Option(None, help="State dict (safetensors) to score instead of a random init."),
+    dataset: Optional[str] = typer.Option(None, help="Data for SNIP/GraSP (and channels/classes)."),
+    data_root: Optional[str] = typer.Option(None),
+    batches: int = typer.Option(1, help="SNIP/GraSP: batches to score on."),
+    batch_size: int = typer.Option(128, help="SNIP/GraSP: images per batch."),
+    iterations: int = typer.Option(100, help="SynFlow: pruning rounds."),
+    scope: str = typer.Option("global", help="global or layerwise."),
+    in_chans: Optional[int] = typer.Option(None),
+    num_classes: Optional[int] = typer.Option(None),
+    seed: int = typer.Option(0, help="Seed of the init and of random pruning."),
+    as_json: bool = typer.Option(False, "--json", help="Print the sparsity report as JSON."),
+) -> None:
+    """Prune MODEL to SPARSITY with METHOD and write the mask."""
+    from . import masks
+    from . import prune as _prune
+    from .errors import StrategyError
+
+    fn = _prune.by_name(method)
+    if method == "imp":
+        raise StrategyError("'imp' needs training between rounds: use `elastigraph run RECIPE` (or prune.imp in Python)")
+    c, k = _shape(dataset, data_root, in_chans, num_classes)
+    net = _model(model, c, k, seed)
+    if weights is not None:
+        _load_weights(net, weights, "--weights")
+    if method == "magnitude":
+        m = fn(net, sparsity=sparsity, scope=scope)
+    elif method == "random":
+        m = fn(net, sparsity, scope=scope, seed=seed)
+    elif method == "synflow":
+        m = fn(net, sparsity, iterations=iterations, scope=scope)
+    else:
+        if dataset is None:
+            raise StrategyError(f"{method} scores weights on data: add --dataset (e.g. --dataset fashion_mnist)")
+        from .recipes.runner import normalized_batches
+        from .train.data import load_dataset
+
+        ds = load_dataset(dataset, root=data_root, split="train", limit=batches * batch_size, seed=seed)
+        m = fn(net, normalized_batches(ds, batches, batch_size, seed), sparsity, scope=scope)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    masks.save_mask(m, out, metadata={"model": model, "method": method, "sparsity": sparsity, "seed": seed})
+    report = masks.sparsity_report(m, net, model_name=model)
+    if as_json:
+        _emit_json({"file": str(out), "report": report.to_dict()})
+        return
+    console.print(report)
+    console.print(f"wrote {out} ({method}, sparsity {masks.sparsity(m):.2%})")
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    dataset: str = typer.Option("fashion_mnist", help="fashion_mnist, cifar10, cifar100, synthetic, imagefolder:PATH."),
+    data_root: Optional[str] = typer.Option(None),
+    mask: Optional[Path] = typer.Option(None, help="Train under this mask (safetensors or mask.pth)."),
+    weights: Optional[Path] = typer.Option(None, help="Start from this state dict (safetensors), e.g. a ticket's weights."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
+    epochs: float = typer.Option(1.0),
+    start_step: int = typer.Option(0, help="Resume the LR schedule at this step (a rewound ticket: its rewind step)."),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.1),
+    train_limit: Optional[int] = typer.Option(None, help="Use a class-balanced subset of this many training images."),
+    test_limit: Optional[int] = typer.Option(None),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    out: Path = typer.Option(Path("train_results.json"), help="Results JSON to write."),
+    save_weights: Optional[Path] = typer.Option(None, help="Also write the trained state dict (safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results JSON."),
+) -> None:
+    """Train MODEL (optionally under a mask) on DATASET and write the results JSON."""
+    from . import masks
+    from .recipes.cache import save_tensors, write_json
+    from .train import TrainConfig, rich_progress
+    from .train import train as _train
+    from .train.data import load_dataset
+
+    tr = load_dataset(dataset, root=data_root, split="train", limit=train_limit, seed=seed)
+    te = load_dataset(dataset, root=data_root, split="test", limit=test_limit, seed=seed)
+    net = _model(model, tr.spec.in_chans, tr.spec.num_classes, seed)
+    if weights is not None:
+        _load_weights(net, weights, "--weights")
+    m = masks.read_mask(mask) if mask is not None else None
+    cfg = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    with rich_progress(f"train {model}", console=err_console) as cb:
+        res = _train(net, tr, te, cfg, mask=m, start_step=start_step, progress=None if as_json else cb)
+    result = {
+        "model": model, "dataset": dataset, "mask": str(mask) if mask else None,
+        "sparsity": masks.sparsity(m) if m is not None else 0.0,
+        "test_acc": res.test_acc, "test_loss": res.test_loss, "steps": res.steps, "wall_s": res.wall_s,
+        "images_per_s": res.images_per_s, "device": res.device, "config": res.config, "history": res.history,
+    }
+    write_json(out, result)
+    if save_weights is not None:
+        save_tensors(save_weights, res.final_state)
+    if as_json:
+        _emit_json(result)
+        return
+    console.print(
+        f"{model} on {dataset}: test accuracy {res.test_acc:.2%} (loss {res.test_loss:.3f}) after {res.steps} steps "
+        f"in {res.wall_s:.1f}s on {res.device}; wrote {out}"
+    )
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file (see recipes/)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Seconds-long version: tiny subset, few steps, one seed, one level."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<recipe name>[-smoke])."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set dataset.name=cifar10 --set train.steps=500."),
+    check: bool = typer.Option(False, "--check", help="Only validate the recipe."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-step log or progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results JSON at the end."),
+) -> None:
+    """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots."""
+    from .recipes.runner import run_recipe
+    from .recipes.schema import load_recipe
+    from .report import load_results, summary_table
+    from .train import rich_progress
+
+    r = load_recipe(recipe, smoke=smoke, overrides=set_)
+    if check:
+        console.print(f"{recipe}: valid recipe {r.name!r} ({len(r.targets)} target(s), {len(r.seeds)} seed(s))")
+        return
+    out_dir = out or Path("runs") / (r.name + ("-smoke" if smoke else ""))
+    log_console = err_console if as_json else console
+    log = None if quiet else (lambda s: log_console.print(s, markup=False, highlight=False, soft_wrap=True))
+    progress = None if (quiet or as_json) else (lambda label: rich_progress(label, console=log_console))
+    summary = run_recipe(r, out_dir, log=log, progress=progress)
+    if summary.results_path is None:  # not rank 0 under torchrun
+        return
+    results = load_results(out_dir)
+    if as_json:
+        _emit_json(results)
+        return
+    console.print(summary_table(results))
+    console.print(
+        f"{summary.executed} step(s) run, {summary.skipped} from the cache; wrote {out_dir}/results.json, "
+        "results.csv, summary.csv, accuracy.png, layer_density.png"
+    )
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (holds results.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-method summary as JSON."),
+) -> None:
+    """Rewrite RUN_DIR's CSV files and plots from its results.json and print the summary."""
+    from .report import load_results, summarize, summary_table, write_report
+
+    paths = write_report(run_dir)
+    results = load_results(run_dir)
+    if as_json:
+        _emit_json({"files": {k: str(v) for k, v in paths.items()}, "summary": summarize(results["records"])})
+        return
+    console.print(summary_table(results))
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: run the CLI; user errors -> one line on stderr, exit status 2
+    (usage errors are typer's: a usage line and status 2; ``--help`` everywhere)."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="elastigraph", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except (ElastigraphError, FileNotFoundError, IsADirectoryError) as e:
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        err_console.print(f"[bold red]error:[/] {escape(msg)}", markup=True, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Results of a recipe run as tables, CSV and PNG plots (matplotlib, Agg backend).
+
+Reads ``<run>/results.json`` (written by :mod:`elastigraph.recipes.runner`) and writes
+``results.csv``, ``summary.csv``, ``accuracy.png`` (test accuracy vs sparsity, every
+method, mean and spread over seeds) and ``layer_density.png`` (per-layer density of the
+source, transferred and target-IMP tickets).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import ReportError
+from .recipes.cache import write_text
+
+RECORD_FIELDS = ["seed", "role", "model", "target", "level", "method", "sparsity", "test_acc", "test_loss", "steps", "step"]
+SUMMARY_FIELDS = ["role", "target", "method", "level", "sparsity", "test_acc_mean", "test_acc_std", "n"]
+METHOD_ORDER = ["dense", "transfer", "imp", "random", "snip", "grasp", "synflow"]
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``run_dir/results.json``; a clear error if the run has not finished."""
+    path = Path(run_dir) / "results.json"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
+    if not path.is_file():
+        raise ReportError(
+            f"{path} does not exist: the run in {str(run_dir)!r} has not finished; "
+            "run `elastigraph run RECIPE --out DIR` again to resume it"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise ReportError(f"{path} has no 'records' list; is it an elastigraph results file?")
+    return data
+
+
+def _csv_text(rows: Iterable[Mapping[str, Any]], fields: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of test accuracy over seeds, per (role,
+    target, method, level); sparsity is averaged too (it can drift by seed). Runs whose
+    accuracy is missing (no test set) count in ``n`` but not in the mean."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    first_seen: dict[str, int] = {}
+    for r in records:
+        groups[(r["role"], r["target"], r["method"], int(r["level"]))].append(r)
+        first_seen.setdefault(r["target"], len(first_seen))
+
+    def order(key: tuple) -> tuple:  # source first, then targets in recipe order, by level
+        role, target, method, level = key
+        mi = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+        return (role != "source", first_seen[target], level, mi)
+
+    out = []
+    for key in sorted(groups, key=order):
+        rows = groups[key]
+        accs = [float(r["test_acc"]) for r in rows if r["test_acc"] is not None]
+        acc_m, acc_s = _mean_std(accs) if accs else (math.nan, math.nan)
+        sp_m, _ = _mean_std([float(r["sparsity"]) for r in rows])
+        out.append({
+            "role": key[0], "target": key[1], "method": key[2], "level": key[3],
+            "sparsity": sp_m, "test_acc_mean": acc_m, "test_acc_std": acc_s, "n": len(rows),
+        })
+    return out
+
+
+def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Test accuracy vs sparsity, one panel per model (source first), one line per method
+    (mean over seeds, shaded +-1 std); dense runs as a dashed horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    summary = summarize(results["records"])
+    panels: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summary:
+        panels[("source: " if s["role"] == "source" else "target: ") + s["target"]].append(s)
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels.items()):
+        by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for s in rows:
+            by_method[s["method"]].append(s)
+        for method in sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+            pts = sorted(by_method[method], key=lambda s: s["sparsity"])
+            xs = [100 * s["sparsity"] for s in pts]
+            ys = [100 * s["test_acc_mean"] for s in pts]
+            sd = [100 * s["test_acc_std"] for s in pts]
+            if method == "dense":
+                ax.axhline(ys[0], ls="--", color="k", lw=1, label="dense")
+                continue
+            line = ax.plot(xs, ys, marker="o", ms=3, label=method)[0]
+            ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)],
+                            color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{results.get('recipe', '')}: accuracy vs sparsity (mean ± std over seeds {results.get('seeds', '')})", fontsize=10)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def plot_layer_density(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Per-layer density (prunable tensors in model order) of the source ticket, the
+    transferred ticket and the target's own IMP ticket, at the highest transferred
+    level of the first seed; one panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    entries = results.get("layer_density") or []
+    if entries:
+        seed0 = entries[0]["seed"]
+        best: dict[str, Mapping[str, Any]] = {}
+        for e in entries:
+            if e["seed"] == seed0 and (e["target"] not in best or e["level"] > best[e["target"]]["level"]):
+                best[e["target"]] = e
+        chosen = list(best.values())
+    else:
+        chosen = []
+    n = max(1, len(chosen))
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.8 * n), squeeze=False)
+    for ax, e in zip(axes[:, 0], chosen):
+        for key, style in (("source", "o-"), ("transfer", "s-"), ("imp", "^-")):
+            if key in e:
+                ys = [100 * v for v in e[key].values()]
+                xs = [i / max(1, len(ys) - 1) for i in range(len(ys))]
+                ax.plot(xs, ys, style, ms=3, lw=1, label=f"{key} ({len(ys)} tensors)")
+        ax.set_title(f"{e['target']}: per-layer density at source IMP level {e['level']}, seed {e['seed']}", fontsize=9)
+        ax.set_xlabel("relative depth of the prunable tensor (0 = stem, 1 = head; model order)")
+        ax.set_ylabel("density (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if not chosen:
+        axes[0, 0].text(0.5, 0.5, "no transferred tickets in this run", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def _save_fig(fig: Any, path: str | Path) -> Path:
+    import os
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_report(run_dir: str | Path) -> dict[str, Path]:
+    """(Re)write ``results.csv``, ``summary.csv``, ``accuracy.png`` and
+    ``layer_density.png`` in ``run_dir`` from its results.json; returns their paths."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    paths = {
+        "results_csv": run_dir / "results.csv",
+        "summary_csv": run_dir / "summary.csv",
+        "accuracy_png": run_dir / "accuracy.png",
+        "layer_density_png": run_dir / "layer_density.png",
+    }
+    write_text(paths["results_csv"], _csv_text(results["records"], RECORD_FIELDS))
+    write_text(paths["summary_csv"], _csv_text(summarize(results["records"]), SUMMARY_FIELDS))
+    plot_accuracy(results, paths["accuracy_png"])
+    plot_layer_density(results, paths["layer_density_png"])
+    return paths
+
+
+def summary_table(results: Mapping[str, Any]):
+    """A rich Table of :func:`summarize` (accuracy mean ± std over seeds)."""
+    from rich.table import Table
+
+    t = Table(title=f"{results.get('recipe', 'run')}: test accuracy (mean ± std over {len(results.get('seeds', []) or [0])} seed(s))")
+    for col, just in (("model", "left"), ("role", "left"), ("method", "left"), ("level", "right"),
+                      ("sparsity", "right"), ("accuracy %", "right")):
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for s in summarize(results["records"]):
+        acc = f"{100 * s['test_acc_mean']:.2f}" + (f" ± {100 * s['test_acc_std']:.2f}" if s["n"] > 1 else "")
+        t.add_row(s["target"], s["role"], s["method"], str(s["level"]), f"{100 * s['sparsity']:.1f}%", acc)
+    return t

@@ -1,0 +1,158 @@
+"""The recipe runner: every shipped recipe in smoke mode, the step cache (skip on rerun,
+partial invalidation) and kill -9 + resume giving the same results as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from elastigraph.recipes import load_recipe, run_recipe
+from elastigraph.recipes.cache import MARKER
+
+pytest.importorskip("elastigraph.transfer", reason="the runner needs elastigraph.transfer")
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+HAVE_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() or bool(
+    os.environ.get("FASHION_MNIST_ROOT")
+)
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "train_limit": 64, "test_limit": 32},
+    "source": "cifar_resnet_14?width=4",
+    "prune": {"rounds": 2, "fraction": 0.2, "rewind_step": 1},
+    "train": {"steps": 2, "batch_size": 16, "augment": False},
+    "targets": [{"model": "cifar_resnet_20?width=4"}],
+    "baselines": ["random", "dense"],
+    "seeds": [0],
+    "device": "cpu",
+}
+"""12 steps: source dense + 2 IMP levels, target dense, and per level: transfer,
+retrain, random mask, retrain."""
+
+
+def _done(out: Path) -> set[str]:
+    return {p.parent.name for p in (out / "steps").glob(f"*/{MARKER}")}
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_runs_in_smoke_mode(path, tmp_path):
+    recipe = load_recipe(path, smoke=True)
+    summary = run_recipe(recipe, tmp_path)
+    res = json.loads((tmp_path / "results.json").read_text())
+    recs = res["records"]
+    src = [r for r in recs if r["role"] == "source"]
+    assert [(r["level"], r["method"]) for r in src] == [(0, "dense"), (1, "imp")]
+    assert src[1]["sparsity"] == pytest.approx(0.2, abs=1e-3)  # one IMP round of 20%
+    for t in recipe.targets:
+        rows = {r["method"]: r for r in recs if r["role"] == "target" and r["target"] == t.name}
+        expected = {"transfer"} | set(recipe.baselines)
+        assert set(rows) == expected, t.name
+        ticket = rows["transfer"]["sparsity"]
+        assert 0.05 < ticket < 0.35  # source level 1 (20%) plus the stretch/squeeze drift
+        for m in set(recipe.baselines) - {"dense", "imp"}:
+            assert rows[m]["sparsity"] == pytest.approx(ticket, abs=1e-4), m  # same sparsity as the ticket
+        if "dense" in rows:
+            assert rows["dense"]["sparsity"] == 0.0
+        for r in rows.values():
+            assert 0.0 <= r["test_acc"] <= 1.0
+    assert summary.skipped >= 0 and summary.executed == len(_done(tmp_path))
+    for f in ("results.csv", "summary.csv", "accuracy.png", "layer_density.png"):
+        assert (tmp_path / f).stat().st_size > 0
+
+
+def test_rerun_skips_everything_and_changes_invalidate_downstream(tmp_path):
+    first = run_recipe(load_recipe(TINY), tmp_path)
+    assert first.executed == 12 and first.skipped == 0
+    before = json.loads((tmp_path / "results.json").read_text())
+    again = run_recipe(load_recipe(TINY), tmp_path)
+    assert again.executed == 0 and again.skipped == 12
+    assert json.loads((tmp_path / "results.json").read_text()) == before
+    # a new baseline reuses every existing step and adds only its own (2 masks + 2 retrains)
+    more = run_recipe(load_recipe({**TINY, "baselines": ["random", "dense", "snip"]}), tmp_path)
+    assert more.executed == 4
+    # a different target keeps the whole source side (dense + 2 IMP levels)
+    other = run_recipe(load_recipe({**TINY, "targets": [{"model": "cifar_resnet_26?width=4"}]}), tmp_path)
+    assert other.skipped == 3 and other.executed == 9
+
+
+def _write(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    return p
+
+
+def test_kill_and_resume_gives_the_uninterrupted_results(tmp_path):
+    recipe = _write(tmp_path)
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
+    run_recipe(load_recipe(recipe), ref_dir)
+    reference = json.loads((ref_dir / "results.json").read_text())
+
+    cmd = [sys.executable, "-m", "elastigraph", "run", str(recipe), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(_done(run_dir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = _done(run_dir)
+    assert 2 <= len(finished) < 12, "the run was not killed partway"
+    assert not (run_dir / "results.json").exists()
+
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    skipped = {ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("[skip]")}
+    ran = {ln.split()[2] for ln in p.stdout.splitlines() if ln.startswith("[run ]")}
+    assert skipped == finished  # exactly the finished steps come from the cache
+    assert len(ran) == 12 - len(finished) and not (ran & finished)
+    assert json.loads((run_dir / "results.json").read_text()) == reference
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def _run_group(cmd: list[str], env: dict[str, str], timeout: float = 200) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (torchrun's
+    workers too), then fail."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_torchrun_ddp_run_writes_from_rank0_and_resumes(tmp_path):
+    """Two CPU ranks (gloo): every training step runs under DDP, files come from rank 0
+    only, and a second launch takes every step from the cache."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    recipe = _write(tmp_path)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "elastigraph", "run", str(recipe), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    p = _run_group(cmd, env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(_done(out)) == 12, p.stdout[-3000:] + p.stderr[-3000:]
+    markers = [json.loads(f.read_text()) for f in (out / "steps").glob(f"*/{MARKER}")]
+    trained = [m["result"]["device"] for m in markers if m["kind"] in ("dense", "imp", "retrain")]
+    assert trained and set(trained) == {"cpu x2 (ddp)"}, trained
+    assert p.stdout.count("[run ]") == 12, p.stdout[-3000:]  # one log, rank 0's
+    again = _run_group(cmd, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("[skip]") == 12 and "[run ]" not in again.stdout, again.stdout[-3000:]
