@@ -16,16 +16,6 @@ from elastigraph.train import ArrayDataset, FolderDataset, TrainConfig, balanced
 from elastigraph.train.data import DEFAULT_FASHION_MNIST_DIR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine an
-    OpenMP barrier waiting for a descheduled thread makes steps 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
     header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
     data = header + arr.astype(np.uint8).tobytes()

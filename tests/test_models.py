@@ -10,15 +10,6 @@ from elastigraph.errors import ModelNameError
 from elastigraph.models.cifar_vgg import CifarVGG
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine an
-    OpenMP barrier waiting for a descheduled thread makes steps 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 ZOO = [
     ("cifar_resnet_20", {}),
     ("cifar_vgg_11", {}),

@@ -21,16 +21,6 @@ from elastigraph.train import TrainConfig, TrainResult, evaluate, lr_at, rich_pr
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine an
-    OpenMP barrier waiting for a descheduled thread makes steps 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_net(seed: int = 0, bn: bool = True, classes: int = 4) -> nn.Module:
     torch.manual_seed(seed)
     layers = [nn.Conv2d(1, 8, 3, padding=1)]

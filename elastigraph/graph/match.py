@@ -175,10 +175,10 @@ def _build(src: ModelGraph, dst: ModelGraph, st: list[tuple], dt: list[tuple], p
         d_at = d[2][0] if d else _next_pos(pairs, k, 1, len(dst.regions))
         if s_units:
             b0 = find_block0(src.graph, src.regions, s_at, plen, (s_units[0].start, s_units[0].stop), s_lower)
-            ref, ref_units, ref_at = src, s_units, s_at
+            ref, ref_units = src, s_units
         else:
             b0 = find_block0(dst.graph, dst.regions, d_at, plen, (d_units[0].start, d_units[0].stop), d_lower)
-            ref, ref_units, ref_at = dst, d_units, d_at
+            ref, ref_units = dst, d_units
         s_b0 = d_b0 = None
         b0_label = None
         if b0 is not None:
