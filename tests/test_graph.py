@@ -5,7 +5,6 @@ Ground truth: the models' own depth settings, and for timm models ``group_matche
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
