@@ -408,3 +408,44 @@ def test_transfer_and_apply_on_cuda():
     assert torch.equal(dst.layer1[3].conv1.weight_orig, src.layer1[1].conv1.weight)
     assert dst.layer1[3].conv1.weight_mask.device.type == "cuda"
     assert dst.eval()(torch.randn(2, 3, 32, 32, device="cuda")).shape == (2, 10)
+
+
+# ------------------------------------------------------------------ families beyond the issue's matrix
+
+
+def _assert_block_copied(src, dst, ticket, src_prefix, dst_prefix):
+    """Every tensor under ``dst_prefix`` in the ticket equals the source's under ``src_prefix``."""
+    src_sd = src.state_dict()
+    keys = [k for k in ticket.weights if k.startswith(dst_prefix + ".")]
+    assert keys, dst_prefix
+    for k in keys:
+        assert torch.equal(ticket.weights[k], src_sd[src_prefix + k[len(dst_prefix):]]), k
+
+
+def test_mlp_mixer_depth_stretch():
+    """MLP-Mixer: every block identical, no block 0 -> one stage, the paper's append plan."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    kw = dict(num_classes=10, img_size=32, patch_size=8, embed_dim=32)
+    src, dst = seeded(lambda: MlpMixer(num_blocks=4, **kw), 0), seeded(lambda: MlpMixer(num_blocks=7, **kw), 1)
+    mask = rand_mask(src)
+    ticket = transfer(src, mask, dst, example_input=torch.randn(2, 3, 32, 32))
+    assert ticket.plan.mapping_string() == "0:0;1:1,4;2:2,5;3:3,6"
+    _assert_block_copied(src, dst, ticket, "blocks.1", "blocks.4")
+    assert torch.equal(ticket.mask["blocks.6.mlp_channels.fc1.weight"], mask["blocks.3.mlp_channels.fc1.weight"])
+
+
+def test_regnet_depth_change_keeps_shape_changing_blocks():
+    """timm RegNet (depth 13 -> 16 changes only the last stage: 7 -> 10 blocks)."""
+    from timm.models.regnet import RegNet, RegNetCfg
+
+    cfg = dict(w0=24, wa=36.44, wm=2.49, group_size=8)
+    src = seeded(lambda: RegNet(RegNetCfg(depth=13, **cfg), num_classes=10), 0)
+    dst = seeded(lambda: RegNet(RegNetCfg(depth=16, **cfg), num_classes=10), 1)
+    ticket = transfer(src, rand_mask(src), dst, example_input=torch.randn(2, 3, 32, 32))
+    assert [(len(s.src_blocks), len(s.dst_blocks)) for s in ticket.plan.stages] == [(4, 4), (7, 10)]
+    assert ticket.plan.stages[1].sources == [0, 1, 2, 3, 4, 5, 6, 1, 2, 3]
+    _assert_block_copied(src, dst, ticket, "s4.b1", "s4.b1")  # block 0 carried over
+    _assert_block_copied(src, dst, ticket, "s4.b2", "s4.b8")  # stage-local 1 -> 7
+    net = ticket.apply(dst)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
