@@ -53,7 +53,9 @@ def strategies() -> dict[str, str]:
     return out
 
 
-def _parse_strategy(strategy: str | None) -> tuple[str, str]:
+def parse_strategy(strategy: str | None) -> tuple[str, str]:
+    """The (stretch, squeeze) pair a strategy name stands for (``None`` = the paper's
+    default); raises :class:`StrategyError` listing the valid names. Recipes validate with it."""
     if strategy is None:
         strategy = DEFAULT_STRATEGY
     if not isinstance(strategy, str):
@@ -392,7 +394,7 @@ def _source_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str | None,
                  mapping: str | Plan | None) -> tuple[str, list[StagePlan]]:
     labels = [s.label for s in mt.stages]
-    stretch, squeeze = _parse_strategy(strategy)
+    stretch, squeeze = parse_strategy(strategy)
     name = f"{stretch}+{squeeze}"
     per_stage: list[dict[int, list[int]] | None] = [None] * len(mt.stages)
     if isinstance(mapping, Plan):

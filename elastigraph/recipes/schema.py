@@ -323,10 +323,10 @@ def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
 
 def _check_strategy(name: str) -> str | None:
     """None if :func:`elastigraph.transfer.transfer` accepts ``strategy=name``, else why not."""
-    from ..transfer import _parse_strategy
+    from ..transfer import parse_strategy
 
     try:
-        _parse_strategy(name)
+        parse_strategy(name)
     except ElastigraphError as e:
         return str(e)
     return None
