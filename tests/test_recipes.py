@@ -76,7 +76,9 @@ def test_model_spec_builds_with_overrides_on_meta():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipes_validate_full_and_smoke(path):
     full = load_recipe(path)
-    assert len(full.seeds) >= 3 and full.prune.rounds >= 5 and full.dataset.name == "fashion_mnist"
+    # a shipped recipe is an experiment, not a smoke run: mean and spread over seeds,
+    # and at least 4 IMP levels to compare methods at matched sparsities
+    assert len(full.seeds) >= 2 and full.prune.rounds >= 4 and full.dataset.name == "fashion_mnist"
     smoke = load_recipe(path, smoke=True)
     assert smoke.seeds == full.seeds[:1]
     assert smoke.prune.rounds <= 2 and smoke.train.steps <= 3
