@@ -33,8 +33,12 @@ def _timm_leaves() -> tuple[list[type], list[Any]]:
     """The modules and functions timm publishes as non-traceable (empty without timm)."""
     try:
         from timm.layers import get_notrace_functions, get_notrace_modules
-    except Exception:  # pragma: no cover - timm is a dependency, but stay usable without it
-        return [], []
+    except ImportError:  # timm < 1.0 kept the lists in a private module
+        try:
+            from timm.models._features_fx import _autowrap_functions, _leaf_modules
+        except ImportError:  # pragma: no cover - timm is a dependency, but stay usable without it
+            return [], []
+        return list(_leaf_modules), [f for f in _autowrap_functions if callable(f)]
     return list(get_notrace_modules()), [f for f in get_notrace_functions() if callable(f)]
 
 
