@@ -63,15 +63,19 @@ def _example_input(dataset: Optional[str], data_root: Optional[str], image_size:
     return None
 
 
-def _model(spec: str, in_chans: int, num_classes: int, seed: int = 0):
-    """Build MODEL (zoo name + overrides) with a seeded random init."""
+def _model(spec: str, in_chans: int, num_classes: int, seed: int = 0, example: Optional[tuple[int, ...]] = None):
+    """Build MODEL (zoo name + overrides) with a seeded random init; ``example`` (the input
+    shape, when known) sets ``img_size`` for models that take one, unless MODEL sets it."""
     import torch
 
     from .recipes.schema import ModelSpec, parse_model_spec
 
     name, overrides = parse_model_spec(spec)
     torch.manual_seed(seed)
-    return ModelSpec(name=name, overrides=overrides).build(in_chans=in_chans, num_classes=num_classes)
+    from .recipes.schema import image_size
+
+    size = image_size(example) if example is not None else None
+    return ModelSpec(name=name, overrides=overrides).build(in_chans=in_chans, num_classes=num_classes, img_size=size)
 
 
 def _load_weights(model, path: Path, what: str) -> None:
@@ -132,8 +136,9 @@ def inspect(
     from . import graph
 
     c, k = _shape(dataset, data_root, in_chans, num_classes)
-    net = _model(model, c, k)
-    analysis = graph.analyze(net, _example_input(dataset, data_root, image_size, c), name=model)
+    example = _example_input(dataset, data_root, image_size, c)
+    net = _model(model, c, k, example=example)
+    analysis = graph.analyze(net, example, name=model)
     if as_json:
         from . import masks
 
@@ -183,11 +188,11 @@ def transfer(
         if not Path(mapping).is_file():
             raise FileNotFoundError(f"plan file {mapping!r} does not exist")
         plan_or_mapping = Plan.from_json(Path(mapping).read_text())
-    src_model = _model(src, c, k, seed)
+    src_model = _model(src, c, k, seed, example)
     if src_weights is not None:
         _load_weights(src_model, src_weights, "--src-weights")
     src_mask = masks.read_mask(mask)
-    dst_model = _model(dst, c, k, seed)
+    dst_model = _model(dst, c, k, seed, example)
     ticket = _transfer(src_model, src_mask, dst_model, strategy=strategy, mapping=plan_or_mapping, example_input=example)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("") if out.suffix == ".safetensors" else out
@@ -240,7 +245,7 @@ def prune(
     if method == "imp":
         raise StrategyError("'imp' needs training between rounds: use `elastigraph run RECIPE` (or prune.imp in Python)")
     c, k = _shape(dataset, data_root, in_chans, num_classes)
-    net = _model(model, c, k, seed)
+    net = _model(model, c, k, seed, _example_input(dataset, data_root, None, c))
     if weights is not None:
         _load_weights(net, weights, "--weights")
     if method == "magnitude":
@@ -296,7 +301,7 @@ def train(
 
     tr = load_dataset(dataset, root=data_root, split="train", limit=train_limit, seed=seed)
     te = load_dataset(dataset, root=data_root, split="test", limit=test_limit, seed=seed)
-    net = _model(model, tr.spec.in_chans, tr.spec.num_classes, seed)
+    net = _model(model, tr.spec.in_chans, tr.spec.num_classes, seed, tuple(tr.x.shape[1:]) if hasattr(tr, "x") else None)
     if weights is not None:
         _load_weights(net, weights, "--weights")
     m = masks.read_mask(mask) if mask is not None else None

@@ -206,3 +206,16 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         cache._atomic(p, failing)
     assert json.loads(p.read_text()) == {"v": 1}
     assert sorted(x.name for x in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_img_size_follows_the_dataset_unless_the_spec_sets_it():
+    vit = ModelSpec.model_validate("timm:vit_tiny_patch16_224?depth=1&patch_size=4")
+    m = vit.build(in_chans=1, num_classes=10, img_size=28, device="meta")
+    assert tuple(m.patch_embed.img_size) == (28, 28)
+    m = vit.build(in_chans=3, num_classes=10, img_size=32, device="meta")
+    assert tuple(m.patch_embed.img_size) == (32, 32)
+    pinned = ModelSpec.model_validate("timm:vit_tiny_patch16_224?depth=1&patch_size=4&img_size=16")
+    assert tuple(pinned.build(in_chans=3, num_classes=10, img_size=32, device="meta").patch_embed.img_size) == (16, 16)
+    # size-agnostic models ignore it
+    conv = ModelSpec.model_validate("timm:convnext_atto?depths=[1,1,1,1]")
+    assert conv.build(in_chans=1, num_classes=10, img_size=28, device="meta").num_classes == 10

@@ -115,6 +115,10 @@ class _Data:
     def shape(self) -> tuple[int, int]:
         return self.train.spec.in_chans, self.train.spec.num_classes
 
+    @property
+    def image_size(self) -> int:
+        return self.train.spec.image_size
+
 
 # --------------------------------------------------------------------------- runner
 
@@ -234,7 +238,7 @@ class Runner:
     def _build(self, spec: ModelSpec, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         in_chans, num_classes = self.data().shape
-        return spec.build(in_chans=in_chans, num_classes=num_classes)
+        return spec.build(in_chans=in_chans, num_classes=num_classes, img_size=self.data().image_size)
 
     def _train_settings(self, spec: ModelSpec, seed: int) -> dict[str, Any]:
         return {

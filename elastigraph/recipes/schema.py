@@ -89,16 +89,21 @@ class ModelSpec(BaseModel):
         """Canonical one-string form, used in tables, file names and step hashes."""
         return format_model_spec(self.name, self.overrides)
 
-    def build(self, *, in_chans: int, num_classes: int, device: Any = None):
-        """Create the model with random weights (on ``device``, e.g. ``'meta'``)."""
+    def build(self, *, in_chans: int, num_classes: int, img_size: Any = None, device: Any = None):
+        """Create the model with random weights (on ``device``, e.g. ``'meta'``). Like
+        channels and classes, ``img_size`` follows the dataset (models that take an input
+        size, such as ViTs, get it; the others ignore it) unless the overrides set it."""
+        import contextlib
+
         import torch
 
         from ..models import create
 
-        if device is None:
-            return create(self.name, in_chans=in_chans, num_classes=num_classes, **copy.deepcopy(self.overrides))
-        with torch.device(device):
-            return create(self.name, in_chans=in_chans, num_classes=num_classes, **copy.deepcopy(self.overrides))
+        overrides = copy.deepcopy(self.overrides)
+        if img_size is not None:
+            overrides.setdefault("img_size", img_size)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            return create(self.name, in_chans=in_chans, num_classes=num_classes, **overrides)
 
 
 # --------------------------------------------------------------------------- sections
@@ -355,6 +360,12 @@ def dataset_input(name: str, root: str | None = None) -> tuple[int, int, tuple[i
     return ds.spec.in_chans, ds.spec.num_classes, shape
 
 
+def image_size(chw: tuple[int, ...]) -> int | tuple[int, int]:
+    """The ``img_size`` a model takes for images of shape (C, H, W): H if square."""
+    h, w = chw[-2], chw[-1]
+    return h if h == w else (h, w)
+
+
 def dataset_shape(name: str, root: str | None = None) -> tuple[int, int]:
     """``(in_chans, num_classes)`` of a dataset (see :func:`dataset_input`)."""
     c, k, _ = dataset_input(name, root)
@@ -398,7 +409,7 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         except ValidationError:
             return None  # reported by the schema pass
         try:
-            return spec.build(in_chans=shape[0], num_classes=shape[1], device="meta")
+            return spec.build(in_chans=shape[0], num_classes=shape[1], img_size=image_size(shape[2]), device="meta")
         except ElastigraphError as e:
             problems.append((path, str(e)))
         except Exception as e:  # a constructor rejecting an override: TypeError, AssertionError ...
