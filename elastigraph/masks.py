@@ -191,6 +191,26 @@ def remove(model: nn.Module) -> nn.Module:
     return model
 
 
+def plain_state(state: Mapping[str, torch.Tensor], *, fold_mask: bool = True) -> dict[str, torch.Tensor]:
+    """A state_dict with ``torch.nn.utils.prune`` entries under their public names:
+    ``x_orig`` becomes ``x`` — with pruned entries zeroed when ``fold_mask``, the raw
+    (e.g. rewound) values otherwise — and ``x_mask`` is dropped. Other entries are the
+    same tensors, in the same order."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        base = k[: -len("_orig")] if k.endswith("_orig") else None
+        if base is not None and base + "_mask" in state:
+            if fold_mask:
+                keep = state[base + "_mask"] != 0
+                v = torch.where(keep, v, torch.zeros((), dtype=v.dtype, device=v.device))
+            out[base] = v
+        elif k.endswith("_mask") and k[: -len("_mask")] + "_orig" in state:
+            continue
+        else:
+            out[k] = v
+    return out
+
+
 def copy_model(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)`` that also works while masks are installed: the effective
     ``weight`` that ``torch.nn.utils.prune`` keeps as a plain (non-leaf) attribute makes

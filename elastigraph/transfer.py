@@ -377,20 +377,6 @@ class Ticket:
 # ---------------------------------------------------------------------------- transfer
 
 
-def _source_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict with torch.nn.utils.prune's ``X_orig`` under ``X`` and ``X_mask`` left out."""
-    sd = model.state_dict()
-    masked = {k[: -len("_mask")] for k in sd if k.endswith("_mask") and k[: -len("_mask")] + "_orig" in sd}
-    out = {}
-    for k, v in sd.items():
-        if k.endswith("_mask") and k[: -len("_mask")] in masked:
-            continue
-        if k.endswith("_orig") and k[: -len("_orig")] in masked:
-            k = k[: -len("_orig")]
-        out[k] = v
-    return out
-
-
 def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str | None,
                  mapping: str | Plan | None) -> tuple[str, list[StagePlan]]:
     labels = [s.label for s in mt.stages]
@@ -492,8 +478,9 @@ def transfer(
         else:
             unmapped.append(n)
 
-    state = _source_state(src_model)
-    dst_keys = _source_state(dst_model).keys()
+    # the raw (rewound) values of a pruned source: its mask travels separately
+    state = _masks.plain_state(src_model.state_dict(), fold_mask=False)
+    dst_keys = _masks.plain_state(dst_model.state_dict(), fold_mask=False).keys()
     src_of = {k: v for k, v in list(pmap.items()) + list(bmap.items()) if v in state}
     # target state_dict order; values are the source's tensors themselves (no copies:
     # a stretched ViT-B would otherwise allocate hundreds of MB here)

@@ -256,3 +256,17 @@ def test_remove_zeroes_pruned_entries_even_if_orig_is_nan():
     masks.remove(net)
     assert torch.equal(net.weight[~keep], torch.zeros(int((~keep).sum())))
     assert torch.isnan(net.weight[keep]).all()
+
+
+def test_plain_state_folds_or_keeps_raw_values():
+    net = torch.nn.Linear(3, 2)
+    keep = torch.tensor([[True, False, True], [False, True, True]])
+    masks.install(net, {"weight": keep})
+    with torch.no_grad():
+        net.weight_orig.copy_(torch.arange(6.0).view(2, 3) + 1)
+        net.weight_orig[0, 1] = float("nan")  # under the mask: must not leak when folded
+    raw = masks.plain_state(net.state_dict(), fold_mask=False)
+    folded = masks.plain_state(net.state_dict())
+    assert list(raw) == list(folded) == ["bias", "weight"]
+    assert torch.isnan(raw["weight"][0, 1]) and raw["weight"][1, 0] == 4.0
+    assert torch.equal(folded["weight"], torch.tensor([[1.0, 0.0, 3.0], [0.0, 5.0, 6.0]]))

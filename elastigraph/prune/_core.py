@@ -34,21 +34,6 @@ def check_unit(value: Any, what: str, method: str) -> float:
     return float(value)
 
 
-def public_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state_dict with ``torch.nn.utils.prune`` entries folded back: ``x_orig`` and
-    ``x_mask`` become the effective ``x = x_orig * x_mask``; everything else unchanged."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        if k.endswith("_orig") and k[: -len("_orig")] + "_mask" in state:
-            base = k[: -len("_orig")]
-            out[base] = v * state[base + "_mask"].to(v.dtype)
-        elif k.endswith("_mask") and k[: -len("_mask")] + "_orig" in state:
-            continue
-        else:
-            out[k] = v
-    return out
-
-
 def installed_mask_in_state(state: Mapping[str, torch.Tensor]) -> Mask:
     """The ``torch.nn.utils.prune`` masks stored in a state_dict, by public name."""
     return {

@@ -38,7 +38,7 @@ def _snapshot(state: Any, what: str, level: int) -> State:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise ConfigError(f"imp level {level}: train_fn's {what} must be a state_dict (name -> tensor)")
-    return {k: v.detach().to("cpu", copy=True) for k, v in _core.public_state(state).items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in masks.plain_state(state).items()}
 
 
 def _call(train_fn: TrainFn, model: nn.Module, mask: Mask, level: int) -> tuple[State, Any, Any]:

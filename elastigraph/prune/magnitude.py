@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .. import masks
 from ..masks import Mask
 from . import _core
 
@@ -53,7 +54,7 @@ def magnitude(
         if mask is None:
             installed = _core.installed_mask_in_state(raw)
             mask = installed or None
-        state = _core.public_state(raw)
+        state = masks.plain_state(raw)
         # weight_orig/weight_mask pairs (a state_dict of a prune-installed model) become the
         # effective weight; their masks are the starting mask unless one is given.
         bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]

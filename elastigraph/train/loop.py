@@ -162,28 +162,15 @@ def _resolve_device(name: str, ctx: _dist.DistContext) -> torch.device:
 def _plain_state(model: nn.Module, order: list[str]) -> dict[str, Tensor]:
     """``model``'s state with installed masks folded in (``weight = weight_orig *
     weight_mask``), plain keys in ``order`` first, contiguous CPU copies."""
-    sd = model.state_dict()
-    out: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        if k.endswith("_orig") and k[:-5] + "_mask" in sd:
-            v = v * sd[k[:-5] + "_mask"]
-            k = k[:-5]
-        elif k.endswith("_mask") and k[:-5] + "_orig" in sd:
-            continue
-        out[k] = v.detach().to("cpu", copy=True).contiguous()
+    out = {k: v.detach().to("cpu", copy=True).contiguous()
+           for k, v in _masks.plain_state(model.state_dict()).items()}
     rank = {k: i for i, k in enumerate(order)}
     return dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
 
 def _plain_keys(model: nn.Module) -> list[str]:
     """State-dict keys of ``model`` as they will be once masks are removed."""
-    keys = list(model.state_dict(keep_vars=True).keys())
-    out = []
-    for k in keys:
-        if k.endswith("_mask") and k[:-5] + "_orig" in keys:
-            continue
-        out.append(k[:-5] if k.endswith("_orig") and k[:-5] + "_mask" in keys else k)
-    return out
+    return list(_masks.plain_state(model.state_dict(keep_vars=True), fold_mask=False))
 
 
 class _Normalizer:
