@@ -140,6 +140,21 @@ def test_same_seed_same_numbers_on_cpu(data):
     assert strip_time(other.history) != strip_time(runs[0].history)
 
 
+def test_adamw_trains_and_keeps_pruned_weights_zero(data):
+    """AdamW's decoupled weight decay also moves weight_orig's masked entries; the
+    in-forward mask must still keep them out of the effective weights."""
+    tr, te = data
+    model = tiny_net()
+    mask = half_mask(model)
+    res = train(model, tr, te, TrainConfig(optimizer="adamw", steps=40, batch_size=32, lr=3e-2, weight_decay=0.05,
+                                           schedule="cosine", eval_every=10, augment=False), mask=mask)
+    for k, m in mask.items():
+        assert res.final_state[k][~m].abs().max().item() == 0.0, k
+    assert res.history[-1]["train_loss"] < 0.75 * res.history[0]["train_loss"]
+    with pytest.raises(ConfigError, match="optimizer='adam'"):
+        TrainConfig(optimizer="adam")
+
+
 def test_loss_goes_down_on_a_learnable_task(data):
     tr, te = data
     res = train(tiny_net(), tr, te, TrainConfig(steps=40, batch_size=32, lr=0.05, eval_every=10, augment=False))

@@ -154,6 +154,7 @@ class TrainSpec(_Section):
     steps: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
     lr: float | None = Field(default=None, gt=0)
+    optimizer: Literal["sgd", "adamw"] | None = None
     momentum: float | None = Field(default=None, ge=0)
     nesterov: bool | None = None
     weight_decay: float | None = Field(default=None, ge=0)

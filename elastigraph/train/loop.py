@@ -30,18 +30,21 @@ Progress = Callable[[int, int, dict], None]
 """``progress(step, total, metrics)``: called after every optimizer step (rank 0 only)."""
 
 _SCHEDULES = ("step", "cosine", "constant")
+_OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
 class TrainConfig:
     """Training hyper-parameters; plain data (``dataclasses.asdict`` is JSON-ready) so a
     runner can hash it. ``steps`` overrides ``epochs``; ``amp``/``channels_last`` only
-    act on CUDA."""
+    act on CUDA. ``optimizer`` is SGD (the paper's, for CNNs) or AdamW (decoupled weight
+    decay; what ViTs and ConvNeXts train with); ``momentum``/``nesterov`` are SGD's."""
 
     epochs: float = 1.0
     steps: int | None = None
     batch_size: int = 128
     lr: float = 0.1
+    optimizer: str = "sgd"  # "sgd" | "adamw"
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -61,6 +64,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.milestones = tuple(float(m) for m in self.milestones)
         bad = []
+        if self.optimizer not in _OPTIMIZERS:
+            bad.append(f"optimizer={self.optimizer!r} (use one of {_OPTIMIZERS})")
         if self.schedule not in _SCHEDULES:
             bad.append(f"schedule={self.schedule!r} (use one of {_SCHEDULES})")
         if self.steps is not None and self.steps < 1:
@@ -396,8 +401,11 @@ def train(
         fwd = torch.compile(net) if cfg.compile else net
         fwd_eval = torch.compile(model) if cfg.compile else model
         params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr_at(cfg, start_step, total), momentum=cfg.momentum,
-                              nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr_at(cfg, start_step, total), weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=lr_at(cfg, start_step, total), momentum=cfg.momentum,
+                                  nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         norm = _Normalizer(train_set.spec, device, channels_last)
         if isinstance(train_set, FolderDataset):
             sampler = _StepSampler(len(train_set), batch, cfg.seed, start_step, total, ctx)
