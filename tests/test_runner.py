@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from elastigraph.masks import load_mask
 from elastigraph.recipes import load_recipe, run_recipe
 from elastigraph.recipes.cache import MARKER
 
@@ -157,3 +158,16 @@ def test_torchrun_ddp_run_writes_from_rank0_and_resumes(tmp_path):
     again = _run_group(cmd, env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("[skip]") == 12 and "[run ]" not in again.stdout, again.stdout[-3000:]
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+def test_include_first_false_keeps_the_stem_out_of_imp_and_baselines(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "cifar_resnet_stretch.yaml", smoke=True,
+                         overrides=["prune.include_first=false", "baselines=[random, dense]",
+                                    "targets=[{model: cifar_resnet_32}]"])
+    run_recipe(recipe, tmp_path)
+    masks_written = {p.parent.name.split("-")[0]: load_mask(p) for p in (tmp_path / "steps").glob("*/mask.safetensors")}
+    assert {"imp", "mask", "transfer"} <= set(masks_written)
+    for kind, m in masks_written.items():
+        assert "conv.weight" not in m, kind  # the stem is never pruned
+        assert "fc.weight" in m, kind

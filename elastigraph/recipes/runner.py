@@ -282,7 +282,8 @@ class Runner:
         final weights (global magnitude), rewind the survivors to ``dense``'s rewind
         weights and retrain under the new mask."""
         p = self.recipe.prune
-        settings = {**self._train_settings(spec, seed), "level": level, "fraction": p.fraction, "rewind_step": p.rewind_step}
+        settings = {**self._train_settings(spec, seed), "level": level, "fraction": p.fraction, "rewind_step": p.rewind_step,
+                    **p.prunable()}
 
         def fn(d: Path) -> dict[str, Any]:
             from .. import prune
@@ -290,7 +291,7 @@ class Runner:
             model = self._build(spec, seed)
             model.load_state_dict(load_tensors(prev.file("final.safetensors")))
             prev_mask = _masks.load_mask(prev.file("mask.safetensors")) if level > 1 else None
-            mask = prune.magnitude(model, fraction=p.fraction, mask=prev_mask)
+            mask = prune.magnitude(model, fraction=p.fraction, mask=prev_mask, **p.prunable())
             model.load_state_dict(load_tensors(dense.file("rewind.safetensors")))
             res = self._train(model, seed=seed, mask=mask, start_step=p.rewind_step, label=f"{role} {name} IMP level {level}")
             if self.writer:
@@ -357,6 +358,7 @@ class Runner:
             "iterations": bs.synflow_iterations if method == "synflow" else None,
             "dataset": self._dataset_settings() if method in ("snip", "grasp") else None,
             "batch_size": self.recipe.train.batch_size if method in ("snip", "grasp") else None,
+            **self.recipe.prune.prunable(),
         }
 
         def fn(d: Path) -> dict[str, Any]:
@@ -374,17 +376,18 @@ class Runner:
 
         torch.manual_seed(seed)
         bs = self.recipe.baseline_settings
+        kw = self.recipe.prune.prunable()  # the same tensors as the IMP tickets
         if method == "random":
-            return prune.random(model, sparsity, seed=seed)
+            return prune.random(model, sparsity, seed=seed, **kw)
         if method == "synflow":
             d = self.data()
             x = d.train.x[:1]
-            return prune.synflow(model, sparsity, iterations=bs.synflow_iterations, input_shape=tuple(x.shape[1:]))
+            return prune.synflow(model, sparsity, iterations=bs.synflow_iterations, input_shape=tuple(x.shape[1:]), **kw)
         batches = normalized_batches(self.data().train, bs.batches, self.recipe.train.batch_size or 128, seed)
         if method == "snip":
-            return prune.snip(model, batches, sparsity)
+            return prune.snip(model, batches, sparsity, **kw)
         if method == "grasp":
-            return prune.grasp(model, batches, sparsity)
+            return prune.grasp(model, batches, sparsity, **kw)
         raise StrategyError(f"unknown baseline {method!r}; known: {list(MASK_BASELINES)}")
 
     def retrain(

@@ -133,6 +133,16 @@ class PruneSpec(_Section):
     rewind_step: int = Field(default=0, ge=0)
     levels: list[int] | None = None
     """Source IMP levels whose tickets are transferred (default: every level 1..rounds)."""
+    include_first: bool = True
+    """Prune the first conv/linear layer (the stem). Global magnitude pruning can empty a
+    tiny stem (e.g. a 1x1 stem on 1-channel images), leaving a network that cannot learn."""
+    include_last: bool = True
+    """Prune the last conv/linear layer (the classifier)."""
+
+    def prunable(self) -> dict[str, bool]:
+        """The prunable-set switches that differ from the default (IMP and every mask
+        baseline use the same set; only non-defaults enter step hashes)."""
+        return {k: v for k, v in (("include_first", self.include_first), ("include_last", self.include_last)) if not v}
 
     @model_validator(mode="after")
     def _levels_in_range(self) -> "PruneSpec":
