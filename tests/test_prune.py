@@ -442,3 +442,14 @@ def test_every_method_on_a_cuda_model_returns_exact_cpu_masks():
         assert _kept(m) == round(total * 0.2)
     cpu = prune.magnitude(net.cpu(), sparsity=0.8)
     assert all(torch.equal(cpu[k], results[0][k]) for k in cpu)
+
+
+def test_input_shape_follows_the_models_own_channels_and_size():
+    """timm's pretrained_cfg says (3, 224, 224) whatever in_chans/img_size the model was
+    built with; SynFlow must use what the model actually takes."""
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("vit_tiny_patch16_224", depth=1, in_chans=1, img_size=28, patch_size=4,
+                            embed_dim=32, num_heads=2, num_classes=10)
+    assert prune.infer_input_shape(vit) == (1, 28, 28)
+    m = prune.synflow(vit, 0.5, iterations=2)
+    assert masks.sparsity(m) == pytest.approx(0.5, abs=1e-4)

@@ -201,11 +201,37 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
         if first is not None and not isinstance(first, nn.Linear) and len(size) == 3:
             size = (first.in_channels,) + size[1:]
         cands.insert(1 if cands else 0, (2,) + size)
+    # a size the model declares itself (timm's PatchEmbed.img_size, torchvision's ViT
+    # image_size) beats timm's pretrained_cfg, which does not follow img_size overrides
+    declared = next((getattr(m, a) for m in model.modules() for a in ("img_size", "image_size")
+                     if isinstance(getattr(m, a, None), (int, tuple, list))), None)
+    if declared is not None and isinstance(first, nn.Conv2d):
+        hw = (declared, declared) if isinstance(declared, int) else tuple(int(v) for v in declared)
+        if len(hw) == 2:
+            cands.insert(1 if cands else 0, (2, first.in_channels) + hw)
     seen: list[tuple[int, ...]] = []
     for c in cands:
         if c not in seen:
             seen.append(c)
     return seen
+
+
+def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """The first of :func:`default_inputs` that ``model`` accepts, without the batch
+    dimension; checked with a forward on meta tensors (no compute, the model untouched)."""
+    state = {k: _to_meta(v) for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    errors = []
+    for shape in default_inputs(model):
+        try:
+            with torch.no_grad():
+                torch.func.functional_call(model, state, (torch.empty((1,) + shape[1:], device="meta"),), strict=False)
+            return shape[1:]
+        except Exception as e:  # a shape the model rejects: try the next one
+            errors.append(f"{shape[1:]}: {type(e).__name__}")
+    raise ModelTypeError(
+        f"cannot tell the input shape of {type(model).__name__} (tried {'; '.join(errors) or 'nothing: no conv or linear layer'}); "
+        "pass the input shape explicitly"
+    )
 
 
 def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, model_name: str | None = None) -> tuple:

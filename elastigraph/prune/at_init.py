@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..graph.trace import infer_input_shape
 from ..masks import Mask
 from . import _core
 
@@ -161,26 +162,6 @@ def grasp(
     scores = grasp_scores(model, batches, current, temperature=temperature, loss_fn=loss_fn, train_mode=train_mode)
     keep_low = {n: -s for n, s in scores.items()}
     return _finish(_core.select(keep_low, current, scope=scope, density=1.0 - sparsity, method=method), extra)
-
-
-def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """An input shape (no batch dim) for ``model``: timm's ``pretrained_cfg["input_size"]``
-    if present, else from the first linear (``(in_features,)``) or conv layer
-    (``(in_channels, 32, ...)``: spatial size 32, CIFAR's)."""
-    for attr in ("pretrained_cfg", "default_cfg"):
-        cfg = getattr(model, attr, None)
-        if isinstance(cfg, Mapping) and cfg.get("input_size"):
-            return tuple(int(s) for s in cfg["input_size"])
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return (m.in_features,)
-        for dims, cls in ((1, nn.Conv1d), (2, nn.Conv2d), (3, nn.Conv3d)):
-            if isinstance(m, cls):
-                return (m.in_channels,) + (32,) * dims
-    raise ConfigError(
-        f"synflow: cannot tell the input shape of {type(model).__name__} (no linear or conv layer); "
-        "pass input_shape=(C, H, W) without the batch dimension"
-    )
 
 
 def synflow(
