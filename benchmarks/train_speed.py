@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="torch.compile in elastigraph's loop")
     ap.add_argument("--no-amp", action="store_true", help="fp32 in elastigraph's loop on CUDA too")
+    ap.add_argument("--no-channels-last", action="store_true", help="NCHW memory format in elastigraph's loop on CUDA")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; 1 with --quick on a CPU, where a "
                          "shared 2-core machine makes 2-thread runs collapse under contention)")
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     init_state = {k: v.clone() for k, v in proto.state_dict().items()}
     mask = random_mask(proto, args.sparsity, seed=0)
     cfg_kw = dict(batch_size=args.batch_size, lr=0.05, schedule="constant", device=str(device),
-                  compile=args.compile, amp=not args.no_amp)
+                  compile=args.compile, amp=not args.no_amp, channels_last=not args.no_channels_last)
 
     runs: dict[str, list[float]] = {"dense": [], "masked": [], "baseline": []}
     # warm-up (kernels, allocator, compile caches), then interleaved timed runs
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sparsity": masks.sparsity(mask),
         "amp": cfg_kw["amp"] and device.type == "cuda",
         "compile": args.compile,
+        "channels_last": cfg_kw["channels_last"] and device.type == "cuda",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "dense_images_per_s": round(best["dense"], 1),

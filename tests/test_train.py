@@ -223,6 +223,7 @@ def test_bad_inputs_raise_clear_errors(data):
             train(tiny_net(), tr, te, TrainConfig(steps=1, device="cuda"))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_channels_last_masked_training(data):
     tr, te = data
