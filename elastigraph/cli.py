@@ -335,6 +335,8 @@ def run(
     check: bool = typer.Option(False, "--check", help="Only validate the recipe."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-step log or progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON at the end."),
+    fleet: str = typer.Option("auto", "--fleet", help="Train a level's retrains together as one fleet: auto (on CUDA), on, off."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for independent steps (default: one per GPU or core when trainings are long enough; 1 = none)."),
 ) -> None:
     """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots."""
     from .recipes.runner import run_recipe
@@ -350,7 +352,7 @@ def run(
     log_console = err_console if as_json else console
     log = None if quiet else (lambda s: log_console.print(s, markup=False, highlight=False, soft_wrap=True))
     progress = None if (quiet or as_json) else (lambda label: rich_progress(label, console=log_console))
-    summary = run_recipe(r, out_dir, log=log, progress=progress)
+    summary = run_recipe(r, out_dir, log=log, progress=progress, fleet=fleet, workers=workers)
     if summary.results_path is None:  # not rank 0 under torchrun
         return
     results = load_results(out_dir)

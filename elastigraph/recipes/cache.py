@@ -10,6 +10,7 @@ finished step or one that is simply recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,6 +116,24 @@ class StepCache:
 
     def dir(self, sid: str) -> Path:
         return self.root / sid
+
+    @contextlib.contextmanager
+    def lock(self, sid: str):
+        """Hold step ``sid``'s lock (an exclusive ``flock`` on ``<root>/.locks/<sid>``)
+        while checking, computing and finishing it, so that parallel workers (or runs)
+        sharing this cache never compute one step twice at once: a second process waits,
+        then finds the step done. Released when the holder exits, even if it is killed."""
+        import fcntl
+
+        d = self.root / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / sid, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def done(self, sid: str) -> bool:
         return (self.dir(sid) / MARKER).is_file()

@@ -6,6 +6,15 @@ its settings and its inputs' ids, so a rerun -- after a finished run, a crash or
 SIGKILL -- skips what is done and ends with the same results. Under ``torchrun`` every
 rank trains (``train()`` does the DDP part), only rank 0 writes files, and the ranks
 agree on each step's done/not-done decision before acting on it.
+
+Throughput (docs/benchmarks.md): the retrain steps of one level (the transferred ticket
+and the mask baselines: same architecture, same training settings) go through one
+:meth:`Runner.retrain_many`, which trains them as one fleet
+(:func:`elastigraph.train.fleet.train_fleet`) where fleets are on (``fleet="auto"``: on
+CUDA), or spreads them over worker processes (``workers``; each pinned to its share of
+the cores, or one GPU). With several seeds the workers take whole seeds. A step's id
+never depends on how it ran; every step is computed under its lock
+(:meth:`StepCache.lock`), so workers sharing a cache never compute one step twice.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping
@@ -120,6 +130,71 @@ class _Data:
         return self.train.spec.image_size
 
 
+# --------------------------------------------------------------------------- fleets and workers
+
+FLEET_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class RetrainRequest:
+    """One retrain step: ``spec`` under ``mask_step``'s mask from ``weights_step``'s
+    ``weights_file`` (the seeded initialisation when ``None``), from ``start_step``."""
+
+    spec: ModelSpec
+    seed: int
+    mask_step: StepRecord
+    weights_step: StepRecord | None
+    weights_file: str
+    start_step: int
+    label: str
+
+
+def _cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _init_worker(counter: Any, n: int, threads: int, gpus: int) -> None:
+    """Worker start-up: take the next index; pin to that share of the cores (or one GPU)."""
+    with counter.get_lock():
+        i = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+    cores = _cores()
+    share = max(1, len(cores) // n)
+    mine = cores[(i * share) % len(cores):][:share] or cores
+    try:
+        os.sched_setaffinity(0, mine)
+    except (AttributeError, OSError):
+        pass
+    torch.set_num_threads(threads)
+
+
+_WORKER_RUNNERS: dict[str, "Runner"] = {}
+
+
+def _worker_job(recipe: Recipe, out: str, fleet: str, what: str, kw: dict[str, Any]) -> int:
+    """Run one job in a worker process; returns the number of steps it executed."""
+    runner = _WORKER_RUNNERS.get(out)
+    if runner is None:
+        runner = _WORKER_RUNNERS[out] = Runner(recipe, out, fleet=fleet, workers=1)
+    before = runner.executed
+    if what == "retrain":
+        runner.retrain_many([kw["req"]])
+    elif what == "chain":
+        runner._target_chain(recipe.targets[kw["target"]], kw["seed"], kw["top"])
+    elif what == "seed":
+        p = recipe.prune
+        levels = p.transfer_levels()
+        runner._run_seed(kw["seed"], levels, max(levels), [])
+    else:  # pragma: no cover -- internal
+        raise ValueError(what)
+    return runner.executed - before
+
+
 # --------------------------------------------------------------------------- runner
 
 
@@ -138,16 +213,24 @@ class RunSummary:
 class Runner:
     """Executes one validated :class:`Recipe` into ``out`` (see module docstring)."""
 
-    def __init__(self, recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None):
+    def __init__(self, recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
+                 fleet: str = "auto", workers: int | None = None):
+        if fleet not in FLEET_MODES:
+            raise ConfigError(f"fleet={fleet!r}: use one of {FLEET_MODES}")
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers={workers}: use a number >= 1, or None to choose automatically")
         self.recipe = recipe
         self.out = Path(out)
         self.cache = StepCache(self.out / STEPS_DIR)
         self.rank, self.world = _world()
         self.log = log if (log is not None and self.rank == 0) else (lambda s: None)
         self.progress = progress
+        self.fleet = fleet
+        self.workers = workers
         self.executed = 0
         self.skipped = 0
         self._data: _Data | None = None
+        self._pool: Any = None
 
     # ----- plumbing
 
@@ -182,6 +265,12 @@ class Runner:
         the rest wait. Only rank 0 writes files and the marker."""
         ids = {k: v.id for k, v in inputs.items() if v is not None}
         sid = step_id(kind, settings, ids)
+        lock = self.cache.lock(sid) if self.world == 1 else contextlib.nullcontext()
+        with lock:
+            return self._step_locked(sid, kind, settings, ids, fn, collective=collective, label=label)
+
+    def _step_locked(self, sid: str, kind: str, settings: dict[str, Any], ids: dict[str, str],
+                     fn: Callable[[Path], dict[str, Any]], *, collective: bool, label: str) -> StepRecord:
         done = self.cache.done(sid)
         if self.world > 1:
             done = _broadcast(done)
@@ -396,21 +485,167 @@ class Runner:
     ) -> StepRecord:
         """Train ``spec`` under ``mask_step``'s mask from ``weights_step``'s weights (or
         the seeded initialisation when ``None``), the LR schedule resumed at ``start_step``."""
-        settings = {**self._train_settings(spec, seed), "start_step": start_step, "weights_file": weights_file}
+        return self.retrain_many([RetrainRequest(spec, seed, mask_step, weights_step, weights_file, start_step, label)])[0]
+
+    def _retrain_key(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, StepRecord | None]]:
+        settings = {**self._train_settings(req.spec, req.seed), "start_step": req.start_step, "weights_file": req.weights_file}
+        return "retrain", settings, {"mask": req.mask_step, "weights": req.weights_step}
+
+    def _retrain_model(self, req: RetrainRequest) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        model = self._build(req.spec, req.seed)
+        if req.weights_step is not None:
+            model.load_state_dict(load_tensors(req.weights_step.file(req.weights_file)))
+        return model, _masks.load_mask(req.mask_step.file("mask.safetensors"))
+
+    def _retrain_one(self, req: RetrainRequest) -> StepRecord:
+        kind, settings, inputs = self._retrain_key(req)
 
         def fn(d: Path) -> dict[str, Any]:
-            model = self._build(spec, seed)
-            if weights_step is not None:
-                model.load_state_dict(load_tensors(weights_step.file(weights_file)))
-            mask = _masks.load_mask(mask_step.file("mask.safetensors"))
-            res = self._train(model, seed=seed, mask=mask, start_step=start_step, label=label)
+            model, mask = self._retrain_model(req)
+            res = self._train(model, seed=req.seed, mask=mask, start_step=req.start_step, label=req.label)
             if self.writer:
                 save_tensors(d / "final.safetensors", res.final_state)
             return _train_result(res, sparsity=_masks.sparsity(mask))
 
-        return self.step(
-            "retrain", settings, {"mask": mask_step, "weights": weights_step}, fn, collective=True, label=label,
-        )
+        return self.step(kind, settings, inputs, fn, collective=True, label=req.label)
+
+    def retrain_many(self, requests: list[RetrainRequest]) -> list[StepRecord]:
+        """Every retrain step of ``requests`` (independent of each other), in order.
+
+        With fleets on, requests that can share a fleet (same architecture and start
+        step; seeds may differ) train together; otherwise, with worker processes, they
+        run in parallel; otherwise one after another. The steps' ids and files are the
+        same whichever way they ran (a fleet-trained step records ``fleet: K``)."""
+        out: list[StepRecord | None] = [None] * len(requests)
+        todo = list(range(len(requests)))
+        if self._fleets_on() and len(requests) > 1:
+            groups: dict[tuple, list[int]] = {}
+            for i in todo:
+                r = requests[i]
+                groups.setdefault((r.spec.label, r.start_step), []).append(i)
+            todo = []
+            for idx in groups.values():
+                recs = self._retrain_fleet([requests[i] for i in idx]) if len(idx) > 1 else None
+                if recs is None:
+                    todo += idx
+                else:
+                    for i, rec in zip(idx, recs):
+                        out[i] = rec
+            todo.sort()
+        if self._pool is not None and len(todo) > 1:
+            futures = {i: self._submit("retrain", req=requests[i]) for i in todo
+                       if not self.cache.done(step_id(*self._key_ids(requests[i])))}
+            for i in todo:
+                if i in futures:
+                    self.executed += futures[i].result()
+                out[i] = self._retrain_one(requests[i]) if i not in futures else self._load_retrain(requests[i])
+        else:
+            for i in todo:
+                out[i] = self._retrain_one(requests[i])
+        return out  # type: ignore[return-value]
+
+    def _key_ids(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, str]]:
+        kind, settings, inputs = self._retrain_key(req)
+        return kind, settings, {k: v.id for k, v in inputs.items() if v is not None}
+
+    def _load_retrain(self, req: RetrainRequest) -> StepRecord:
+        return self.cache.load(step_id(*self._key_ids(req)))
+
+    def _retrain_fleet(self, reqs: list[RetrainRequest]) -> list[StepRecord] | None:
+        """Train the not-yet-done steps of ``reqs`` as one fleet; ``None`` when they
+        cannot share one (the caller then runs them alone)."""
+        from ..train.fleet import can_fleet, train_fleet
+
+        keys = [self._key_ids(r) for r in reqs]
+        sids = [step_id(*k) for k in keys]
+        with contextlib.ExitStack() as stack:
+            for sid in sorted(set(sids)):
+                stack.enter_context(self.cache.lock(sid))
+            pending = [i for i, sid in enumerate(sids) if not self.cache.done(sid) and sid not in sids[:i]]
+            if len(pending) < 2:
+                return None
+            built = [self._retrain_model(reqs[i]) for i in pending]
+            cfgs = [self._config(reqs[i].seed) for i in pending]
+            why = can_fleet(built[0][0], cfgs[0], self.data().train)
+            if why is not None:
+                self.log(f"[info] no fleet for {reqs[0].spec.label}: {why}")
+                return None
+            label = f"fleet of {len(pending)}: " + "; ".join(reqs[i].label for i in pending)
+            for i in pending:
+                self.log(f"[run ] {sids[i]} {reqs[i].label} (fleet of {len(pending)})")
+                d = self.cache.dir(sids[i])
+                if d.exists():
+                    shutil.rmtree(d)
+                d.mkdir(parents=True)
+            t0 = time.perf_counter()
+            bar = self.progress(label) if self.progress is not None else contextlib.nullcontext(None)
+            with bar as cb:
+                results = train_fleet([m for m, _ in built], self.data().train, self.data().test, cfgs,
+                                      masks=[mk for _, mk in built], start_step=reqs[pending[0]].start_step, progress=cb)
+            wall = round(time.perf_counter() - t0, 3)
+            for i, (_, mk), res in zip(pending, built, results):
+                d = self.cache.dir(sids[i])
+                save_tensors(d / "final.safetensors", res.final_state)
+                result = {**_train_result(res, sparsity=_masks.sparsity(mk)), "fleet": len(pending), "wall_s": wall}
+                self.cache.finish(sids[i], keys[i][0], keys[i][1], keys[i][2], result)
+                self.executed += 1
+        out = []
+        for i, sid in enumerate(sids):
+            if i not in pending:
+                self.skipped += 1
+                self.log(f"[skip] {sid} {reqs[i].label}")
+            out.append(self.cache.load(sid))
+        return out
+
+    # ----- fleets and workers
+
+    def _cuda(self) -> bool:
+        dev = self.recipe.device
+        return torch.cuda.is_available() and (dev in (None, "auto") or str(dev).startswith("cuda"))
+
+    def _fleets_on(self) -> bool:
+        """Fleets train where they pay: on a GPU (``auto``), or when asked (``on``);
+        never under torchrun."""
+        if self.world > 1 or self.fleet == "off":
+            return False
+        return self.fleet == "on" or self._cuda()
+
+    def _auto_workers(self) -> int:
+        """One worker per GPU on CUDA, per core on a CPU; 1 when the trainings are so
+        short (< 50 steps) that starting processes would cost more than it saves."""
+        from ..train import total_steps
+
+        if self.world > 1:
+            return 1
+        if total_steps(self._config(0), len(self.data().train)) < 50:
+            return 1
+        if self._cuda():
+            return max(1, torch.cuda.device_count())
+        return max(1, min(8, len(_cores())))
+
+    def _start_pool(self) -> None:
+        n = self.workers if self.workers is not None else self._auto_workers()
+        if n <= 1 or self.world > 1:
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        counter = ctx.Value("i", 0)
+        cuda = self._cuda()
+        gpus = torch.cuda.device_count() if cuda else 0
+        threads = max(1, torch.get_num_threads() // n)
+        self._pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(counter, n, threads, gpus))
+        self.log(f"[info] {n} worker processes ({'one GPU each' if gpus else f'{threads} thread(s) each, pinned'})")
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _submit(self, what: str, **kw: Any) -> Future:
+        return self._pool.submit(_worker_job, self.recipe, str(self.out), self.fleet, what, kw)
 
     # ----- the protocol
 
@@ -427,12 +662,16 @@ class Runner:
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "recipe.json", r.model_dump(mode="json"))
-        for seed in r.seeds:
-            src_dense, src_levels = self.imp_levels(r.source, seed, p.rounds, "source", r.source_name)
-            for lv, rec in [(0, src_dense)] + list(enumerate(src_levels, 1)):
-                records.append(_record(seed, "source", r.source.label, r.source_name, lv, "imp" if lv else "dense", rec))
-            for target in r.targets:
-                records += self._target(target, seed, levels, top, src_dense, src_levels, layers)
+        self._start_pool()
+        try:
+            if self._pool is not None and len(r.seeds) > 1:  # whole seeds to the workers
+                jobs = [self._submit("seed", seed=seed) for seed in r.seeds]
+                for j in jobs:
+                    self.executed += j.result()
+            for seed in r.seeds:
+                records += self._run_seed(seed, levels, top, layers)
+        finally:
+            self._stop_pool()
         summary = RunSummary(self.out, self.executed, self.skipped, records)
         if self.writer:
             results = {
@@ -449,6 +688,35 @@ class Runner:
 
             write_report(self.out)
         return summary
+
+    def _run_seed(self, seed: int, levels: list[int], top: int, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The protocol for one seed: the source's IMP, then every target."""
+        r = self.recipe
+        chains = []
+        if self._pool is not None:  # the targets' own IMP/dense runs need no source: start them now
+            seen = set()
+            for i, t in enumerate(r.targets):
+                if t.model.label not in seen:
+                    seen.add(t.model.label)
+                    chains.append(self._submit("chain", target=i, seed=seed, top=top))
+        src_dense, src_levels = self.imp_levels(r.source, seed, r.prune.rounds, "source", r.source_name)
+        for c in chains:
+            self.executed += c.result()
+        records = []
+        for lv, rec in [(0, src_dense)] + list(enumerate(src_levels, 1)):
+            records.append(_record(seed, "source", r.source.label, r.source_name, lv, "imp" if lv else "dense", rec))
+        for target in r.targets:
+            records += self._target(target, seed, levels, top, src_dense, src_levels, layers)
+        return records
+
+    def _target_chain(self, target: TargetSpec, seed: int, top: int) -> None:
+        """The target's own dense/IMP runs, as :meth:`_target` will ask for them."""
+        r = self.recipe
+        base = set(r.baselines)
+        if "imp" in base:
+            self.imp_levels(target.model, seed, top, "target", target.name)
+        elif bool(base & {"dense"}) or (bool(base & set(MASK_BASELINES)) and r.baseline_settings.weights == "rewind"):
+            self.dense(target.model, seed, "target", target.name)
 
     def _target(
         self, target: TargetSpec, seed: int, levels: list[int], top: int,
@@ -470,10 +738,19 @@ class Runner:
         for lv in levels:
             src_level = src_levels[lv - 1]
             tr = self.transfer(target, seed, src_level, src_dense)
-            rt = self.retrain(
-                target.model, seed, mask_step=tr, weights_step=tr, weights_file="weights.safetensors",
-                start_step=k, label=f"retrain transferred {name} level={lv} seed={seed}",
-            )
+            # the level's retrains (transferred ticket + mask baselines) go through one
+            # retrain_many, which trains them as a fleet or in parallel where that pays
+            requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors", k,
+                                       f"retrain transferred {name} level={lv} seed={seed}")]
+            methods = [b for b in r.baselines if b in MASK_BASELINES]
+            use_rewind = r.baseline_settings.weights == "rewind"
+            for method in methods:
+                mb = self.mask_baseline(method, target, seed, tr.result["sparsity"], tgt_dense if use_rewind else None)
+                requests.append(RetrainRequest(
+                    target.model, seed, mb, tgt_dense if use_rewind else None, "rewind.safetensors",
+                    k if use_rewind else 0, f"retrain {method} {name} level={lv} seed={seed}",
+                ))
+            rt, *rbs = self.retrain_many(requests)
             out.append(_record(seed, "target", target.model.label, name, lv, "transfer", rt))
             entry: dict[str, Any] = {
                 "seed": seed, "target": name, "level": lv,
@@ -483,14 +760,7 @@ class Runner:
                 imp = tgt_levels[lv - 1]
                 out.append(_record(seed, "target", target.model.label, name, lv, "imp", imp))
                 entry["imp"] = imp.result["layers"]
-            for method in [b for b in r.baselines if b in MASK_BASELINES]:
-                use_rewind = r.baseline_settings.weights == "rewind"
-                mb = self.mask_baseline(method, target, seed, tr.result["sparsity"], tgt_dense if use_rewind else None)
-                rb = self.retrain(
-                    target.model, seed, mask_step=mb, weights_step=tgt_dense if use_rewind else None,
-                    weights_file="rewind.safetensors", start_step=k if use_rewind else 0,
-                    label=f"retrain {method} {name} level={lv} seed={seed}",
-                )
+            for method, rb in zip(methods, rbs):
                 out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
             layers.append(entry)
         return out
@@ -531,7 +801,12 @@ def _record(seed: int, role: str, model: str, name: str, level: int, method: str
 
 
 def run_recipe(
-    recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None
+    recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
+    fleet: str = "auto", workers: int | None = None,
 ) -> RunSummary:
-    """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`)."""
-    return Runner(copy.deepcopy(recipe), out, log=log, progress=progress).run()
+    """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`).
+
+    ``fleet``: ``"auto"`` (fleets on CUDA), ``"on"`` or ``"off"``; ``workers``: parallel
+    worker processes (``None``: one per GPU or core when the trainings are long enough
+    to pay for them; ``1``: everything in this process)."""
+    return Runner(copy.deepcopy(recipe), out, log=log, progress=progress, fleet=fleet, workers=workers).run()
