@@ -87,8 +87,9 @@ def _child(args) -> None:
 
 
 def run_processes(ds, args, width: int, k: int, steps: int) -> float:
-    """K processes at once, each with max(1, cores // K) threads."""
-    threads = max(1, (os.cpu_count() or 1) // k)
+    """K processes at once, each with max(1, this process's threads // K) threads (so K
+    processes never oversubscribe the cores this process would use alone)."""
+    threads = max(1, torch.get_num_threads() // k)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     base = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", args.model, "--width", str(width),
             "--steps", str(steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
