@@ -570,7 +570,7 @@ class Runner:
             if why is not None:
                 self.log(f"[info] no fleet for {reqs[0].spec.label}: {why}")
                 return None
-            label = f"fleet of {len(pending)}: " + "; ".join(reqs[i].label for i in pending)
+            label = f"fleet of {len(pending)}: {reqs[pending[0]].label} + {len(pending) - 1} more"
             for i in pending:
                 self.log(f"[run ] {sids[i]} {reqs[i].label} (fleet of {len(pending)})")
                 d = self.cache.dir(sids[i])
