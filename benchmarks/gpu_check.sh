@@ -77,7 +77,13 @@ say "elastigraph gpu_check ($MODE mode) in $ROOT, output $OUTDIR, budget ${BUDGE
 (command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) >>"$LOG" 2>&1
 if ! "$PY" -c "import pydantic" 2>/dev/null && ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
   say "pydantic missing: installing the carried wheels from .whl/ (no index)"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$ROOT"/.whl/*.whl >>"$LOG" 2>&1 \
+  WHEELS=$(ls "$ROOT"/.whl/*.whl)
+  # keep the machine's own typing_extensions when it is new enough for pydantic (>= 4.16)
+  if "$PY" -c "from importlib.metadata import version as v; import sys; sys.exit(tuple(map(int, v('typing_extensions').split('.')[:2])) < (4, 16))" 2>/dev/null; then
+    WHEELS=$(echo "$WHEELS" | grep -v typing_extensions)
+  fi
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" $WHEELS >>"$LOG" 2>&1 \
     && export PYTHONPATH=$PYTHONPATH:$WORK/site
 fi
 "$PY" - >"$WORK/env.json" 2>>"$LOG" <<'EOF'
