@@ -28,7 +28,7 @@ from torch import nn
 from . import masks as _masks
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
-from .graph.match import Matching, match
+from .graph.match import Matching, match, verify
 
 STRETCH_STRATEGIES = {
     "append": "copies appended after the originals, earliest blocks first, fewest copies each "
@@ -284,6 +284,10 @@ def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, bl
         return []
     if m < n:
         return _FUNCS[squeeze](n, m)
+    if n == 1 and block0 is None:
+        # a stage holding one period of identical blocks (found with the deeper
+        # sibling's help): repeating that period is the only stretch there is
+        return [0] * m
     if n <= 1:
         what = (f"a single block (block 0 = {block0}, which changes the shape)" if block0
                 else ("a single block" if n == 1 else "no block"))
@@ -450,6 +454,8 @@ def transfer(
     dst = analyze(dst_model, shared, leaf_modules=leaf_modules, name=dst_label)
     mt = match(src, dst)
     strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping)
+    # never silently wrong: every target block from one whole source block of its stage
+    verify(src, dst, mt, [sp.sources for sp in stage_plans])
     plan = Plan(src=src_label, dst=dst_label, strategy=strat_name, stages=stage_plans, fixed_regions=len(mt.fixed))
 
     # dst tensor name -> src tensor name, parameters and buffers

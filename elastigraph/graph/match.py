@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import SegmentMismatchError
 from . import ModelGraph, block_label, stage_label
-from .units import Region, Unit, _make_unit, find_block0
+from .units import Region, Unit, _make_unit, crossing_modules, find_block0, stage_key
 
 _MAX_SINGLE = 48  # longest single block (in regions) looked for when sequences disagree
 
@@ -47,8 +47,9 @@ class Matching:
     fixed: list[tuple[int, int]]
 
 
-def _tokenize(ids: list[int], patterns: list[tuple[int, ...]]) -> list[tuple]:
-    """('fixed', region) or ('seg', pattern index, [unit starts]) tokens."""
+def _tokenize(ids: list[int], patterns: list[tuple[int, ...]], key_of=None) -> list[tuple]:
+    """('fixed', region) or ('seg', pattern index, [unit starts]) tokens; consecutive
+    units join one token only while ``key_of(start, stop)`` (their parent module) agrees."""
     order = sorted(range(len(patterns)), key=lambda i: -len(patterns[i]))
     toks: list[tuple] = []
     i, k = 0, len(ids)
@@ -63,7 +64,9 @@ def _tokenize(ids: list[int], patterns: list[tuple[int, ...]]) -> list[tuple]:
             toks.append(("fixed", i))
             i += 1
             continue
-        if toks and toks[-1][0] == "seg" and toks[-1][1] == hit and toks[-1][2][-1] + len(patterns[hit]) == i:
+        plen = len(patterns[hit])
+        if (toks and toks[-1][0] == "seg" and toks[-1][1] == hit and toks[-1][2][-1] + plen == i
+                and (key_of is None or key_of(i - plen, i) == key_of(i, i + plen))):
             toks[-1][2].append(i)
         else:
             toks.append(("seg", hit, [i]))
@@ -115,8 +118,18 @@ def match(src: ModelGraph, dst: ModelGraph) -> Matching:
             p = tuple(ids[u.start:u.stop])
             if p not in patterns:
                 patterns.append(p)
+    def keys(mg: ModelGraph):
+        cache: dict[tuple[int, int], tuple] = {}
+
+        def key_of(a: int, b: int) -> tuple:
+            if (a, b) not in cache:
+                cache[(a, b)] = stage_key(mg.graph, mg.regions, a, b)
+            return cache[(a, b)]
+        return key_of
+
+    s_key, d_key = keys(src), keys(dst)
     for _ in range(64):
-        st, dt = _tokenize(s_ids, patterns), _tokenize(d_ids, patterns)
+        st, dt = _tokenize(s_ids, patterns, s_key), _tokenize(d_ids, patterns, d_key)
         pairs, problem = _align(st, dt, s_ids, d_ids)
         if problem is None:
             return _build(src, dst, st, dt, pairs, patterns)
@@ -202,3 +215,93 @@ def _next_pos(pairs: list[tuple], k: int, side: int, end: int) -> int:
         if t is not None:
             return _pos(t)
     return end
+
+
+# ---------------------------------------------------------------------------- verification
+
+
+def _role(names: list[str]) -> list[tuple]:
+    """Each tensor's place inside its unit, from the names alone: the part below the
+    unit's common module prefix, its first component replaced by its rank when it is a
+    child index (``layers.0.blocks.{2,3}`` -> ranks 0, 1 for a pair of blocks)."""
+    split = [n.split(".") for n in names]
+    k = 0
+    while split and all(len(s) > k + 1 for s in split) and len({s[k] for s in split}) == 1:
+        k += 1
+    firsts: list[str] = []
+    out = []
+    for s in split:
+        head, rest = s[k], ".".join(s[k + 1:])
+        if head not in firsts:
+            firsts.append(head)
+        out.append((firsts.index(head) if head.isdigit() else head, rest))
+    return out
+
+
+def _mod(key: tuple[str, ...], mg: ModelGraph) -> str:
+    return key[-1] if key else f"the top level of {mg.name}"
+
+
+def unit_problem(mg: ModelGraph, unit: Unit) -> str | None:
+    """Why ``unit`` is not one whole block of ``mg``'s module hierarchy, or None."""
+    cross = crossing_modules(mg.graph, mg.regions, unit.start, unit.stop)
+    if cross:
+        return (f"it takes only part of module `{cross[0]}` (the unit the graph repeats starts inside a block "
+                "of the module hierarchy)")
+    return None
+
+
+def verify(src: ModelGraph, dst: ModelGraph, mt: Matching, sources: list[list[int]]) -> None:
+    """Check a plan against both graphs before any tensor moves (never silently wrong):
+    fixed regions pair one to one with identical signatures; every target block takes all
+    its tensors from exactly one source block of the same stage, with the same signature,
+    each tensor from the same place in the block; no block is stitched from parts of two
+    modules; a stage's blocks share one parent module. Raises SegmentMismatchError naming
+    the first offending target block."""
+    used_s: set[int] = set()
+    covered: set[int] = set()
+    for a, b in mt.fixed:
+        if src.regions[a].signature != dst.regions[b].signature or a in used_s or b in covered:
+            raise SegmentMismatchError(
+                f"{dst.name} {_describe(dst, b)} would be filled from {src.name} {_describe(src, a)}, "
+                "which is not the same computation; refusing to transfer a wrong ticket")
+        used_s.add(a)
+        covered.add(b)
+    for sm, srcs in zip(mt.stages, sources):
+        off = 1 if sm.has_block0 else 0
+        keys = {}
+        for side, mg, units in (("source", src, sm.src_units), ("target", dst, sm.dst_units)):
+            for u in units:
+                why = unit_problem(mg, u)
+                if why:
+                    raise SegmentMismatchError(
+                        f"{side} block {u.label} in stage {sm.index} of {mg.name} is not one block: {why}. "
+                        "Refusing to transfer a wrong ticket.")
+            ks = [stage_key(mg.graph, mg.regions, u.start, u.stop) for u in units]
+            for u, k in zip(units, ks):
+                if k != ks[0]:
+                    raise SegmentMismatchError(
+                        f"stage {sm.index} ({sm.label}) of {mg.name} would hold blocks of two modules: "
+                        f"{units[0].label} (in `{_mod(ks[0], mg)}`) and {u.label} (in `{_mod(k, mg)}`); "
+                        "refusing to transfer a wrong ticket")
+            keys[side] = ks[0] if ks else None
+        ks, kd = keys["source"], keys["target"]
+        if ks is not None and kd is not None and ks[:len(kd)] != kd and kd[:len(ks)] != ks:
+            raise SegmentMismatchError(
+                f"stage {sm.index}: target blocks in `{_mod(kd, dst)}` would come from source blocks in "
+                f"`{_mod(ks, src)}`, another stage of the module hierarchy; refusing to transfer a wrong ticket")
+        for j, du in enumerate(sm.dst_units):
+            su = sm.src_units[srcs[j + off] - off]
+            where = f"target block {du.label} (stage {sm.index}, {sm.label}) <- source block {su.label}"
+            if du.sig_id != su.sig_id:
+                raise SegmentMismatchError(f"{where}: the blocks compute different functions (signatures "
+                                           f"{su.sig_id} vs {du.sig_id}); refusing to transfer a wrong ticket")
+            dn = [n for n, _ in du.params + du.buffers]
+            sn = [n for n, _ in su.params + su.buffers]
+            if len(dn) != len(sn):
+                raise SegmentMismatchError(f"{where}: {len(sn)} source tensors for {len(dn)} target tensors")
+            for a, b, ra, rb in zip(dn, sn, _role(dn), _role(sn)):
+                if ra != rb:
+                    raise SegmentMismatchError(
+                        f"{where}: tensor {a} would come from {b}, which has another role in its block; "
+                        "refusing to transfer a wrong ticket")

@@ -337,11 +337,30 @@ def _sig_ids(regions: list[Region]) -> list[int]:
 
 
 def find_segments(g: nx.DiGraph, regions: list[Region]) -> list[Segment]:
-    """Maximal runs (>= 2) of identical, weight-carrying units, smallest period first."""
+    """Maximal runs (>= 2) of identical, weight-carrying units, smallest period first.
+
+    Of the phases a period allows, a unit never takes part of a module and part of
+    another (the module tree says where blocks start: ``mlp`` of block i + ``attn`` of
+    block i+1 is no block), and a segment's units share one parent module (adjacent
+    stages of identical blocks are two segments; pieces of blocks that repeat once per
+    parent are no segment); among the rest, anchored starts, then more repeats win."""
     sigs = _sig_ids(regions)
     k = len(sigs)
     taken = [False] * k
     found: list[Segment] = []
+    whole: dict[tuple[int, int], bool] = {}
+    keys: dict[tuple[int, int], tuple] = {}
+
+    def is_whole(a: int, b: int) -> bool:
+        if (a, b) not in whole:
+            whole[(a, b)] = not crossing_modules(g, regions, a, b)
+        return whole[(a, b)]
+
+    def parent(a: int, b: int) -> tuple:
+        if (a, b) not in keys:
+            keys[(a, b)] = stage_key(g, regions, a, b)
+        return keys[(a, b)]
+
     for p in range(1, k // 2 + 1):
         t = 0
         while t + p < k:
@@ -354,15 +373,20 @@ def find_segments(g: nx.DiGraph, regions: list[Region]) -> list[Segment]:
             b = t + p  # regions [a, b) repeat with period p
             best = None
             for s in range(p):
-                st = a + s
-                reps = 0
-                while st + (reps + 1) * p <= b and not any(taken[st + reps * p: st + (reps + 1) * p]):
-                    reps += 1
-                if reps < 2 or not any(regions[i].has_weights for i in range(st, st + p)):
+                if not any(regions[i].has_weights for i in range(a + s, min(a + s + p, b))):
                     continue
-                key = (regions[st].anchor, reps, -s)
-                if best is None or key > best[0]:
-                    best = (key, st, reps)
+                st = a + s
+                while st + 2 * p <= b:
+                    reps = 0
+                    while (st + (reps + 1) * p <= b and not any(taken[st + reps * p: st + (reps + 1) * p])
+                           and is_whole(st + reps * p, st + (reps + 1) * p)
+                           and parent(st + reps * p, st + (reps + 1) * p) == parent(st, st + p)):
+                        reps += 1
+                    if reps >= 2:
+                        key = (regions[st].anchor, reps, -s)
+                        if best is None or key > best[0]:
+                            best = (key, st, reps)
+                    st += max(reps, 1) * p
             if best is not None:
                 _, st, reps = best
                 for i in range(st, st + reps * p):
@@ -456,3 +480,68 @@ def find_block0(g: nx.DiGraph, regions: list[Region], seg_start: int, unit_len: 
 
 def _module_type(g: nx.DiGraph, qualname: str) -> str | None:
     return g.graph.get("module_types", {}).get(qualname)
+
+
+# ------------------------------------------------------------ the module hierarchy as a check
+#
+# Units come from the graph; the module tree cannot make two units identical, but it is the
+# strongest evidence of where a block starts and which stage it belongs to. A unit that
+# takes part of one module's tensors and part of another's (``mlp`` of block i with
+# ``attn`` of block i+1) has the wrong phase; units of one segment held by different
+# parent modules (VOLO's ``network.2`` and ``network.3``) belong to different stages.
+
+
+def _module_tensors(g: nx.DiGraph, regions: list[Region]) -> dict[str, frozenset[str]]:
+    """Module qualified name -> the names of the parameters/buffers the graph reads under it."""
+    key = ("_module_tensors", id(regions), len(regions))
+    cached = g.graph.get("_cache_mt")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    out: dict[str, set[str]] = {}
+    for r in regions:
+        for name, _ in r.params + r.buffers:
+            parts = name.split(".")
+            for k in range(1, len(parts)):
+                out.setdefault(".".join(parts[:k]), set()).add(name)
+    frozen = {m: frozenset(s) for m, s in out.items()}
+    g.graph["_cache_mt"] = (key, frozen)
+    return frozen
+
+
+def unit_tensor_names(regions: list[Region], start: int, stop: int) -> list[str]:
+    return [n for r in regions[start:stop] for n, _ in r.params + r.buffers]
+
+
+def crossing_modules(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> list[str]:
+    """Modules whose tensors regions ``[start, stop)`` take only in part while also
+    taking tensors outside them: a block stitched from pieces of two modules."""
+    names = unit_tensor_names(regions, start, stop)
+    if not names:
+        return []
+    mine = frozenset(names)
+    mt = _module_tensors(g, regions)
+    seen: set[str] = set()
+    out: list[str] = []
+    for name in names:
+        parts = name.split(".")
+        for k in range(1, len(parts)):
+            mod = ".".join(parts[:k])
+            if mod in seen:
+                continue
+            seen.add(mod)
+            held = mt.get(mod, frozenset())
+            if not held <= mine and not mine <= held:
+                out.append(mod)
+    return out
+
+
+def stage_key(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tuple[str, ...]:
+    """The module path that holds a unit as one of its repeated children: down to the
+    parent of the outermost module covering exactly the unit (``layer2`` for
+    ``layer2.1``), else the modules common to all its ops (``layers.0.blocks`` for a pair
+    of Swin blocks). A stage with a single block may give a shorter path (its container
+    covers the block too): compare paths from different depths by prefix."""
+    sc = tight_scope(g, regions, start, stop)
+    if sc:
+        return sc[:-1]
+    return _common_scope(g, regions, start, stop)

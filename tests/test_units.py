@@ -1,0 +1,250 @@
+"""How the graph is cut into units, segments and stages, and the plan check that keeps a
+transfer from ever being silently wrong (issues 10 and 13). Every model here is tiny.
+
+``check_blocks`` is the independent judge: it reads which source tensor each target
+weight *is* (the ticket holds the source's tensors themselves) and checks, by names the
+test knows, that every target block came whole from one source block of its stage, each
+tensor from the same place, and that everything else came from the same name."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import timm
+import torchvision
+
+import elastigraph as eg
+from elastigraph import masks
+from elastigraph.errors import SegmentMismatchError
+from elastigraph.graph import match as match_mod
+from elastigraph.transfer import transfer
+
+
+def rand_mask(model, density=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.rand(v.shape, generator=g) < density for k, v in masks.full_mask(model).items()}
+
+
+def sources_of(src_model, ticket):
+    """Target state_dict key -> the source key whose tensor it holds (by storage)."""
+    by_ptr = {}
+    for k, v in src_model.state_dict().items():
+        by_ptr.setdefault((v.data_ptr(), tuple(v.shape)), k)
+    return {k: by_ptr[(v.data_ptr(), tuple(v.shape))] for k, v in ticket.weights.items()}
+
+
+def check_blocks(src_model, dst_model, ticket, pattern, parity=False):
+    """Assert the ticket's wiring: names matching ``pattern`` (groups: stage, block, rest)
+    come from one source block of the same stage, tensor by tensor; all others by name.
+    Returns {(stage, target block): source block}."""
+    rx = re.compile(pattern)
+    src_of = sources_of(src_model, ticket)
+    missing = set(dst_model.state_dict()) - set(src_of)
+    assert missing <= set(ticket.unmapped), "every target tensor gets a source or is reported unmapped"
+    assert not missing & set(dict(dst_model.named_parameters())), "every parameter gets a source"
+    blocks: dict[tuple[str, int], int] = {}
+    for d, s in src_of.items():
+        md, ms = rx.match(d), rx.match(s)
+        if md is None:
+            assert s == d, f"fixed tensor {d} filled from {s}"
+            continue
+        assert ms is not None, f"block tensor {d} filled from non-block tensor {s}"
+        assert (ms["stage"], ms["rest"]) == (md["stage"], md["rest"]), f"{d} filled from {s}"
+        key = (md["stage"], int(md["block"]))
+        assert blocks.setdefault(key, int(ms["block"])) == int(ms["block"]), f"{key} stitched from two blocks"
+        if parity:
+            assert int(ms["block"]) % 2 == int(md["block"]) % 2, f"{d} from {s}: wrong kind of block"
+    # masks travel with their tensors
+    for k, v in ticket.mask.items():
+        assert torch.equal(v, ticket.src_mask[src_of[k]])
+    return blocks
+
+
+# ---------------------------------------------------------------- issue 13 §1: unit phase
+
+
+class Mlp(nn.Module):
+    def __init__(s, d):
+        super().__init__()
+        s.fc1, s.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(s, x):
+        return x + s.fc2(torch.relu(s.fc1(x)))
+
+
+class Attn(nn.Module):
+    def __init__(s, d):
+        super().__init__()
+        s.qkv, s.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(s, x):
+        q, k, v = s.qkv(x).chunk(3, -1)
+        return x + s.proj((q @ k.transpose(-1, -2)).softmax(-1) @ v)
+
+
+class Block(nn.Module):
+    def __init__(s, d):
+        super().__init__()
+        s.attn, s.mlp = Attn(d), Mlp(d)
+
+    def forward(s, x):
+        return s.mlp(s.attn(x))
+
+
+class Down(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.reduce = nn.Sequential(nn.Linear(16, 24))
+        s.mlp = Mlp(24)
+
+    def forward(s, x):
+        return s.mlp(s.reduce(x))
+
+
+class LevitLike(nn.Module):
+    """A downsample ending in the same MLP residual the blocks end in (LeViT)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.down, s.head = nn.Linear(8, 16), Down(), nn.Linear(24, 4)
+        s.blocks = nn.Sequential(*[Block(24) for _ in range(n)])
+
+    def forward(s, x):
+        return s.head(s.blocks(s.down(s.stem(x))))
+
+
+BLOCKS = r"^(?P<stage>blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"
+
+
+@pytest.mark.parametrize("n,m", [(2, 3), (3, 2), (2, 5)])
+def test_unit_phase_follows_the_module_hierarchy(n, m):
+    torch.manual_seed(0)
+    src, dst = LevitLike(n), LevitLike(m)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 5, 8))
+    assert t.plan.stages[0].src_blocks == [f"blocks.{i}" for i in range(n)]
+    got = check_blocks(src, dst, t, BLOCKS)
+    assert [got[("blocks", j)] for j in range(m)] == t.plan.stages[0].sources
+
+
+def test_stitched_blocks_are_refused_by_verification():
+    """Force the phase the period alone would pick (MLP of block i + attention of i+1):
+    the plan check must refuse it, naming the block."""
+    src, dst = LevitLike(2), LevitLike(3)
+    sg, dg = eg.analyze(src, (2, 5, 8)), eg.analyze(dst, (2, 5, 8))
+    mt = match_mod.match(sg, dg)
+    sm = mt.stages[0]
+    shift = lambda mg, units: [match_mod._make_unit(mg.graph, mg.regions, u.start - 1, u.stop - 1) for u in units]
+    sm.src_units, sm.dst_units = shift(sg, sm.src_units), shift(dg, sm.dst_units)
+    with pytest.raises(SegmentMismatchError, match=r"block down\.mlp\.fc1\.\.blocks\.0\.attn\.proj .* is not one "
+                                                   r"block: it takes only part of module `down`"):
+        match_mod.verify(sg, dg, mt, [[0, 1], [0, 1, 1]])
+
+
+class Res(nn.Module):
+    def __init__(s, d=16):
+        super().__init__()
+        s.fc = nn.Linear(d, d)
+
+    def forward(s, x):
+        return x + s.fc(x)
+
+
+class TwoStages(nn.Module):
+    """Two stages of identical blocks with nothing between them (VOLO's network.2/3)."""
+
+    def __init__(s, n1, n2):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.s1 = nn.Sequential(*[Res() for _ in range(n1)])
+        s.s2 = nn.Sequential(*[Res() for _ in range(n2)])
+
+    def forward(s, x):
+        return s.head(s.s2(s.s1(s.stem(x))))
+
+
+TWO = r"^(?P<stage>s\d)\.(?P<block>\d+)\.(?P<rest>.*)$"
+
+
+@pytest.mark.parametrize("a,b", [((2, 2), (2, 4)), ((3, 2), (2, 3)), ((1, 2), (1, 3))])
+def test_module_stages_split_segments(a, b):
+    torch.manual_seed(0)
+    src, dst = TwoStages(*a), TwoStages(*b)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    assert [(s.label, len(s.src_blocks), len(s.dst_blocks)) for s in t.plan.stages] == [
+        ("s1", a[0], b[0]), ("s2", a[1], b[1])]
+    check_blocks(src, dst, t, TWO)
+
+
+def test_stage_mixing_plan_is_refused(monkeypatch):
+    """Without the split, the merged segment mixes stages: the plan check refuses."""
+    monkeypatch.setattr(match_mod, "_tokenize", lambda ids, patterns, key_of=None: _merge(ids, patterns))
+    from elastigraph.graph import units
+    monkeypatch.setattr(units, "stage_key", lambda g, regions, a, b: ())
+    src, dst = TwoStages(2, 2), TwoStages(2, 3)
+    with pytest.raises(SegmentMismatchError, match=r"would hold blocks of two modules: s1\.0 \(in `s1`\) and s2\.0"):
+        transfer(src, rand_mask(src), dst, example_input=(2, 8))
+
+
+_tokenize = match_mod._tokenize
+
+
+def _merge(ids, patterns):
+    return _tokenize(ids, patterns, None)
+
+
+# ------------------------------------------------- issue 10 §1: third-party classes as built
+
+
+def _levit(d):
+    return timm.models.levit.Levit(img_size=64, num_classes=4, embed_dim=(32, 48, 64), key_dim=8,
+                                   num_heads=(2, 2, 2), depth=d, attn_ratio=2., mlp_ratio=2.)
+
+
+def _volo(layers):
+    return timm.models.volo.VOLO(layers=layers, img_size=64, embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2),
+                                 stem_hidden_dim=16, num_classes=4)
+
+
+def _shvit(d):
+    return timm.models.shvit.SHViT(depth=d, embed_dim=(32, 48, 64), partial_dim=(8, 8, 8), qk_dim=(8, 8, 8),
+                                   num_classes=4)
+
+
+def _msra(d):
+    return timm.models.efficientvit_msra.EfficientVitMsra(
+        img_size=64, depth=d, embed_dim=(32, 48, 64), key_dim=(8, 8, 8), num_heads=(2, 2, 2),
+        window_size=(4, 4, 4), num_classes=4)
+
+
+def _maxvit(d):
+    return torchvision.models.MaxVit(input_size=(64, 64), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                                     block_layers=d, head_dim=8, stochastic_depth_prob=0.0, num_classes=4)
+
+
+THIRD_PARTY = {
+    "levit": (_levit, (2, 2, 2), (3, 3, 4), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "volo": (_volo, (1, 1, 2, 1), (1, 1, 3, 1), r"^(?P<stage>network\.\d+)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "shvit": (_shvit, (1, 2, 3), (1, 2, 2), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "efficientvit_msra": (_msra, (1, 2, 3), (1, 2, 2), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "maxvit": (_maxvit, [2, 3], [2, 2], r"^(?P<stage>blocks\.\d+\.layers)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(THIRD_PARTY))
+@pytest.mark.parametrize("direction", ["stretch", "squeeze"])
+def test_third_party_transfers_are_right_or_refused(family, direction):
+    """The classes behind issue 10's silent wrong transfers, both ways: the ticket must
+    put every target block together from one source block (or refuse with a clear error)."""
+    make, a, b, pattern = THIRD_PARTY[family]
+    if (direction == "stretch") != (sum(b) > sum(a)):
+        a, b = b, a
+    torch.manual_seed(0)
+    src, dst = make(a), make(b)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 64, 64))
+    blocks = check_blocks(src, dst, t, pattern)
+    assert any(s.kind != "same" for s in t.plan.stages)
+    assert len(blocks) >= sum(b) - len(b)
