@@ -248,3 +248,161 @@ def test_third_party_transfers_are_right_or_refused(family, direction):
     blocks = check_blocks(src, dst, t, pattern)
     assert any(s.kind != "same" for s in t.plan.stages)
     assert len(blocks) >= sum(b) - len(b)
+
+
+# ------------------------------------- issue 13 §2: shape side-values do not erase cut points
+
+
+class ShapeStage(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.blocks = nn.Sequential(*[Res() for _ in range(n)])
+
+    def forward(s, x):
+        B, C, H, W = x.shape
+        x = s.blocks(x.flatten(2).transpose(1, 2))
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+class ShapeNet(nn.Module):
+    """``B, C, H, W = x.shape`` before the blocks, ``reshape(B, C, H, W)`` after them (PVT-v2 ...)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.stage, s.head = nn.Conv2d(3, 16, 4, 4), ShapeStage(n), nn.Linear(16, 4)
+
+    def forward(s, x):
+        return s.head(s.stage(s.stem(x)).mean((2, 3)))
+
+
+class SideInputBlock(nn.Module):
+    """Blocks that read H and W computed once before the stage (PVT, Twins)."""
+
+    def __init__(s):
+        super().__init__()
+        s.fc = nn.Linear(16, 16)
+
+    def forward(s, x, H, W):
+        return x + s.fc(x).reshape(x.shape[0], H, W, -1).flatten(1, 2)
+
+
+class SideInputNet(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Conv2d(3, 16, 4, 4), nn.Linear(16, 4)
+        s.blocks = nn.ModuleList([SideInputBlock() for _ in range(n)])
+
+    def forward(s, x):
+        x = s.stem(x)
+        H, W = x.size(2), x.size(3)
+        x = x.flatten(2).transpose(1, 2)
+        for b in s.blocks:
+            x = b(x, H, W)
+        return s.head(x.mean(1))
+
+
+def test_shape_read_before_a_stage_keeps_its_blocks():
+    mg = eg.analyze(ShapeNet(4), (2, 3, 32, 32))
+    assert [(st.label, [u.label for u in st.segment.units]) for st in mg.stages] == [
+        ("stage.blocks", [f"stage.blocks.{i}" for i in range(4)])]
+
+
+@pytest.mark.parametrize("cls", [ShapeNet, SideInputNet])
+def test_shape_side_values_transfer(cls):
+    torch.manual_seed(0)
+    src, dst = cls(2), cls(4)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 32, 32))
+    assert t.plan.stages[0].sources == [0, 1, 1, 1]
+    check_blocks(src, dst, t, r"^(?P<stage>(stage\.)?blocks)\.(?P<block>\d+)\.(?P<rest>.*)$")
+    back = transfer(dst, rand_mask(dst), src, example_input=(2, 3, 32, 32))
+    assert back.plan.stages[0].sources == [0, 1]
+
+
+# ------------------------------------------ issue 13 §3: no tracer artefacts in signatures
+
+
+class AssertBlock(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.fc = nn.Linear(16, 16)
+
+    def forward(s, x):
+        torch._assert(x.dim() == 3, f"Expected (batch, seq, hidden) got {x.shape}")
+        return x + s.fc(x)
+
+
+class AssertNet(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.layers = nn.Sequential(*[AssertBlock() for _ in range(n)])
+
+    def forward(s, x):
+        return s.head(s.layers(s.stem(x)))
+
+
+def test_fstring_of_a_proxy_does_not_split_identical_blocks():
+    mg = eg.analyze(AssertNet(4), (2, 5, 8))
+    assert [[u.label for u in st.segment.units] for st in mg.stages] == [[f"layers.{i}" for i in range(4)]]
+    assert len({u.sig_id for u in mg.units}) == 1
+
+
+def _tv_vit(n):
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=n, num_heads=2, hidden_dim=16,
+                                                mlp_dim=32, num_classes=4)
+
+
+def test_torchvision_vit_3_to_5_final_norm_is_not_a_block():
+    """issue 10 §2: the encoder's final LayerNorm does not make the last layer special."""
+    torch.manual_seed(0)
+    src, dst = _tv_vit(3), _tv_vit(5)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 32, 32))
+    assert [(s.label, s.block0, s.sources) for s in t.plan.stages] == [("encoder.layers", None, [0, 1, 2, 1, 2])]
+    pat = r"^(?P<stage>encoder\.layers)\.encoder_layer_(?P<block>\d+)\.(?P<rest>.*)$"
+    check_blocks(src, dst, t, pat)
+    back = transfer(dst, rand_mask(dst), src, example_input=(2, 3, 32, 32))
+    assert back.plan.stages[0].sources == [0, 1, 2]
+    check_blocks(dst, src, back, pat)
+
+
+# ---------------------------------------- issue 10 §2: alternating and single-period stages
+
+
+def _swin(d):
+    return timm.models.swin_transformer.SwinTransformer(img_size=64, patch_size=4, window_size=4, embed_dim=16,
+                                                        depths=d, num_heads=(1, 2), num_classes=4)
+
+
+@pytest.mark.parametrize("a,b", [((2, 2), (4, 6)), ((4, 6), (2, 2)), ((2, 4), (4, 2))])
+def test_swin_alternating_blocks_move_in_pairs(a, b):
+    """Swin alternates regular and shifted-window blocks: a target block always comes from
+    a source block of its own kind, also when the source stage holds a single pair."""
+    torch.manual_seed(0)
+    src, dst = _swin(a), _swin(b)
+    assert src.layers[1].blocks[1].shift_size != src.layers[1].blocks[0].shift_size  # the stages alternate
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 64, 64))
+    got = check_blocks(src, dst, t, r"^(?P<stage>layers\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$", parity=True)
+    assert sorted(got) == [(f"layers.{s}.blocks", i) for s in range(2) for i in range(b[s])]
+
+
+class Pair(nn.Module):
+    """A stage whose unit is two different blocks (a conv block, then an MLP block)."""
+
+    def __init__(s, n):
+        super().__init__()
+        layers = []
+        for _ in range(n):
+            layers += [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU())]
+        s.stem, s.body, s.head = nn.Conv2d(3, 8, 3), nn.Sequential(*layers), nn.Linear(8, 4)
+
+    def forward(s, x):
+        return s.head(s.body(s.stem(x)).mean((2, 3)))
+
+
+def test_single_period_stage_is_stretched_by_repeating_it():
+    torch.manual_seed(0)
+    src, dst = Pair(1), Pair(3)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 16, 16))
+    assert t.plan.stages[0].sources == [0, 0, 0]
+    blocks = check_blocks(src, dst, t, r"^(?P<stage>body)\.(?P<block>\d+)\.(?P<rest>.*)$", parity=True)
+    assert blocks == {("body", j): j % 2 for j in range(6)}

@@ -24,6 +24,7 @@ Module names only label results and break ties in the phase; they never decide.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,12 +140,41 @@ def _remap(v: Any, local: dict[str, int], entry: str, g: nx.DiGraph) -> Any:
                 return ("in",)
             return ("ext", g.nodes[name]["kind"], g.nodes[name]["shape"])
         return tuple(_remap(x, local, entry, g) for x in v)
+    if isinstance(v, str) and "Proxy(" in v:
+        # an f-string of a traced value (``torch._assert(..., f"got {x.shape}")``) holds
+        # the tracer's node name, which differs per block: not part of the function
+        return _PROXY.sub("Proxy(.)", v)
     return v
 
 
+_PROXY = re.compile(r"Proxy\([^)]*\)")
+
+
+def is_side_value(g: nx.DiGraph, name: str) -> bool:
+    """A computed value that is no tensor (``x.shape``, ``size()``, ``getitem`` on them,
+    ``dim()``, an assert): a constant for the blocks that read it, not data flow."""
+    a = g.nodes[name]
+    return a["op"] in ("call_function", "call_method") and a["shape"] is None
+
+
+def tensor_flow(g: nx.DiGraph) -> nx.DiGraph:
+    """``g`` without the edges leaving side values: ``B, C, H, W = x.shape`` read before a
+    stage and used after it must not make the stage's blocks one region."""
+    key = ("_tensor_flow", g.number_of_nodes(), g.number_of_edges())
+    cached = g.graph.get("_cache_tf")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    side = [n for n in g.nodes if n != SOURCE and is_side_value(g, n)]
+    flow = g.copy(as_view=False)
+    flow.remove_edges_from([(n, s) for n in side for s in g.successors(n)])
+    g.graph["_cache_tf"] = (key, flow)
+    return flow
+
+
 def cut_points(g: nx.DiGraph, sink: str) -> list[str]:
-    """Nodes on every path from the virtual input to ``sink``, input first, sink last."""
-    idom = nx.immediate_dominators(g, SOURCE)
+    """Nodes on every tensor path from the virtual input to ``sink``, input first, sink
+    last (side values such as shapes are constants, see :func:`tensor_flow`)."""
+    idom = nx.immediate_dominators(tensor_flow(g), SOURCE)
     chain = [sink]
     while chain[-1] != SOURCE:
         chain.append(idom[chain[-1]])
@@ -156,7 +186,9 @@ def decompose(traced: Traced) -> Decomposition:
     g = traced.graph
     order = traced.order
     sink = next(n for n in reversed(order) if g.nodes[n]["op"] == "output")
-    idom = nx.immediate_dominators(g, SOURCE)
+    # dominators of the tensor data flow: a side value (a shape read before a stage and
+    # used after it) is a constant for its readers, not an edge around every block
+    idom = nx.immediate_dominators(tensor_flow(g), SOURCE)
     cuts = [sink]
     while cuts[-1] != SOURCE:
         cuts.append(idom[cuts[-1]])
@@ -182,6 +214,13 @@ def decompose(traced: Traced) -> Decomposition:
     for n in order:
         if n in idom and n not in region_of:
             nearest_cut(n)
+    # values computed only from side values (``dim() == 3``, its assert, a tensor built
+    # from a shape): the region of their latest input
+    for n in order:
+        if n not in region_of:
+            preds = [region_of[p] for p in g.predecessors(n) if p in region_of]
+            if preds:
+                region_of[n] = max(preds)
     # nodes not reachable from the inputs (get_attr, constants): the region of their
     # first consumer
     for n in reversed(order):
@@ -249,7 +288,7 @@ def _scope_of(g: nx.DiGraph, n: str, with_leaf: bool = False) -> tuple[str, ...]
 
 def _anchor(g: nx.DiGraph, nodes: list[str], entry: str) -> int:
     """How well a unit may start at this region: 2 if it opens a new module of the
-    hierarchy (the first op's scope does not extend the entry's), +1 if its first
+    hierarchy (the first op runs in other modules than the entry), +1 if its first
     compute op is a conv/linear."""
     first = next((n for n in nodes if g.nodes[n]["op"] in ("call_module", "call_function", "call_method")
                   and not g.nodes[n].get("noop")), None)
@@ -258,7 +297,7 @@ def _anchor(g: nx.DiGraph, nodes: list[str], entry: str) -> int:
     score = 0
     es = _scope_of(g, entry) if entry != SOURCE else ()
     fs = _scope_of(g, first)
-    if fs[: len(es)] != es:
+    if fs != es:  # leaves the entry's module or enters a new one (also from the top level)
         score += 2
     if g.nodes[first]["weighted"]:
         score += 1
