@@ -277,7 +277,8 @@ def _check_block0(sources: list[int], has_b0: bool, where: str) -> None:
         raise MappingError(f"{where}: block 0 changes the shape and cannot feed target block(s) {bad}")
 
 
-def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, block0: str | None) -> list[int]:
+def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, block0: str | None,
+                      dst_labels: Sequence[str] = ()) -> list[int]:
     if m == n:
         return list(range(n))
     if m == 0:
@@ -288,14 +289,20 @@ def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, bl
         # a stage holding one period of identical blocks (found with the deeper
         # sibling's help): repeating that period is the only stretch there is
         return [0] * m
-    if n <= 1:
-        what = (f"a single block (block 0 = {block0}, which changes the shape)" if block0
-                else ("a single block" if n == 1 else "no block"))
+    if n >= 2:
+        return _FUNCS[stretch](n, m)
+    if n == 0:
+        shown = ", ".join(list(dst_labels)[:3]) + (", ..." if len(dst_labels) > 3 else "")
         raise SegmentMismatchError(
-            f"{where}: the source stage has {what} and the target needs {m}: there is nothing to stretch from. "
-            "Use a source with at least 2 blocks in that stage (squeezing to 1 block works)."
+            f"{where}: the target has {m} block(s) here ({shown}) and the source has none of that kind at this "
+            "place: there is nothing to copy them from. Use a source that has at least one such block in that "
+            "stage, or a target without them."
         )
-    return _FUNCS[stretch](n, m)
+    raise SegmentMismatchError(
+        f"{where}: the source stage has a single block (block 0 = {block0}, which changes the shape) and the "
+        f"target needs {m}: there is nothing to stretch from (block 0 is never copied). Use a source with at "
+        "least 2 blocks in that stage (squeezing to 1 block works)."
+    )
 
 
 # ---------------------------------------------------------------------------- the ticket
@@ -402,7 +409,7 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
         n, m = len(sm.src_labels), len(sm.dst_labels)
         where = f"stage {sm.index} ({sm.label})"
         if entries is None:
-            sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label)
+            sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels)
         else:
             sources = _sources_from_mapping(entries, n, m, has_b0, where)
         out.append(StagePlan(index=sm.index, label=sm.label, block0=sm.block0_label,

@@ -181,7 +181,7 @@ def test_module_stages_split_segments(a, b):
 
 def test_stage_mixing_plan_is_refused(monkeypatch):
     """Without the split, the merged segment mixes stages: the plan check refuses."""
-    monkeypatch.setattr(match_mod, "_tokenize", lambda ids, patterns, key_of=None: _merge(ids, patterns))
+    monkeypatch.setattr(match_mod, "_tokenize", lambda ids, patterns, key_of=None, whole=None: _merge(ids, patterns))
     from elastigraph.graph import units
     monkeypatch.setattr(units, "stage_key", lambda g, regions, a, b: ())
     src, dst = TwoStages(2, 2), TwoStages(2, 3)

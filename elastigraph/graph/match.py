@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from ..errors import SegmentMismatchError
 from . import ModelGraph, block_label, stage_label
-from .units import Region, Unit, _make_unit, crossing_modules, find_block0, stage_key
+from .trace import SOURCE
+from .units import Region, Unit, _make_unit, _module_regions, _scope_of, crossing_modules, find_block0, stage_key
 
 _MAX_SINGLE = 48  # longest single block (in regions) looked for when sequences disagree
 
@@ -47,9 +48,10 @@ class Matching:
     fixed: list[tuple[int, int]]
 
 
-def _tokenize(ids: list[int], patterns: list[tuple[int, ...]], key_of=None) -> list[tuple]:
+def _tokenize(ids: list[int], patterns: list[tuple[int, ...]], key_of=None, whole=None) -> list[tuple]:
     """('fixed', region) or ('seg', pattern index, [unit starts]) tokens; consecutive
-    units join one token only while ``key_of(start, stop)`` (their parent module) agrees."""
+    units join one token only while ``key_of(start, stop)`` (their parent module) agrees;
+    a match for which ``whole(start, stop)`` is false (it cuts a module) is no unit."""
     order = sorted(range(len(patterns)), key=lambda i: -len(patterns[i]))
     toks: list[tuple] = []
     i, k = 0, len(ids)
@@ -57,7 +59,7 @@ def _tokenize(ids: list[int], patterns: list[tuple[int, ...]], key_of=None) -> l
         hit = None
         for pi in order:
             p = patterns[pi]
-            if tuple(ids[i:i + len(p)]) == p:
+            if tuple(ids[i:i + len(p)]) == p and (whole is None or whole(i, i + len(p))):
                 hit = pi
                 break
         if hit is None:
@@ -127,27 +129,114 @@ def match(src: ModelGraph, dst: ModelGraph) -> Matching:
             return cache[(a, b)]
         return key_of
 
-    s_key, d_key = keys(src), keys(dst)
+    def wholes(mg: ModelGraph):
+        cache: dict[tuple[int, int], bool] = {}
+
+        def whole(a: int, b: int) -> bool:
+            if (a, b) not in cache:
+                cache[(a, b)] = not crossing_modules(mg.graph, mg.regions, a, b)
+            return cache[(a, b)]
+        return whole
+
+    s_key, d_key, s_whole, d_whole = keys(src), keys(dst), wholes(src), wholes(dst)
     for _ in range(64):
-        st, dt = _tokenize(s_ids, patterns, s_key), _tokenize(d_ids, patterns, d_key)
+        st, dt = _tokenize(s_ids, patterns, s_key, s_whole), _tokenize(d_ids, patterns, d_key, d_whole)
         pairs, problem = _align(st, dt, s_ids, d_ids)
         if problem is None:
             return _build(src, dst, st, dt, pairs, patterns)
         a, b = problem
         q = _single_block(src.regions, s_ids, a, d_ids, b)
-        if q is not None:
+        if q is not None and s_whole(a, a + q) and tuple(s_ids[a:a + q]) not in patterns:
             patterns.append(tuple(s_ids[a:a + q]))
             continue
         q = _single_block(dst.regions, d_ids, b, s_ids, a)
-        if q is not None:
+        if q is not None and d_whole(b, b + q) and tuple(d_ids[b:b + q]) not in patterns:
             patterns.append(tuple(d_ids[b:b + q]))
             continue
-        raise SegmentMismatchError(
-            f"{src.name} and {dst.name} do not line up: the first mismatch is {src.name} "
+        break
+    for mg, ids, r, other in ((dst, d_ids, b, src.name), (src, s_ids, a, dst.name)):
+        why = _partial_unit(mg, ids, r, other)
+        if why:
+            raise SegmentMismatchError(f"{src.name} and {dst.name} do not line up: {why}")
+    raise SegmentMismatchError(mismatch_message(src, dst, a, b))
+
+
+def _partial_unit(mg: ModelGraph, ids: list[int], r: int, other: str) -> str | None:
+    """If region ``r`` starts a block of a stage whose sibling blocks come in several
+    kinds that repeat (regular/shifted, with/without SE), say that the stage's depths do
+    not differ by whole repeats."""
+    g = mg.graph
+    held = _module_regions(g, mg.regions)
+    types = g.graph.get("module_types", {})
+    containers = g.graph.get("containers", set())
+    starts = sorted((m for m, rs in held.items() if m and min(rs) == r and m not in containers
+                     and len(rs) == max(rs) - r + 1), key=lambda m: m.count("."))
+    for m in starts:
+        parent = m.rpartition(".")[0]
+        sibs = sorted((x for x, rs in held.items() if x.rpartition(".")[0] == parent and types.get(x) == types.get(m)
+                       and len(rs) == max(rs) - min(rs) + 1), key=lambda x: min(held[x]))
+        if len(sibs) < 2 or m not in sibs:
+            continue
+        kinds = [tuple(ids[min(held[x]):max(held[x]) + 1]) for x in sibs]
+        p = next(q for q in range(1, len(kinds) + 1) if all(kinds[i] == kinds[i + q] for i in range(len(kinds) - q)))
+        if p < 2 or p >= len(kinds):
+            return None
+        first = sibs[kinds.index(kinds[sibs.index(m)])]
+        return (f"{mg.name} has block `{m}` in stage `{parent or mg.name}`, of the same kind as `{first}`, where "
+                f"{other} has none: the blocks of that stage come in {p} kinds that alternate "
+                f"({', '.join(sibs[:p])}, ...), and such a stage is stretched or squeezed only by whole repeats of "
+                f"{p} blocks. Use depths for that stage that differ by a multiple of {p}.")
+    return None
+
+
+def mismatch_message(src: ModelGraph, dst: ModelGraph, a: int, b: int) -> str:
+    """Why regions ``a`` (src) and ``b`` (dst) do not line up, as found by the analysis."""
+    for mg, r in ((src, a), (dst, b)):
+        why = explain_region(mg, r)
+        if why:
+            return (f"{src.name} and {dst.name} do not line up at {src.name} {_describe(src, a)} vs {dst.name} "
+                    f"{_describe(dst, b)}: {why}")
+    return (f"{src.name} and {dst.name} do not line up: the first mismatch is {src.name} "
             f"{_describe(src, a)} vs {dst.name} {_describe(dst, b)}. Transfer needs models of one family "
-            "that differ only in how many identical blocks each stage repeats."
-        )
-    raise SegmentMismatchError(f"{src.name} and {dst.name}: could not align their structure")  # pragma: no cover
+            "that differ only in how many identical blocks each stage repeats.")
+
+
+def explain_region(mg: ModelGraph, r: int) -> str | None:
+    """If region ``r`` holds several sibling blocks (modules of one type under one parent)
+    as one piece, say so and name the value that flows around them, else None."""
+    if r >= len(mg.regions):
+        return None
+    g = mg.graph
+    reg = mg.regions[r]
+    held = _module_regions(g, mg.regions)
+    types = g.graph.get("module_types", {})
+    leaves = {g.nodes[n]["target"] for n in reg.nodes if g.nodes[n]["op"] == "call_module"}
+    inside = [m for m, rs in held.items() if rs == {r} and m and m not in leaves]  # blocks, not layers
+    by_parent: dict[tuple[str, str], list[str]] = {}
+    for m in inside:
+        by_parent.setdefault((m.rpartition(".")[0], types.get(m, "")), []).append(m)
+    groups = [ms for ms in by_parent.values() if len(ms) >= 2]
+    if not groups:
+        return None
+    blocks = min(groups, key=lambda ms: (ms[0].count("."), -len(ms)))  # the outermost siblings
+    parent = blocks[0].rpartition(".")[0] or mg.name
+    idx = {n: g.nodes[n]["index"] for n in reg.nodes}
+    in_blocks = [n for n in reg.nodes if any(m in blocks for m in _scope_of(g, n, with_leaf=True))]
+    first, last = min(idx[n] for n in in_blocks), max(idx[n] for n in in_blocks)
+    around = None
+    for u in [reg.entry] + reg.nodes:
+        if u == SOURCE or g.nodes[u]["index"] >= first:
+            continue
+        if any(v in idx and idx[v] > last for v in g.successors(u)):
+            around = u
+            break
+    where = f"`{parent}` ({len(blocks)} blocks, {blocks[0]} .. {blocks[-1]}) is one region"
+    if around is None:
+        return (f"{where} of {mg.name}: no single tensor enters and leaves each of its blocks, so they cannot be "
+                "told apart and repeated")
+    return (f"{where} of {mg.name}: a value computed before its first block is used after its last one "
+            f"(node `{around}`, {g.nodes[around]['kind']}), so its blocks cannot be told apart and repeated. "
+            "elastigraph repeats only blocks that a single tensor enters and leaves")
 
 
 def _align(st: list[tuple], dt: list[tuple], s_ids: list[int], d_ids: list[int]):
