@@ -406,3 +406,119 @@ def test_single_period_stage_is_stretched_by_repeating_it():
     assert t.plan.stages[0].sources == [0, 0, 0]
     blocks = check_blocks(src, dst, t, r"^(?P<stage>body)\.(?P<block>\d+)\.(?P<rest>.*)$", parity=True)
     assert blocks == {("body", j): j % 2 for j in range(6)}
+
+
+# ------------------------------------ issue 13 §6: refusals name the cause; their fixes work
+
+
+class CspLike(nn.Module):
+    """Half the channels bypass the blocks (CSPNet): a tensor flows around every block."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 32), nn.Linear(32, 4)
+        s.blocks = nn.Sequential(*[Res() for _ in range(n)])
+
+    def forward(s, x):
+        a, b = s.stem(x).chunk(2, -1)
+        return s.head(torch.cat([a, s.blocks(b)], -1))
+
+
+def test_blocks_bypassed_by_a_tensor_are_named_without_a_false_fix():
+    src, dst = CspLike(2), CspLike(3)
+    with pytest.raises(SegmentMismatchError) as e:
+        transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    msg = str(e.value)
+    assert "`blocks` (2 blocks, blocks.0 .. blocks.1) is one region of source CspLike" in msg
+    assert "a value computed before its first block is used after its last one (node `getitem`" in msg
+    assert "Use " not in msg and "leaf" not in msg  # no fix is suggested, since none would work
+
+
+class Alt(nn.Module):
+    """Blocks of two kinds alternating in one stage (Swin, RepViT with/without SE)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.blocks = nn.Sequential(*[AltBlock(i % 2 == 0) for i in range(n)])
+
+    def forward(s, x):
+        return s.head(s.blocks(s.stem(x)))
+
+
+class AltBlock(nn.Module):
+    def __init__(s, gate):
+        super().__init__()
+        s.fc = nn.Linear(16, 16)
+        s.gate = nn.Linear(16, 16) if gate else None
+
+    def forward(s, x):
+        y = s.fc(x)
+        if s.gate is not None:
+            y = y * torch.sigmoid(s.gate(x))
+        return x + y
+
+
+@pytest.mark.parametrize("make,a,bad,good,pattern", [
+    (Alt, 2, 3, 4, r"^(?P<stage>blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    (lambda d: timm.models.repvit.RepVit(embed_dim=(16, 24), depth=d, num_classes=4, img_size=64),
+     (2, 2), (3, 2), (4, 2), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+])
+def test_alternating_kinds_error_and_its_fix(make, a, bad, good, pattern):
+    inp = (2, 8) if make is Alt else (2, 3, 64, 64)
+    torch.manual_seed(0)
+    src = make(a)
+    with pytest.raises(SegmentMismatchError, match=r"of the same kind as `(stages\.0\.)?blocks\.0`.* come in 2 kinds "
+                                                   r"that alternate.*differ by a multiple of 2"):
+        transfer(src, rand_mask(src), make(bad), example_input=inp)
+    dst = make(good)  # the suggested fix
+    t = transfer(src, rand_mask(src), dst, example_input=inp)
+    check_blocks(src, dst, t, pattern, parity=True)
+
+
+class Blk(nn.Module):
+    def __init__(s, din, dout):
+        super().__init__()
+        s.fc = nn.Linear(din, dout)
+        s.proj = nn.Linear(din, dout) if din != dout else None
+
+    def forward(s, x):
+        return (x if s.proj is None else s.proj(x)) + torch.relu(s.fc(x))
+
+
+class Staged(nn.Module):
+    """A stage of n1 identical blocks, then one whose block 0 changes the width (ResNet)."""
+
+    def __init__(s, n1, n2):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(24, 4)
+        s.s1 = nn.Sequential(*[Res(16) for _ in range(n1)])
+        s.s2 = nn.Sequential(Blk(16, 24), *[Blk(24, 24) for _ in range(n2)])
+
+    def forward(s, x):
+        return s.head(s.s2(s.s1(s.stem(x))))
+
+
+STAGED = r"^(?P<stage>s\d)\.(?P<block>\d+)\.(?P<rest>.*)$"
+
+
+def test_block0_only_stage_error_and_its_fixes():
+    src = Staged(2, 0)
+    with pytest.raises(SegmentMismatchError, match=r"single block \(block 0 = s2\.0, which changes the shape\).*"
+                                                   r"Use a source with at least 2 blocks in that stage"):
+        transfer(src, rand_mask(src), Staged(2, 2), example_input=(2, 8))
+    for a, b in ((1, 3), (2, 0)):  # the fixes it names: 2 blocks in the source, or squeezing to 1
+        src, dst = Staged(2, a), Staged(2, b)
+        t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+        assert len(t.plan.stages[-1].dst_blocks) == b + 1
+        check_blocks(src, dst, t, STAGED)
+
+
+def test_stage_missing_from_the_source_error_and_its_fix():
+    src = Staged(0, 2)
+    with pytest.raises(SegmentMismatchError, match=r"the target has 2 block\(s\) here \(s1\.0, s1\.1\) and the "
+                                                   r"source has none.*Use a source that has at least one such block"):
+        transfer(src, rand_mask(src), Staged(2, 2), example_input=(2, 8))
+    src, dst = Staged(1, 2), Staged(2, 2)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    check_blocks(src, dst, t, STAGED)

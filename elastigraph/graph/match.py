@@ -145,6 +145,10 @@ def match(src: ModelGraph, dst: ModelGraph) -> Matching:
         if problem is None:
             return _build(src, dst, st, dt, pairs, patterns)
         a, b = problem
+        for mg, ids, r, other in ((dst, d_ids, b, src.name), (src, s_ids, a, dst.name)):
+            why = _partial_unit(mg, ids, r, other)
+            if why:  # a block of an alternating stage: no single-block stage can explain it
+                raise SegmentMismatchError(f"{src.name} and {dst.name} do not line up: {why}")
         q = _single_block(src.regions, s_ids, a, d_ids, b)
         if q is not None and s_whole(a, a + q) and tuple(s_ids[a:a + q]) not in patterns:
             patterns.append(tuple(s_ids[a:a + q]))
@@ -154,10 +158,6 @@ def match(src: ModelGraph, dst: ModelGraph) -> Matching:
             patterns.append(tuple(d_ids[b:b + q]))
             continue
         break
-    for mg, ids, r, other in ((dst, d_ids, b, src.name), (src, s_ids, a, dst.name)):
-        why = _partial_unit(mg, ids, r, other)
-        if why:
-            raise SegmentMismatchError(f"{src.name} and {dst.name} do not line up: {why}")
     raise SegmentMismatchError(mismatch_message(src, dst, a, b))
 
 
