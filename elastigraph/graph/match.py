@@ -6,7 +6,12 @@ unit pattern that either model repeats, a *fixed* region elsewhere. Consecutive 
 one pattern form a stage. Where the sequences disagree because one model holds a single
 shape-preserving block the other lacks (a stage of 1 vs 0 units, which neither model
 repeats), that block becomes a pattern too; anything else is a
-:class:`~elastigraph.errors.SegmentMismatchError` naming the first mismatch.
+:class:`~elastigraph.errors.SegmentMismatchError` naming the first mismatch and, where
+the analysis finds one, its cause (blocks a second tensor flows around, blocks of
+alternating kinds whose depths differ by no whole repeat). Units never cut a module and
+a run of units is split where their parent module changes.
+
+:func:`verify` checks a finished plan against both graphs before any tensor moves.
 """
 
 from __future__ import annotations

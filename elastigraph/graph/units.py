@@ -1,15 +1,23 @@
 """Regions, units, segments and stages, found from the traced graph's structure.
 
-* **cut points**: nodes every input->output path passes through (the dominator chain
-  of the output node, rooted at the virtual input). They split the graph into a chain
-  of minimal single-entry/single-exit **regions** (a residual block is one region, a
-  plain conv/relu is one region each, a transformer block is two).
+* **cut points**: nodes every tensor path from input to output passes through (the
+  dominator chain of the output node, rooted at the virtual input), computed on the
+  tensor data flow: side values that are no tensors (``x.shape``, ``size()``, getitem
+  on them, ``dim()``, asserts) are constants for their readers, so a shape read before
+  a stage and used after it does not fuse the stage. Cut points split the graph into a
+  chain of minimal single-entry/single-exit **regions** (a residual block is one
+  region, a plain conv/relu is one region each, a transformer block is two).
 * A region's **signature** is its op sequence with module attributes, parameter and
   buffer shapes, activation shapes and its internal wiring: equal signatures mean the
   regions compute the same function of the same shapes with tensors in the same order.
+  Tracer node names inside constants (``Proxy(getitem_3)`` in an assert's f-string)
+  are normalised out.
 * **units** are the period of a repeating run of region signatures (smallest period
-  first); the phase is anchored where a unit starts a new module of the hierarchy or
-  at a conv/linear. A **segment** is a maximal run of >= 2 identical units.
+  first). Of the phases a period allows, a unit never takes part of one module and
+  part of another (:func:`crossing_modules`), and a segment's units share one parent
+  module (:func:`stage_key`); among the rest the phase is anchored where a unit opens
+  a module or starts at a conv/linear. A **segment** is a maximal run of >= 2
+  identical units.
 * A **stage** is a segment plus, where present, the shape-changing block just before it
   (ResNet's downsampling block 0): a sibling module of the same type as the units, or,
   in flat models (VGG), the same op skeleton with other shapes. A stage of block 0 plus
@@ -18,7 +26,8 @@
 * Dropout / stochastic depth / Identity are no-ops in signatures (their rates differ
   per block; block 0 often gets an Identity where the others have a DropPath).
 
-Module names only label results and break ties in the phase; they never decide.
+Module names only label results, break ties in the phase and veto units that cut a
+module; they never decide which regions are identical.
 """
 
 from __future__ import annotations
