@@ -522,3 +522,18 @@ def test_stage_missing_from_the_source_error_and_its_fix():
     src, dst = Staged(1, 2), Staged(2, 2)
     t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
     check_blocks(src, dst, t, STAGED)
+
+
+def test_verification_refuses_fixed_parts_that_do_not_pair_one_to_one():
+    src, dst = Staged(2, 2), Staged(2, 2)
+    sg, dg = eg.analyze(src, (2, 8)), eg.analyze(dst, (2, 8))
+    mt = match_mod.match(sg, dg)
+    good = list(mt.fixed)
+    mt.fixed = [(a, good[-1][1]) if k == 0 else (a, b) for k, (a, b) in enumerate(good)]  # stem <- head
+    srcs = [list(range(len(s.dst_labels))) for s in mt.stages]
+    with pytest.raises(SegmentMismatchError, match="would be filled from .* which is not the same computation"):
+        match_mod.verify(sg, dg, mt, srcs)
+    head = next(k for k, (a, b) in enumerate(good) if "head" in dg.regions[b].modules)
+    mt.fixed = good[:head] + good[head + 1:]  # the head left out
+    with pytest.raises(SegmentMismatchError, match=r"region \d+ \(head.*gets no source"):
+        match_mod.verify(sg, dg, mt, srcs)

@@ -361,6 +361,13 @@ def verify(src: ModelGraph, dst: ModelGraph, mt: Matching, sources: list[list[in
                 "which is not the same computation; refusing to transfer a wrong ticket")
         used_s.add(a)
         covered.add(b)
+    for sm in mt.stages:
+        for u in sm.dst_units:
+            covered.update(range(u.start, u.stop))
+    if len(covered) != len(dst.regions):
+        r = min(set(range(len(dst.regions))) - covered)
+        raise SegmentMismatchError(f"{dst.name} {_describe(dst, r)} gets no source in the plan; refusing to transfer "
+                                   "an incomplete ticket")
     for sm, srcs in zip(mt.stages, sources):
         off = 1 if sm.has_block0 else 0
         keys = {}
