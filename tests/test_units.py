@@ -537,3 +537,26 @@ def test_verification_refuses_fixed_parts_that_do_not_pair_one_to_one():
     mt.fixed = good[:head] + good[head + 1:]  # the head left out
     with pytest.raises(SegmentMismatchError, match=r"region \d+ \(head.*gets no source"):
         match_mod.verify(sg, dg, mt, srcs)
+
+
+SINGLE_PERIOD = {
+    "efficientformer": (lambda d: timm.models.efficientformer.EfficientFormer(
+        depths=d, embed_dims=(16, 24, 32, 48), num_vit=1, num_classes=4), (1, 1, 1, 2), (2, 2, 3, 3), (1, 3, 224, 224)),
+    "edgenext": (lambda d: timm.models.edgenext.EdgeNeXt(dims=(16, 24, 32, 48), depths=d, heads=(2,) * 4, num_classes=4),
+                 (2, 2, 2, 2), (3, 3, 4, 3), (2, 3, 64, 64)),
+    "swiftformer": (lambda d: timm.create_model("swiftformer_xs", layers=d, embed_dims=[16, 24, 32, 48], num_classes=4),
+                    (2, 2, 2, 2), (3, 3, 4, 3), (2, 3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SINGLE_PERIOD))
+def test_third_party_single_period_stages(family):
+    """issue 10 §2: stages whose source holds one block of their repeating kind (the
+    last block of these stages is of another kind) stretch by repeating it."""
+    make, a, b, inp = SINGLE_PERIOD[family]
+    for x, y in ((a, b), (b, a)):
+        torch.manual_seed(0)
+        src, dst = make(x), make(y)
+        t = transfer(src, rand_mask(src), dst, example_input=inp)
+        check_blocks(src, dst, t, r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$")
+        assert sum(len(s.dst_blocks) for s in t.plan.stages) >= sum(y) - len(y)
