@@ -560,3 +560,28 @@ def test_third_party_single_period_stages(family):
         t = transfer(src, rand_mask(src), dst, example_input=inp)
         check_blocks(src, dst, t, r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$")
         assert sum(len(s.dst_blocks) for s in t.plan.stages) >= sum(y) - len(y)
+
+
+class GammaStage(nn.Module):
+    """Per-block scales kept by the stage in a ParameterList (a container, not a block)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.blocks = nn.ModuleList([Res() for _ in range(n)])
+        s.gammas = nn.ParameterList([nn.Parameter(torch.full((16,), 0.5)) for _ in range(n)])
+
+    def forward(s, x):
+        x = s.stem(x)
+        for b, gamma in zip(s.blocks, s.gammas):
+            x = x + gamma * b.fc(x)
+        return s.head(x)
+
+
+def test_units_may_take_entries_of_a_parameter_list():
+    torch.manual_seed(0)
+    src, dst = GammaStage(2), GammaStage(3)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    src_of = sources_of(src, t)
+    assert [src_of[f"gammas.{j}"] for j in range(3)] == ["gammas.0", "gammas.1", "gammas.1"]
+    assert [src_of[f"blocks.{j}.fc.weight"] for j in range(3)] == [f"blocks.{i}.fc.weight" for i in (0, 1, 1)]

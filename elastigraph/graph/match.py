@@ -316,19 +316,26 @@ def _next_pos(pairs: list[tuple], k: int, side: int, end: int) -> int:
 
 def _role(names: list[str]) -> list[tuple]:
     """Each tensor's place inside its unit, from the names alone: the part below the
-    unit's common module prefix, its first component replaced by its rank when it is a
-    child index (``layers.0.blocks.{2,3}`` -> ranks 0, 1 for a pair of blocks)."""
+    unit's common module prefix, every child index replaced by its rank among the
+    indices the unit uses at that place (``layers.0.blocks.{2,3}`` -> 0, 1 for a pair of
+    blocks; ``blocks.2`` with ``gammas.2`` -> 0 and 0)."""
     split = [n.split(".") for n in names]
     k = 0
     while split and all(len(s) > k + 1 for s in split) and len({s[k] for s in split}) == 1:
         k += 1
-    firsts: list[str] = []
+    seen: dict[tuple, list[str]] = {}
     out = []
     for s in split:
-        head, rest = s[k], ".".join(s[k + 1:])
-        if head not in firsts:
-            firsts.append(head)
-        out.append((firsts.index(head) if head.isdigit() else head, rest))
+        role: list = []
+        for part in s[k:]:
+            if part.isdigit():
+                vals = seen.setdefault(tuple(role), [])
+                if part not in vals:
+                    vals.append(part)
+                role.append(vals.index(part))
+            else:
+                role.append(part)
+        out.append(tuple(role))
     return out
 
 
@@ -361,13 +368,6 @@ def verify(src: ModelGraph, dst: ModelGraph, mt: Matching, sources: list[list[in
                 "which is not the same computation; refusing to transfer a wrong ticket")
         used_s.add(a)
         covered.add(b)
-    for sm in mt.stages:
-        for u in sm.dst_units:
-            covered.update(range(u.start, u.stop))
-    if len(covered) != len(dst.regions):
-        r = min(set(range(len(dst.regions))) - covered)
-        raise SegmentMismatchError(f"{dst.name} {_describe(dst, r)} gets no source in the plan; refusing to transfer "
-                                   "an incomplete ticket")
     for sm, srcs in zip(mt.stages, sources):
         off = 1 if sm.has_block0 else 0
         keys = {}
@@ -406,3 +406,10 @@ def verify(src: ModelGraph, dst: ModelGraph, mt: Matching, sources: list[list[in
                     raise SegmentMismatchError(
                         f"{where}: tensor {a} would come from {b}, which has another role in its block; "
                         "refusing to transfer a wrong ticket")
+    for sm in mt.stages:
+        for u in sm.dst_units:
+            covered.update(range(u.start, u.stop))
+    if len(covered) != len(dst.regions):
+        r = min(set(range(len(dst.regions))) - covered)
+        raise SegmentMismatchError(f"{dst.name} {_describe(dst, r)} gets no source in the plan; refusing to transfer "
+                                   "an incomplete ticket")

@@ -562,13 +562,17 @@ def unit_tensor_names(regions: list[Region], start: int, stop: int) -> list[str]
 
 def crossing_modules(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> list[str]:
     """Modules whose tensors regions ``[start, stop)`` take only in part while also
-    taking tensors outside them: a block stitched from pieces of two modules."""
+    taking tensors outside them: a block stitched from pieces of two modules.
+    Containers (Sequential, ModuleList, ParameterList, ...) have no forward of their own
+    and hold blocks rather than being one: a unit may take one of their entries."""
     names = unit_tensor_names(regions, start, stop)
     if not names:
         return []
     mine = frozenset(names)
     mt = _module_tensors(g, regions)
-    seen: set[str] = set()
+    types = g.graph.get("module_types", {})
+    seen: set[str] = set(g.graph.get("containers", ()))
+    seen |= {m for m, t in types.items() if t in ("ParameterList", "ParameterDict")}
     out: list[str] = []
     for name in names:
         parts = name.split(".")
@@ -578,7 +582,7 @@ def crossing_modules(g: nx.DiGraph, regions: list[Region], start: int, stop: int
                 continue
             seen.add(mod)
             held = mt.get(mod, frozenset())
-            if not held <= mine and not mine <= held:
+            if held and not held <= mine and not mine <= held:
                 out.append(mod)
     return out
 
