@@ -30,6 +30,32 @@ Progress = Callable[[int, int, dict], None]
 """``progress(step, total, metrics)``: called after every optimizer step (rank 0 only)."""
 
 _SCHEDULES = ("step", "cosine", "constant")
+MAX_SEED = 2**32 - 1
+"""Largest seed accepted anywhere (seeds are mixed into 64-bit generator seeds)."""
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def device_problem(name: Any) -> str | None:
+    """None if ``name`` is a device training can run on ('auto', 'cpu', 'cuda', 'cuda:1',
+    ...), else why not (checked before any work; availability is checked at train time)."""
+    if not isinstance(name, str):
+        return f"{name!r} is not a device name such as 'auto', 'cpu' or 'cuda:0'"
+    if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        return f"{name!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1')"
+    if dev.type not in _DEVICE_TYPES:
+        return f"{name!r}: training needs real memory; use one of 'auto', 'cpu', 'cuda[:N]' (not {dev.type!r})"
+    return None
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` if it is an integer in ``[0, MAX_SEED]``, else :class:`ConfigError`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what}={seed!r} must be an integer in [0, {MAX_SEED}]")
+    return seed
 _OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -62,32 +88,66 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(float(m) for m in self.milestones)
-        bad = []
-        if self.optimizer not in _OPTIMIZERS:
-            bad.append(f"optimizer={self.optimizer!r} (use one of {_OPTIMIZERS})")
-        if self.schedule not in _SCHEDULES:
-            bad.append(f"schedule={self.schedule!r} (use one of {_SCHEDULES})")
-        if self.steps is not None and self.steps < 1:
-            bad.append(f"steps={self.steps} (must be >= 1, or None to use epochs)")
-        if self.steps is None and not self.epochs > 0:
-            bad.append(f"epochs={self.epochs} (must be > 0)")
-        if self.batch_size < 1:
-            bad.append(f"batch_size={self.batch_size} (must be >= 1)")
-        if not self.lr >= 0 or self.momentum < 0 or self.weight_decay < 0:
-            bad.append(f"lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay} (must be >= 0)")
-        if self.nesterov and self.momentum <= 0:
-            bad.append("nesterov=True needs momentum > 0")
-        if any(not 0 < m <= 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            bad.append(f"milestones={self.milestones} (ascending fractions of training in (0, 1])")
-        if self.warmup_steps < 0:
-            bad.append(f"warmup_steps={self.warmup_steps} (must be >= 0)")
-        if not 0 <= self.label_smoothing < 1:
-            bad.append(f"label_smoothing={self.label_smoothing} (must be in [0, 1))")
-        if self.eval_every is not None and self.eval_every < 1:
-            bad.append(f"eval_every={self.eval_every} (must be >= 1, or None for the end only)")
+        bad = self.problems()
         if bad:
-            raise ConfigError("invalid TrainConfig: " + "; ".join(bad))
+            raise ConfigError("invalid TrainConfig: " + "; ".join(f"{k}: {m}" for k, m in bad))
+        self.milestones = tuple(float(m) for m in self.milestones)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every invalid field as ``(field, what is wrong and what would work)``; the one
+        place hyper-parameters are checked (recipes report these under ``train.<field>``).
+        Types, ranges and finiteness (NaN/inf never train), seed range, device string."""
+        bad: list[tuple[str, str]] = []
+
+        def number(name: str, *, lo: float | None = None, lo_open: bool = False, hi: float | None = None,
+                   hi_open: bool = False, integer: bool = False, optional: bool = False) -> bool:
+            v = getattr(self, name)
+            if v is None and optional:
+                return True
+            ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+            if isinstance(v, bool) or not ok_type:
+                bad.append((name, f"{v!r} is not {'an integer' if integer else 'a number'}"))
+                return False
+            if not integer and not math.isfinite(v):
+                bad.append((name, f"{v!r} is not a finite number"))
+                return False
+            if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and (v >= hi if hi_open else v > hi):
+                rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}"
+                bad.append((name, f"{v!r} is outside {rng}"))
+                return False
+            return True
+
+        if self.optimizer not in _OPTIMIZERS:
+            bad.append(("optimizer", f"{self.optimizer!r} is not one of {_OPTIMIZERS}"))
+        if self.schedule not in _SCHEDULES:
+            bad.append(("schedule", f"{self.schedule!r} is not one of {_SCHEDULES}"))
+        number("steps", lo=1, integer=True, optional=True)
+        if self.steps is None:
+            number("epochs", lo=0, lo_open=True)
+        number("batch_size", lo=1, integer=True)
+        number("lr", lo=0)
+        number("momentum", lo=0, hi=1, hi_open=True)
+        number("weight_decay", lo=0)
+        number("gamma", lo=0, lo_open=True)
+        number("warmup_steps", lo=0, integer=True)
+        number("label_smoothing", lo=0, hi=1, hi_open=True)
+        number("eval_every", lo=1, integer=True, optional=True)
+        number("seed", lo=0, hi=MAX_SEED, integer=True)
+        for name in ("nesterov", "augment", "amp", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                bad.append((name, f"{getattr(self, name)!r} is not true/false"))
+        if self.nesterov is True and isinstance(self.momentum, (int, float)) and not self.momentum > 0:
+            bad.append(("nesterov", "nesterov=True needs momentum > 0"))
+        ms = self.milestones
+        if isinstance(ms, (str, bytes)) or not isinstance(ms, (list, tuple)):
+            bad.append(("milestones", f"{ms!r} is not a list of fractions"))
+        elif any(isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1 for m in ms) \
+                or list(ms) != sorted(ms):
+            bad.append(("milestones", f"{list(ms)} must be ascending fractions of training in (0, 1]"))
+        err = device_problem(self.device)
+        if err:
+            bad.append(("device", err))
+        return bad
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (milestones as a list)."""
@@ -498,4 +558,4 @@ def train(
     )
 
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
+__all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
