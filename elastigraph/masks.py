@@ -285,6 +285,13 @@ _FORMATS_HINT = (
 )
 
 
+def _as_path(path: Any, what: str) -> Path:
+    """``path`` as a Path; :class:`MaskTypeError` for anything that is not a str/PathLike."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or (isinstance(path, str) and not path):
+        raise MaskTypeError(f"{what} must be a file path (str or pathlib.Path), got {path!r}")
+    return Path(path)
+
+
 def _as_mask(mask: Mapping[str, torch.Tensor], where: str) -> Mask:
     """Validate a model-free mask (str keys, 0/1 tensors) and return bool CPU copies."""
     if not isinstance(mask, Mapping):
@@ -308,7 +315,7 @@ def save_mask(
     """Write ``mask`` to a safetensors file (bool tensors, key order, sparsity and format
     version in the header; ``metadata`` must be JSON-serialisable). The write is atomic:
     a temporary file in the same folder is renamed over ``path`` only when complete."""
-    path = Path(path)
+    path = _as_path(path, "save_mask path")
     m = _as_mask(mask, f"mask to save to {path}")
     header = {
         _META_FORMAT: "mask",
@@ -382,7 +389,7 @@ def _read_safetensors(path: Path) -> tuple[Mask, dict[str, str]]:
 def load_mask(path: str | os.PathLike[str]) -> Mask:
     """Read a safetensors mask file (as written by :func:`save_mask`, or any safetensors
     file of 0/1 tensors) into bool tensors, in the order they were saved."""
-    path = Path(path)
+    path = _as_path(path, "load_mask path")
     kind = _sniff(path)
     if kind != "safetensors":
         hint = "; it looks like a torch.save file: use load_lth_mask or read_mask" if kind == "torch" else ""
@@ -393,7 +400,7 @@ def load_mask(path: str | os.PathLike[str]) -> Mask:
 def mask_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The header of a mask file written by :func:`save_mask`: ``format_version``,
     ``sparsity`` and the user ``metadata`` dict (None/empty for foreign safetensors files)."""
-    path = Path(path)
+    path = _as_path(path, "mask_metadata path")
     if _sniff(path) != "safetensors":
         raise MaskTypeError(f"mask file {path} is not a safetensors file; only save_mask files carry metadata")
     header = _read_safetensors(path)[1]
@@ -425,7 +432,7 @@ def load_lth_mask(path: str | os.PathLike[str], *, model: nn.Module | None = Non
     """Read an open_lth / E-LTH ``mask.pth`` (``torch.save`` of a dict of int/float 0/1
     tensors keyed by state_dict names) with ``weights_only=True``: files holding anything
     but tensors and plain containers are refused, never unpickled."""
-    path = Path(path)
+    path = _as_path(path, "load_lth_mask path")
     kind = _sniff(path)
     if kind == "safetensors":
         raise MaskTypeError(f"mask file {path} is a safetensors file: use load_mask or read_mask")
@@ -456,7 +463,7 @@ def read_mask(path: str | os.PathLike[str], *, model: nn.Module | None = None,
     (safetensors header or torch.save archive), not its suffix. One entry point for the CLI.
     With ``model``, keys and declared shapes are checked against it before any tensor is
     materialised, and the result is :func:`check_mask`-ed."""
-    path = Path(path)
+    path = _as_path(path, "read_mask path")
     kind = _sniff(path)
     if kind == "safetensors":
         m = load_mask(path)

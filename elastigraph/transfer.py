@@ -379,7 +379,21 @@ class Ticket:
         install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``."""
         if not isinstance(model, nn.Module):
             raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
+        from .graph.trace import unwrap_compiled
+
+        compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
         label = type(model).__name__
+        own = set(_masks.plain_state(model.state_dict(keep_vars=True), fold_mask=False))
+        missing = sorted(own - set(self.weights) - set(self.unmapped))
+        extra = sorted(set(self.weights) - own)
+        if missing or extra:
+            parts = ([f"{len(extra)} ticket tensor(s) the model lacks ({extra[:4]}{' ...' if len(extra) > 4 else ''})"]
+                     if extra else []) + ([f"{len(missing)} model tensor(s) the ticket does not cover "
+                                           f"({missing[:4]}{' ...' if len(missing) > 4 else ''})"] if missing else [])
+            raise SegmentMismatchError(
+                f"this ticket was planned for {self.plan.dst} ({len(self.weights)} tensors) and does not fit {label}: "
+                f"{'; '.join(parts)}; apply it to a model built like the transfer's target (same name and depth)"
+            )
         targets: dict[str, torch.Tensor] = {}
         for key, value in self.weights.items():
             mod_name, _, attr = key.rpartition(".")
@@ -403,7 +417,7 @@ class Ticket:
             for key, t in targets.items():
                 t.copy_(self.weights[key])
         _masks.install(model, self.mask, model_name=label)
-        return model
+        return compiled
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -477,6 +491,9 @@ def transfer(
     for what, m in (("src_model", src_model), ("dst_model", dst_model)):
         if not isinstance(m, nn.Module):
             raise ModelTypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
+    from .graph.trace import unwrap_compiled
+
+    src_model, dst_model = unwrap_compiled(src_model), unwrap_compiled(dst_model)  # torch.compile wrappers
     if strategy is not None and mapping is not None:
         raise StrategyError("pass either strategy= or mapping=, not both")
     src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"

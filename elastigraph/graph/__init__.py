@@ -117,6 +117,9 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
     timm's ``input_size``, else 32/64/224 pixels with the first layer's channels.
     ``leaf_modules``: extra module classes to keep opaque when tracing.
     The model is not modified."""
+    from .trace import unwrap_compiled
+
+    model = unwrap_compiled(model)  # torch.compile wrappers: trace the module they hold
     label = name or type(model).__name__
     traced = build_graph(model, example_input, leaf_modules, model_name=label)
     dec = decompose(traced)

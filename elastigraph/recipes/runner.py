@@ -534,4 +534,10 @@ def run_recipe(
     recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None
 ) -> RunSummary:
     """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`)."""
+    if not isinstance(recipe, Recipe):
+        from ..errors import RecipeError
+
+        raise RecipeError(f"run_recipe needs a Recipe (load_recipe(path_or_dict)), got {type(recipe).__name__}")
+    if isinstance(out, bool) or not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"run_recipe out must be a folder path, got {out!r}")
     return Runner(copy.deepcopy(recipe), out, log=log, progress=progress).run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from os import PathLike
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
@@ -652,8 +653,12 @@ def load_recipe(
     keeps the first seed only."""
     if isinstance(path, Mapping):
         data, label = copy.deepcopy(dict(path)), "recipe"
+    elif isinstance(path, bool) or not isinstance(path, (str, PathLike)):
+        raise RecipeError(f"load_recipe needs a recipe file path or a dict, got {type(path).__name__}")
     else:
         p = Path(path)
+        if p.is_dir():
+            raise RecipeError(f"recipe {str(p)!r} is a folder; give a recipe YAML file (see recipes/)")
         if not p.is_file():
             raise FileNotFoundError(f"recipe file {str(p)!r} does not exist")
         if p.stat().st_size > MAX_RECIPE_BYTES:
@@ -677,7 +682,11 @@ def load_recipe(
         seeds = data.get("seeds")
         if "seeds" not in own and isinstance(seeds, list) and seeds:
             data["seeds"] = seeds[:1]
+    if isinstance(overrides, (str, bytes)):
+        raise RecipeError(f"overrides must be a list of 'dotted.path=value' strings, got the string {overrides!r}")
     for s in overrides:
+        if not isinstance(s, str):
+            raise RecipeError(f"override {s!r} is not a 'dotted.path=value' string")
         data = apply_set(data, s)
     recipe = validate_recipe(data, source=label)
     if not smoke:

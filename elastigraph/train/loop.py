@@ -369,6 +369,15 @@ def evaluate(model: nn.Module, test_set: ArrayDataset | FolderDataset, *, device
              batch_size: int = 1024, mask: Mapping[str, Tensor] | None = None) -> tuple[float, float]:
     """(test loss, test accuracy) of ``model`` (under ``mask`` if given) without changing
     it: evaluation runs on a copy."""
+    if not isinstance(test_set, (ArrayDataset, FolderDataset)):
+        raise DatasetError(f"test_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(test_set).__name__}")
+    err = device_problem(device)
+    if err:
+        raise ConfigError(f"evaluate device: {err}")
+    if not isinstance(model, nn.Module):
+        from ..errors import ModelTypeError
+
+        raise ModelTypeError(f"evaluate needs an nn.Module, got {type(model).__name__}")
     dev = _resolve_device(device, _dist.DistContext())
     net = _masks.copy_model(model).to(dev)
     if mask is not None:
@@ -402,6 +411,27 @@ def rich_progress(description: str = "training", *, console=None) -> Iterator[Pr
 # --------------------------------------------------------------------------- train
 
 
+def _check_train_args(model: Any, train_set: Any, test_set: Any, cfg: Any, start_step: Any, rewind_step: Any) -> None:
+    """Types of :func:`train`'s arguments, checked before any work (named errors)."""
+    from ..errors import ModelTypeError
+
+    if not isinstance(model, nn.Module):
+        raise ModelTypeError(f"train needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"cfg must be a TrainConfig (e.g. TrainConfig(steps=100, lr=0.1)), got {type(cfg).__name__}")
+    if not isinstance(train_set, (ArrayDataset, FolderDataset)):
+        raise DatasetError(f"train_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(train_set).__name__}")
+    if test_set is not None and not isinstance(test_set, (ArrayDataset, FolderDataset)):
+        raise DatasetError(f"test_set must be an ArrayDataset, FolderDataset or None, got {type(test_set).__name__}")
+    if isinstance(start_step, bool) or not isinstance(start_step, int):
+        raise ConfigError(f"start_step must be an integer step, got {start_step!r}")
+    if rewind_step is not None and (isinstance(rewind_step, bool) or not isinstance(rewind_step, int)):
+        raise ConfigError(f"rewind_step must be an integer step or None, got {rewind_step!r}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ModelTypeError(f"{type(model).__name__} has parameters on the meta device (no values); build it on "
+                             "the CPU or load a state dict with model.to_empty(device=...) + load_state_dict")
+
+
 def train(
     model: nn.Module,
     train_set: ArrayDataset | FolderDataset,
@@ -426,11 +456,10 @@ def train(
     and metrics (timings are each rank's own).
     """
     t0 = time.perf_counter()
+    _check_train_args(model, train_set, test_set, cfg, start_step, rewind_step)
     ctx = _dist.from_env()
     device = _resolve_device(cfg.device, ctx)
     _dist.init(ctx, device)
-    if not isinstance(train_set, (ArrayDataset, FolderDataset)):
-        raise DatasetError(f"train_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(train_set).__name__}")
     if len(train_set) == 0:
         raise DatasetError(f"train_set {train_set.spec.name!r} is empty")
     total = total_steps(cfg, len(train_set))
