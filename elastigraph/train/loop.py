@@ -122,8 +122,7 @@ class TrainConfig:
         if self.schedule not in _SCHEDULES:
             bad.append(("schedule", f"{self.schedule!r} is not one of {_SCHEDULES}"))
         number("steps", lo=1, integer=True, optional=True)
-        if self.steps is None:
-            number("epochs", lo=0, lo_open=True)
+        number("epochs", lo=0, lo_open=True, optional=self.steps is not None)  # checked even when steps win
         number("batch_size", lo=1, integer=True)
         number("lr", lo=0)
         number("momentum", lo=0, hi=1, hi_open=True)
