@@ -392,8 +392,12 @@ def run(
     check: bool = typer.Option(False, "--check", help="Only validate the recipe."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-step log or progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON at the end."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Step cache folder to use (and share with other runs; safe "
+                                         "for concurrent runs) instead of OUT/steps."),
+    wait: bool = typer.Option(False, "--wait", help="If another run holds OUT, wait for it instead of exiting."),
 ) -> None:
-    """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots."""
+    """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots.
+    One run per OUT at a time (a second one exits naming the first one's PID, or waits with --wait)."""
     from .recipes.runner import run_recipe
     from .recipes.schema import load_recipe
     from .report import load_results, summary_table
@@ -401,6 +405,8 @@ def run(
 
     if out is not None:
         _out_path(out, folder=True)
+    if cache is not None:
+        _out_path(cache, "--cache", folder=True)
     r = load_recipe(recipe, smoke=smoke, overrides=set_)
     if check:
         console.print(f"{recipe}: valid recipe {r.name!r} ({len(r.targets)} target(s), {len(r.seeds)} seed(s))")
@@ -409,7 +415,7 @@ def run(
     log_console = err_console if as_json else console
     log = None if quiet else (lambda s: log_console.print(s, markup=False, highlight=False, soft_wrap=True))
     progress = None if (quiet or as_json) else (lambda label: rich_progress(label, console=log_console))
-    summary = run_recipe(r, out_dir, log=log, progress=progress)
+    summary = run_recipe(r, out_dir, log=log, progress=progress, cache=cache, wait=wait)
     if summary.results_path is None:  # not rank 0 under torchrun
         return
     results = load_results(out_dir)
