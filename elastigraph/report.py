@@ -229,16 +229,19 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     }
     write_text(paths["results_csv"], _csv_text(results["records"], RECORD_FIELDS))
     write_text(paths["summary_csv"], _csv_text(summarize(results["records"]), SUMMARY_FIELDS))
-    plot_accuracy(results, paths["accuracy_png"])
-    plot_layer_density(results, paths["layer_density_png"])
+    import matplotlib
+
+    # labels are user text: '$' must not start matplotlib mathtext ('$\\x$' would crash)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        plot_accuracy(results, paths["accuracy_png"])
+        plot_layer_density(results, paths["layer_density_png"])
     return paths
 
 
 def summary_table(results: Mapping[str, Any]):
     """A rich Table of :func:`summarize` (accuracy mean ± std over seeds)."""
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     t = Table(title=f"{escape(str(results.get('recipe', 'run')))}: test accuracy (mean ± std over {len(results.get('seeds', []) or [0])} seed(s))")
     for col, just in (("model", "left"), ("role", "left"), ("method", "left"), ("level", "right"),

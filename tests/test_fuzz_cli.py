@@ -126,6 +126,9 @@ def ws(tmp_path_factory) -> dict[str, Path]:
         "res_layers": '{"records": [], "layer_density": [{"seed":0}]}',
         "res_markup": '{"recipe": "[bold", "seeds": [0], "records": [{"role":"source","target":"[/red]",'
                       '"method":"imp","level":0,"sparsity":0.0,"test_acc":0.5}]}',
+        "res_mathtext": '{"recipe": "$\\\\foo$", "seeds": [0], "records": [{"role":"source","target":"$\\\\bad{$",'
+                        '"method":"imp","level":0,"sparsity":0.0,"test_acc":0.5}], "layer_density": [{"seed":0,'
+                        '"target":"$\\\\x$","level":1,"source":{"a":0.5},"transfer":{"a":0.5}}]}',
     }.items():
         (t / name).mkdir()
         (t / name / "results.json").write_text(text)
@@ -316,6 +319,7 @@ CASES += [
     ("report-level-text", ["report", "{res_level}"], 2, "records[0].level"),
     ("report-layer-density", ["report", "{res_layers}"], 2, "layer_density"),
     ("report-markup-in-labels", ["report", "{res_markup}"], 0, "[/red]"),
+    ("report-mathtext-in-labels", ["report", "{res_mathtext}"], 0, "bad{"),
     ("report-missing-dir", ["report", "{t}/nope"], 2, "does not exist"),
     ("report-unfinished", ["report", "{t}"], 2, "has not finished"),
 ]
