@@ -21,6 +21,8 @@ from .cifar_resnet import CifarResNet
 from .cifar_vgg import CifarVGG
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+MAX_NAME_DEPTH = 6002
+"""Largest depth a built-in name may carry (``cifar_resnet_<depth>``: 1000 blocks)."""
 
 
 def register(pattern: str):
@@ -154,6 +156,9 @@ def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: 
             return _timm(name[5:], in_chans=in_chans, num_classes=num_classes, **overrides)
         for pattern, fn in _BUILTIN.items():
             m = re.fullmatch(pattern, name)
+            if m and any(g.isdigit() and int(g) > MAX_NAME_DEPTH for g in m.groups()):
+                raise ModelNameError(f"{name!r}: depth {max(int(g) for g in m.groups() if g.isdigit()):,} is beyond "
+                                     f"{MAX_NAME_DEPTH:,} (the deepest CIFAR ResNet published has 1202 layers)")
             if m:
                 overrides.pop("img_size", None)  # built-in models are input-size agnostic
                 try:

@@ -150,7 +150,62 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
             except ValueError as e:
                 raise ModelNameError(f"model spec {spec!r}: {e} (expected a YAML scalar or list such as 6 "
                                      "or [2,2,4,2])") from None
+            err = _override_too_large(key, overrides[key])
+            if err:
+                raise ModelNameError(f"model spec {spec!r}: {err}")
     return name, overrides
+
+
+MAX_OVERRIDE_INT = 100_000
+"""Largest integer a model override may hold (widths, depths, sizes): bigger values only
+make models that cannot be built in any memory, or loops that do not end."""
+
+
+def _largest_int(v: Any) -> int:
+    if isinstance(v, bool):
+        return 0
+    if isinstance(v, int):
+        return abs(v)
+    if isinstance(v, (list, tuple)):
+        return max((_largest_int(x) for x in v), default=0)
+    if isinstance(v, dict):
+        return max((_largest_int(x) for x in v.values()), default=0)
+    return 0
+
+
+MAX_DEPTH_OVERRIDE = 1000
+"""Most blocks a depth override (``depth``, ``depths``, ``layers``, ...) may ask for in
+total: building a model is linear in its blocks (a 1000-block ViT takes ~30 s on the
+meta device) and no model studied here comes near."""
+
+
+def _sum_ints(v: Any) -> int:
+    if isinstance(v, bool):
+        return 0
+    if isinstance(v, int):
+        return abs(v)
+    if isinstance(v, (list, tuple)):
+        return sum(_sum_ints(x) for x in v)
+    return 0
+
+
+def _override_too_large(key: str, value: Any) -> str | None:
+    """Why a model override asks for an unbuildable size, or None."""
+    if _largest_int(value) > MAX_OVERRIDE_INT:
+        return (f"override {key}={value!r} holds an integer above {MAX_OVERRIDE_INT:,}; no model of the zoo "
+                "takes sizes that large")
+    if re.search(r"depth|layers|blocks", key) and _sum_ints(value) > MAX_DEPTH_OVERRIDE:
+        return f"override {key}={value!r} asks for more than {MAX_DEPTH_OVERRIDE:,} blocks"
+    return None
+
+
+def max_parameters() -> int:
+    """Largest model (parameters + buffers) a model string may build: 2**31 entries (8 GiB
+    in float32), or the ``ELASTIGRAPH_MAX_PARAMETERS`` environment variable."""
+    import os
+
+    raw = os.environ.get("ELASTIGRAPH_MAX_PARAMETERS", "")
+    return int(raw) if raw.isdigit() else 2**31
 
 
 RESERVED_OVERRIDES = {
@@ -193,9 +248,12 @@ class ModelSpec(BaseModel):
     @field_validator("overrides")
     @classmethod
     def _not_reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
+        for key, value in v.items():
             if key in RESERVED_OVERRIDES:
                 raise ValueError(f"{key!r} cannot be overridden: {RESERVED_OVERRIDES[key]}")
+            err = _override_too_large(key, value)
+            if err:
+                raise ValueError(err)
         return v
 
     @property
@@ -216,6 +274,17 @@ class ModelSpec(BaseModel):
         overrides = copy.deepcopy(self.overrides)
         if img_size is not None:
             overrides.setdefault("img_size", img_size)
+        if device is None or torch.device(device).type != "meta":
+            # size first, on the meta device (no memory): a model string must not be able to
+            # take the machine's memory (cifar_resnet_20?width=100000 is 10**12 weights)
+            with torch.device("meta"):
+                probe = create(self.name, in_chans=in_chans, num_classes=num_classes, **copy.deepcopy(overrides))
+            n = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
+            if n > max_parameters():
+                raise ModelNameError(
+                    f"model {self.label!r} has {n:,} parameters and buffers, more than the limit of "
+                    f"{max_parameters():,} (set ELASTIGRAPH_MAX_PARAMETERS to raise it)"
+                )
         with torch.device(device) if device is not None else contextlib.nullcontext():
             return create(self.name, in_chans=in_chans, num_classes=num_classes, **overrides)
 
@@ -543,7 +612,13 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         except ValidationError:
             return None  # reported by the schema pass
         try:
-            return spec.build(in_chans=shape[0], num_classes=shape[1], img_size=image_size(shape[2]), device="meta")
+            net = spec.build(in_chans=shape[0], num_classes=shape[1], img_size=image_size(shape[2]), device="meta")
+            n = sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+            if n > max_parameters():
+                problems.append((path, f"{spec.label!r} has {n:,} parameters and buffers, more than the limit of "
+                                       f"{max_parameters():,} (set ELASTIGRAPH_MAX_PARAMETERS to raise it)"))
+                return None
+            return net
         except ElastigraphError as e:
             problems.append((path, str(e)))
         except Exception as e:  # a constructor rejecting an override: TypeError, AssertionError ...
