@@ -175,9 +175,9 @@ def inspect(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dataset: Optional[str] = typer.Option(None, help="Take input channels/classes from this dataset."),
     data_root: Optional[str] = typer.Option(None, help="Folder of the dataset files."),
-    in_chans: Optional[int] = typer.Option(None, min=1, help="Input channels (default 3, or the dataset's)."),
-    num_classes: Optional[int] = typer.Option(None, min=1, help="Classes (default 10, or the dataset's)."),
-    image_size: Optional[int] = typer.Option(None, min=1, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
+    in_chans: Optional[int] = typer.Option(None, min=1, max=65536, help="Input channels (default 3, or the dataset's)."),
+    num_classes: Optional[int] = typer.Option(None, min=1, max=10**7, help="Classes (default 10, or the dataset's)."),
+    image_size: Optional[int] = typer.Option(None, min=1, max=65536, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
 ) -> None:
     """Show MODEL's stages and segments (the units a ticket transfer replicates or drops)."""
@@ -213,9 +213,9 @@ def transfer(
     src_weights: Optional[Path] = typer.Option(None, help="Source state dict (safetensors) to carry, e.g. its rewind weights; writes OUT.weights.safetensors."),
     dataset: Optional[str] = typer.Option(None, help="Take input channels/classes from this dataset."),
     data_root: Optional[str] = typer.Option(None),
-    in_chans: Optional[int] = typer.Option(None, min=1),
-    num_classes: Optional[int] = typer.Option(None, min=1),
-    image_size: Optional[int] = typer.Option(None, min=1, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
+    in_chans: Optional[int] = typer.Option(None, min=1, max=65536),
+    num_classes: Optional[int] = typer.Option(None, min=1, max=10**7),
+    image_size: Optional[int] = typer.Option(None, min=1, max=65536, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
     seed: int = typer.Option(0, callback=_seed, help="Seed of the target's initialisation (for parameters the plan does not carry)."),
     as_json: bool = typer.Option(False, "--json", help="Print file paths and sparsities as JSON."),
 ) -> None:
@@ -284,8 +284,8 @@ def prune(
     batch_size: int = typer.Option(128, min=1, help="SNIP/GraSP: images per batch."),
     iterations: int = typer.Option(100, min=1, help="SynFlow: pruning rounds."),
     scope: str = typer.Option("global", help="global or layerwise."),
-    in_chans: Optional[int] = typer.Option(None, min=1),
-    num_classes: Optional[int] = typer.Option(None, min=1),
+    in_chans: Optional[int] = typer.Option(None, min=1, max=65536),
+    num_classes: Optional[int] = typer.Option(None, min=1, max=10**7),
     seed: int = typer.Option(0, callback=_seed, help="Seed of the init and of random pruning."),
     as_json: bool = typer.Option(False, "--json", help="Print the sparsity report as JSON."),
 ) -> None:

@@ -5,7 +5,9 @@ ever modified (pruned, hooked, compiled and half-precision models)."""
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -137,17 +139,50 @@ CASES = [
     # pruning entry points (fair's module; sparsity checked there)
     ("prune-random-nan", lambda m: eg.prune.random(m["src"], math.nan), errors.ConfigError, "sparsity"),
     ("prune-magnitude-negative", lambda m: eg.prune.magnitude(m["src"], sparsity=-1), errors.ConfigError, "sparsity"),
+    ("prune-snip-batches-str", lambda m: eg.prune.snip(m["src"], "abc", 0.5), errors.ConfigError, "(inputs, targets)"),
+    ("prune-snip-targets-2d", lambda m: eg.prune.snip(m["src"], [(torch.zeros(2, 3, 32, 32), torch.zeros(2, 2))], 0.5),
+     errors.ConfigError, "targets"),
+    ("prune-snip-targets-negative", lambda m: eg.prune.snip(
+        m["src"], [(torch.zeros(2, 3, 32, 32), torch.tensor([0, -3]))], 0.5), errors.ConfigError, ">= 0"),
+    ("prune-grasp-no-batches", lambda m: eg.prune.grasp(m["src"], [], 0.5), errors.ConfigError, "no batches"),
+    ("prune-synflow-shape", lambda m: eg.prune.synflow(m["src"], 0.5, input_shape=(3, -1, 5)), errors.ConfigError,
+     "input_shape"),
+    ("prune-synflow-iterations", lambda m: eg.prune.synflow(m["src"], 0.5, iterations=0), errors.ConfigError,
+     "iterations"),
 ]
+
+
+TALLY: dict[str, int] = {"tried": 0, "clean_errors": 0, "no_error": 0, "raw_exceptions": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tally_report():
+    """With ``ELASTIGRAPH_FUZZ_COUNTS=FILE``, append this module's counts to FILE."""
+    yield
+    path = os.environ.get("ELASTIGRAPH_FUZZ_COUNTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"module": "api", **TALLY}) + "\n")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_api_bad_input_raises_named_error(case, m):
     name, thunk, exc, fragment = case
-    with pytest.raises(exc) as info:
+    TALLY["tried"] += 1
+    try:
         thunk(m)
-    assert isinstance(info.value, (errors.ElastigraphError, FileNotFoundError)), type(info.value)
-    assert isinstance(info.value, (ValueError, TypeError, OSError))
-    assert fragment in str(info.value)
+    except (errors.ElastigraphError, FileNotFoundError) as e:
+        TALLY["clean_errors"] += 1
+        err: BaseException = e
+    except Exception as e:  # counted, then reported by the assertion below
+        TALLY["raw_exceptions"] += 1
+        err = e
+    else:
+        TALLY["no_error"] += 1
+        pytest.fail(f"{name}: no error raised")
+    assert isinstance(err, exc), f"{type(err).__name__}: {err}"
+    assert isinstance(err, (ValueError, TypeError, OSError))
+    assert fragment in str(err)
 
 
 def test_bad_hyper_parameters_fail_before_training(m, monkeypatch):

@@ -318,7 +318,7 @@ def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: lis
 def _shape_ok(v: Any) -> bool:
     """An input shape: a non-empty tuple/list/Size of positive (non-bool) ints."""
     return isinstance(v, (tuple, list, torch.Size)) and len(v) > 0 and all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in v)
 
 
 def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
@@ -328,7 +328,7 @@ def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
     for sh in shapes:
         if not _shape_ok(sh):
             raise TraceError(f"example_input shape {tuple(sh)} for {label} has a dimension that is not a positive "
-                             "integer; give a shape like (1, 3, 32, 32)")
+                             "integer below 2**31; give a shape like (1, 3, 32, 32)")
     if isinstance(example, torch.Tensor):
         return [_to_meta(example)]
     if isinstance(example, (tuple, list, torch.Size)) and example and all(isinstance(v, int) for v in example):
