@@ -263,11 +263,12 @@ def transfer(
                     "report": report.to_dict()})
         return
     console.print(ticket.plan)
-    console.print(f"mapping: {ticket.plan.mapping_string()}")
+    console.print(f"mapping: {ticket.plan.mapping_string()}", markup=False)
     console.print(report)
     console.print(
         f"source sparsity {masks.sparsity(src_mask):.2%} -> target sparsity {masks.sparsity(ticket.mask):.2%}; "
-        f"wrote {', '.join(files.values())}"
+        f"wrote {', '.join(files.values())}",
+        markup=False,
     )
 
 
@@ -323,7 +324,7 @@ def prune(
         _emit_json({"file": str(out), "report": report.to_dict()})
         return
     console.print(report)
-    console.print(f"wrote {out} ({method}, sparsity {masks.sparsity(m):.2%})")
+    console.print(f"wrote {out} ({method}, sparsity {masks.sparsity(m):.2%})", markup=False)
 
 
 @app.command()
@@ -379,7 +380,8 @@ def train(
         return
     console.print(
         f"{model} on {dataset}: test accuracy {res.test_acc:.2%} (loss {res.test_loss:.3f}) after {res.steps} steps "
-        f"in {res.wall_s:.1f}s on {res.device}; wrote {out}"
+        f"in {res.wall_s:.1f}s on {res.device}; wrote {out}",
+        markup=False,
     )
 
 
@@ -409,7 +411,7 @@ def run(
         _out_path(cache, "--cache", folder=True)
     r = load_recipe(recipe, smoke=smoke, overrides=set_)
     if check:
-        console.print(f"{recipe}: valid recipe {r.name!r} ({len(r.targets)} target(s), {len(r.seeds)} seed(s))")
+        console.print(f"{recipe}: valid recipe {r.name!r} ({len(r.targets)} target(s), {len(r.seeds)} seed(s))", markup=False)
         return
     out_dir = _out_path(out or Path("runs") / (r.name + ("-smoke" if smoke else "")), folder=True)
     log_console = err_console if as_json else console
@@ -425,7 +427,8 @@ def run(
     console.print(summary_table(results))
     console.print(
         f"{summary.executed} step(s) run, {summary.skipped} from the cache; wrote {out_dir}/results.json, "
-        "results.csv, summary.csv, accuracy.png, layer_density.png"
+        "results.csv, summary.csv, accuracy.png, layer_density.png",
+        markup=False,
     )
 
 
@@ -443,7 +446,7 @@ def report(
         _emit_json({"files": {k: str(v) for k, v in paths.items()}, "summary": summarize(results["records"])})
         return
     console.print(summary_table(results))
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -553,7 +553,9 @@ class SparsityReport:
     def __rich__(self) -> Any:
         from rich.table import Table
 
-        title = f"Sparsity of {self.model_name}" if self.model_name else "Sparsity"
+        from rich.markup import escape
+
+        title = f"Sparsity of {escape(self.model_name)}" if self.model_name else "Sparsity"
         missing = self.not_in_mask
         caption = (
             f"* {len(missing)} prunable tensor(s) not in the mask, counted as dense" if missing else None
@@ -567,7 +569,7 @@ class SparsityReport:
         table.add_column("sparsity", justify="right", footer=f"{self.sparsity:.2%}")
         for r in self.rows:
             table.add_row(
-                r.name + ("" if r.in_mask else " *"),
+                escape(r.name) + ("" if r.in_mask else " *"),
                 "x".join(map(str, r.shape)) or "scalar",
                 f"{r.numel:,}",
                 f"{r.kept:,}",

@@ -473,3 +473,16 @@ def test_cli_argv_fuzz(argv, ws, capsys, monkeypatch):
     if rc == 2:
         lines = err.strip().splitlines()
         assert (lines and lines[0].startswith("error: ") and len(lines) == 1) or "Usage:" in err, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["inspect", "timm:convnext_atto?drop_rate=0.0&pretrained_strict=[/bold]"],
+    ["prune", "cifar_resnet_14?width=1&a=[/red]", "-m", "random", "-s", "0.5", "--out", "{t}/[/bold]m.safetensors"],
+    ["transfer", "--src", "cifar_resnet_14", "--mask", "{mask}", "--dst", "cifar_resnet_20", "--out", "{t}/[/x]t.st"],
+], ids=["inspect", "prune", "transfer"])
+def test_markup_in_model_strings_and_paths(argv, ws, capsys):
+    """User text in tables and messages is printed as text (rich markup never parsed)."""
+    rc = cli.main([_fill(a, ws) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "MarkupError" not in out + err, err[-2000:]
+    assert rc in (0, 2)

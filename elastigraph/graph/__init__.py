@@ -73,7 +73,9 @@ class ModelGraph:
         from rich.tree import Tree
 
         shapes = ", ".join(str(tuple(s)) for s in self.traced.input_shapes)
-        tree = Tree(f"[bold]{self.name}[/]: {self.graph.number_of_nodes() - 1} ops, "
+        from rich.markup import escape
+
+        tree = Tree(f"[bold]{escape(self.name)}[/]: {self.graph.number_of_nodes() - 1} ops, "
                     f"{len(self.regions)} regions, {len(self.stages)} stretchable stage(s) (input {shapes})")
         for st in self.stages:
             b0 = f", block 0 = {st.block0_label} (fixed)" if st.block0 is not None else ""
