@@ -222,7 +222,6 @@ def transfer(
     """Move a ticket from SRC to DST: print the plan and sparsities, write mask (+ weights) and plan."""
     from . import masks
     from .recipes.cache import save_tensors, write_json
-    from .transfer import Plan
     from .transfer import transfer as _transfer
 
     if strategy is not None and mapping is not None:

@@ -8,7 +8,6 @@ import copy
 import json
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch

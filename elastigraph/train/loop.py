@@ -90,7 +90,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         bad = self.problems()
         if bad:
-            raise ConfigError("invalid TrainConfig: " + "; ".join(f"{k}: {m}" for k, m in bad))
+            raise ConfigError("invalid TrainConfig: " + "; ".join(f"{k}={m}" for k, m in bad))
         self.milestones = tuple(float(m) for m in self.milestones)
 
     def problems(self) -> list[tuple[str, str]]:
@@ -136,7 +136,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 bad.append((name, f"{getattr(self, name)!r} is not true/false"))
         if self.nesterov is True and isinstance(self.momentum, (int, float)) and not self.momentum > 0:
-            bad.append(("nesterov", "nesterov=True needs momentum > 0"))
+            bad.append(("nesterov", "True needs momentum > 0"))
         ms = self.milestones
         if isinstance(ms, (str, bytes)) or not isinstance(ms, (list, tuple)):
             bad.append(("milestones", f"{ms!r} is not a list of fractions"))
