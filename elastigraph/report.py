@@ -40,7 +40,39 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
         raise ReportError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ReportError(f"{path} has no 'records' list; is it an elastigraph results file?")
+    _check_records(data["records"], path)
+    ld = data.get("layer_density", [])
+    if not isinstance(ld, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("target"), str) and isinstance(e.get("level"), int)
+        and "seed" in e and all(isinstance(e.get(k, {}), dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in e.get(k, {}).values())
+            for k in ("source", "transfer", "imp"))
+        for e in ld
+    ):
+        raise ReportError(f"{path}: 'layer_density' is not a list of {{seed, target, level, source/transfer/imp: "
+                          "{tensor: density}}} entries; rerun `elastigraph run` to rewrite results.json")
     return data
+
+
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "role": (str,), "target": (str,), "method": (str,), "level": (int,), "sparsity": (int, float),
+    "test_acc": (int, float, type(None)),
+}
+
+
+def _check_records(records: list[Any], path: Path) -> None:
+    """Every record holds the fields the report reads, with the right types (a damaged or
+    hand-edited results.json is a ReportError naming the record, never a KeyError)."""
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ReportError(f"{path}: records[{i}] is a {type(r).__name__}, expected an object; "
+                              "rerun `elastigraph run` to rewrite results.json")
+        for key, types in _RECORD_TYPES.items():
+            v = r.get(key)
+            if key not in r or isinstance(v, bool) or not isinstance(v, types):
+                raise ReportError(f"{path}: records[{i}].{key} is {'missing' if key not in r else repr(v)}, "
+                                  f"expected {' or '.join(t.__name__ for t in types)}; rerun `elastigraph run` "
+                                  "to rewrite results.json")
 
 
 def _csv_text(rows: Iterable[Mapping[str, Any]], fields: list[str]) -> str:
@@ -197,20 +229,25 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     }
     write_text(paths["results_csv"], _csv_text(results["records"], RECORD_FIELDS))
     write_text(paths["summary_csv"], _csv_text(summarize(results["records"]), SUMMARY_FIELDS))
-    plot_accuracy(results, paths["accuracy_png"])
-    plot_layer_density(results, paths["layer_density_png"])
+    import matplotlib
+
+    # labels are user text: '$' must not start matplotlib mathtext ('$\\x$' would crash)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        plot_accuracy(results, paths["accuracy_png"])
+        plot_layer_density(results, paths["layer_density_png"])
     return paths
 
 
 def summary_table(results: Mapping[str, Any]):
     """A rich Table of :func:`summarize` (accuracy mean ± std over seeds)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{results.get('recipe', 'run')}: test accuracy (mean ± std over {len(results.get('seeds', []) or [0])} seed(s))")
+    t = Table(title=f"{escape(str(results.get('recipe', 'run')))}: test accuracy (mean ± std over {len(results.get('seeds', []) or [0])} seed(s))")
     for col, just in (("model", "left"), ("role", "left"), ("method", "left"), ("level", "right"),
                       ("sparsity", "right"), ("accuracy %", "right")):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     for s in summarize(results["records"]):
         acc = f"{100 * s['test_acc_mean']:.2f}" + (f" ± {100 * s['test_acc_std']:.2f}" if s["n"] > 1 else "")
-        t.add_row(s["target"], s["role"], s["method"], str(s["level"]), f"{100 * s['sparsity']:.1f}%", acc)
+        t.add_row(escape(str(s["target"])), escape(str(s["role"])), escape(str(s["method"])), str(s["level"]), f"{100 * s['sparsity']:.1f}%", acc)
     return t

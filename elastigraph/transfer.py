@@ -62,17 +62,21 @@ def parse_strategy(strategy: str | None) -> tuple[str, str]:
         raise StrategyError(f"strategy must be a string such as 'append' or 'interpolate+even', got {strategy!r}")
     name = _ALIASES.get(strategy.strip().lower(), strategy.strip().lower())
     stretch, squeeze = DEFAULT_STRATEGY.split("+")
-    for part in filter(None, (p.strip() for p in name.split("+"))):
-        if part in STRETCH_STRATEGIES:
-            stretch = part
-        elif part in SQUEEZE_STRATEGIES:
-            squeeze = part
-        else:
-            raise StrategyError(
-                f"unknown transfer strategy {part!r}; valid: stretch {sorted(STRETCH_STRATEGIES)}, "
-                f"squeeze {sorted(SQUEEZE_STRATEGIES)}, 'paper' (= {DEFAULT_STRATEGY}), or combine one of "
-                "each with '+', e.g. 'interpolate+even'"
-            )
+    parts = [p.strip() for p in name.split("+")]
+    valid = (f"valid: stretch {sorted(STRETCH_STRATEGIES)}, squeeze {sorted(SQUEEZE_STRATEGIES)}, "
+             f"'paper' (= {DEFAULT_STRATEGY}), or one of each joined by '+', e.g. 'interpolate+even'")
+    if not all(parts) or len(parts) > 2:
+        raise StrategyError(f"malformed transfer strategy {strategy!r}; {valid}")
+    seen: dict[str, str] = {}
+    for part in parts:
+        kind = "stretch" if part in STRETCH_STRATEGIES else "squeeze" if part in SQUEEZE_STRATEGIES else None
+        if kind is None:
+            raise StrategyError(f"unknown transfer strategy {part!r}; {valid}")
+        if kind in seen:
+            raise StrategyError(f"transfer strategy {strategy!r} names two {kind} strategies ({seen[kind]!r} and "
+                                f"{part!r}); combine one stretch and one squeeze name; {valid}")
+        seen[kind] = part
+    stretch, squeeze = seen.get("stretch", stretch), seen.get("squeeze", squeeze)
     return stretch, squeeze
 
 
@@ -169,6 +173,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+        _check_plan_dict(d)
         try:
             stages = [StagePlan(**s) for s in d["stages"]]
             return cls(src=d["src"], dst=d["dst"], strategy=d["strategy"], stages=stages,
@@ -195,6 +200,44 @@ class Plan:
             t.add_row(str(s.index), s.label, s.block0 or "-", f"{len(s.src_blocks)} -> {len(s.dst_blocks)}",
                       s.kind, " ".join(f"{j}<{i}" for j, i in enumerate(s.sources)))
         return t
+
+
+def _check_plan_dict(d: Any) -> None:
+    """The fields of a plan dict (``Plan.to_dict()`` output) with their types, so that a
+    malformed plan JSON is one :class:`MappingError` naming the field at fault."""
+    hint = "use the .plan.json written by `elastigraph transfer` (Plan.to_json())"
+
+    def bad(where: str, what: str) -> MappingError:
+        return MappingError(f"not a valid transfer plan: {where} {what}; {hint}")
+
+    if not isinstance(d, Mapping):
+        raise bad("the plan", f"is a {type(d).__name__}, expected an object")
+    for key in ("src", "dst", "strategy"):
+        if not isinstance(d.get(key), str):
+            raise bad(key, "is missing or not a string")
+    for key in ("fixed_regions", "version"):
+        if key in d and (isinstance(d[key], bool) or not isinstance(d[key], int)):
+            raise bad(key, "is not an integer")
+    stages = d.get("stages")
+    if not isinstance(stages, list):
+        raise bad("stages", "is missing or not a list")
+    fields = {"index": int, "label": str, "src_blocks": list, "dst_blocks": list, "sources": list}
+    for i, st in enumerate(stages):
+        if not isinstance(st, Mapping):
+            raise bad(f"stages[{i}]", "is not an object")
+        extra = set(st) - set(fields) - {"block0"}
+        if extra:
+            raise bad(f"stages[{i}]", f"has unknown field(s) {sorted(extra)}")
+        for key, typ in fields.items():
+            if isinstance(st.get(key), bool) or not isinstance(st.get(key), typ):
+                raise bad(f"stages[{i}].{key}", f"is missing or not a{'n' if typ is int else ''} {typ.__name__}")
+        if st.get("block0") is not None and not isinstance(st["block0"], str):
+            raise bad(f"stages[{i}].block0", "is not a string or null")
+        n, m = len(st["src_blocks"]), len(st["dst_blocks"])
+        src = st["sources"]
+        if len(src) != m or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < n for x in src):
+            raise bad(f"stages[{i}].sources", f"must list, for each of the {m} target block(s), a source block "
+                                              f"index in 0..{n - 1}")
 
 
 # ---------------------------------------------------------------------------- mapping strings
@@ -347,7 +390,21 @@ class Ticket:
         install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``."""
         if not isinstance(model, nn.Module):
             raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
+        from .graph.trace import unwrap_compiled
+
+        compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
         label = type(model).__name__
+        own = set(_masks.plain_state(model.state_dict(keep_vars=True), fold_mask=False))
+        missing = sorted(own - set(self.weights) - set(self.unmapped))
+        extra = sorted(set(self.weights) - own)
+        if missing or extra:
+            parts = ([f"{len(extra)} ticket tensor(s) the model lacks ({extra[:4]}{' ...' if len(extra) > 4 else ''})"]
+                     if extra else []) + ([f"{len(missing)} model tensor(s) the ticket does not cover "
+                                           f"({missing[:4]}{' ...' if len(missing) > 4 else ''})"] if missing else [])
+            raise SegmentMismatchError(
+                f"this ticket was planned for {self.plan.dst} ({len(self.weights)} tensors) and does not fit {label}: "
+                f"{'; '.join(parts)}; apply it to a model built like the transfer's target (same name and depth)"
+            )
         targets: dict[str, torch.Tensor] = {}
         for key, value in self.weights.items():
             mod_name, _, attr = key.rpartition(".")
@@ -371,7 +428,7 @@ class Ticket:
             for key, t in targets.items():
                 t.copy_(self.weights[key])
         _masks.install(model, self.mask, model_name=label)
-        return model
+        return compiled
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -445,6 +502,9 @@ def transfer(
     for what, m in (("src_model", src_model), ("dst_model", dst_model)):
         if not isinstance(m, nn.Module):
             raise ModelTypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
+    from .graph.trace import unwrap_compiled
+
+    src_model, dst_model = unwrap_compiled(src_model), unwrap_compiled(dst_model)  # torch.compile wrappers
     if strategy is not None and mapping is not None:
         raise StrategyError("pass either strategy= or mapping=, not both")
     src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"

@@ -73,7 +73,9 @@ class ModelGraph:
         from rich.tree import Tree
 
         shapes = ", ".join(str(tuple(s)) for s in self.traced.input_shapes)
-        tree = Tree(f"[bold]{self.name}[/]: {self.graph.number_of_nodes() - 1} ops, "
+        from rich.markup import escape
+
+        tree = Tree(f"[bold]{escape(self.name)}[/]: {self.graph.number_of_nodes() - 1} ops, "
                     f"{len(self.regions)} regions, {len(self.stages)} stretchable stage(s) (input {shapes})")
         for st in self.stages:
             b0 = f", block 0 = {st.block0_label} (fixed)" if st.block0 is not None else ""
@@ -117,6 +119,9 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
     timm's ``input_size``, else 32/64/224 pixels with the first layer's channels.
     ``leaf_modules``: extra module classes to keep opaque when tracing.
     The model is not modified."""
+    from .trace import unwrap_compiled
+
+    model = unwrap_compiled(model)  # torch.compile wrappers: trace the module they hold
     label = name or type(model).__name__
     traced = build_graph(model, example_input, leaf_modules, model_name=label)
     dec = decompose(traced)

@@ -216,6 +216,27 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
     return seen
 
 
+def unwrap_compiled(model: Any) -> Any:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else ``model``:
+    tracing and tensor names work on the original module (same tensors, no compile)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(model, nn.Module) and isinstance(inner, nn.Module) else model
+
+
+@contextlib.contextmanager
+def keep_plain_tensors(model: nn.Module):
+    """Restore, on exit, every tensor a module holds as a plain attribute (not a parameter
+    or buffer). ``torch.nn.utils.prune``'s pre-forward hook sets ``module.weight =
+    weight_orig * weight_mask`` on each forward: a forward on swapped-in meta tensors
+    would otherwise leave ``weight`` a meta tensor in the caller's model."""
+    saved = [(m, k, v) for m in model.modules() for k, v in list(vars(m).items()) if isinstance(v, torch.Tensor)]
+    try:
+        yield
+    finally:
+        for m, k, v in saved:
+            m.__dict__[k] = v
+
+
 def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     """The first of :func:`default_inputs` that ``model`` accepts, without the batch
     dimension; checked with a forward on meta tensors (no compute, the model untouched)."""
@@ -223,7 +244,7 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     errors = []
     for shape in default_inputs(model):
         try:
-            with torch.no_grad():
+            with torch.no_grad(), keep_plain_tensors(model):
                 torch.func.functional_call(model, state, (torch.empty((1,) + shape[1:], device="meta"),), strict=False)
             return shape[1:]
         except Exception as e:  # a shape the model rejects: try the next one
@@ -284,7 +305,7 @@ def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: lis
     try:
         # ShapeProp prints a traceback before re-raising; failures here are expected
         # while probing input sizes, so keep them off the user's terminal.
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), keep_plain_tensors(wrapper):
             torch.func.functional_call(wrapper, state, tuple(args), strict=False, tie_weights=True)
         return None
     except Exception as e:
@@ -294,7 +315,20 @@ def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: lis
         return f"{[tuple(a.shape) for a in args]}: {type(cause).__name__}: {str(cause)[:160]} {where}".strip()
 
 
+def _shape_ok(v: Any) -> bool:
+    """An input shape: a non-empty tuple/list/Size of positive (non-bool) ints."""
+    return isinstance(v, (tuple, list, torch.Size)) and len(v) > 0 and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in v)
+
+
 def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
+    shapes = [example] if isinstance(example, (tuple, list, torch.Size)) and example and all(
+        isinstance(v, int) for v in example) else (list(example) if isinstance(example, (tuple, list)) and example and all(
+            isinstance(v, (tuple, list, torch.Size)) for v in example) else [])
+    for sh in shapes:
+        if not _shape_ok(sh):
+            raise TraceError(f"example_input shape {tuple(sh)} for {label} has a dimension that is not a positive "
+                             "integer below 2**31; give a shape like (1, 3, 32, 32)")
     if isinstance(example, torch.Tensor):
         return [_to_meta(example)]
     if isinstance(example, (tuple, list, torch.Size)) and example and all(isinstance(v, int) for v in example):

@@ -8,6 +8,7 @@ num_classes=10``). Depth overrides are plain constructor keyword arguments.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from typing import Any, Callable
@@ -20,6 +21,8 @@ from .cifar_resnet import CifarResNet
 from .cifar_vgg import CifarVGG
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+MAX_NAME_DEPTH = 6002
+"""Largest depth a built-in name may carry (``cifar_resnet_<depth>``: 1000 blocks)."""
 
 
 def register(pattern: str):
@@ -94,6 +97,11 @@ def _timm(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module
         raise ModelNameError(f"timm has no model {name!r}; see timm.list_models('{name.split('_')[0]}*')")
     if kw.pop("pretrained", False):
         raise ModelNameError("elastigraph never downloads weights: load a local state_dict instead")
+    for key in ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay"):
+        if key in kw:
+            raise ModelNameError(f"'timm:{name}': the {key!r} override is not supported (timm would unpickle "
+                                 "the file); load weights from a local safetensors state dict instead "
+                                 "(CLI: --weights / --src-weights)")
     img_size = kw.pop("img_size", None)
     if img_size is not None:
         # ViT-style models take img_size; convolutional ones are size-agnostic and would
@@ -110,6 +118,23 @@ def _timm(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module
         raise ModelNameError(f"bad overrides for 'timm:{name}': {e}") from e
 
 
+@contextlib.contextmanager
+def _constructor_errors(name: str, overrides: dict[str, Any]):
+    """Whatever a constructor raises on values it cannot build (negative widths, a
+    dimension not divisible by the head count, a checkpoint file that is missing ...)
+    becomes one :class:`ModelNameError` naming the model and its overrides."""
+    try:
+        yield
+    except ModelNameError:
+        raise
+    except (TypeError, ValueError, AssertionError, RuntimeError, OSError, KeyError, IndexError,
+            ZeroDivisionError, OverflowError, AttributeError, NotImplementedError, RecursionError) as e:
+        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "no overrides"
+        raise ModelNameError(f"model {name!r} ({given}) cannot be built: {what}; check the overrides "
+                             "against the model's constructor") from None
+
+
 def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: Any) -> nn.Module:
     """Build the model called ``name`` with random weights.
 
@@ -121,18 +146,25 @@ def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: 
     """
     if not isinstance(name, str) or not name:
         raise ModelNameError(f"model name must be a non-empty string, got {name!r}")
-    if name.startswith("tv:"):
-        return _tv(name[3:], in_chans=in_chans, num_classes=num_classes, **overrides)
-    if name.startswith("timm:"):
-        return _timm(name[5:], in_chans=in_chans, num_classes=num_classes, **overrides)
-    for pattern, fn in _BUILTIN.items():
-        m = re.fullmatch(pattern, name)
-        if m:
-            overrides.pop("img_size", None)  # built-in models are input-size agnostic
-            try:
-                return fn(*m.groups(), in_chans=in_chans, num_classes=num_classes, **overrides)
-            except TypeError as e:
-                raise ModelNameError(f"bad overrides for {name!r}: {e}") from e
+    for what, v in (("in_chans", in_chans), ("num_classes", num_classes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ModelNameError(f"{name!r}: {what} must be a positive integer, got {v!r}")
+    with _constructor_errors(name, overrides):
+        if name.startswith("tv:"):
+            return _tv(name[3:], in_chans=in_chans, num_classes=num_classes, **overrides)
+        if name.startswith("timm:"):
+            return _timm(name[5:], in_chans=in_chans, num_classes=num_classes, **overrides)
+        for pattern, fn in _BUILTIN.items():
+            m = re.fullmatch(pattern, name)
+            if m and any(g.isdigit() and int(g) > MAX_NAME_DEPTH for g in m.groups()):
+                raise ModelNameError(f"{name!r}: depth {max(int(g) for g in m.groups() if g.isdigit()):,} is beyond "
+                                     f"{MAX_NAME_DEPTH:,} (the deepest CIFAR ResNet published has 1202 layers)")
+            if m:
+                overrides.pop("img_size", None)  # built-in models are input-size agnostic
+                try:
+                    return fn(*m.groups(), in_chans=in_chans, num_classes=num_classes, **overrides)
+                except TypeError as e:
+                    raise ModelNameError(f"bad overrides for {name!r}: {e}") from e
     raise ModelNameError(
         f"unknown model {name!r}; built-in names: {available()}, or prefix a torchvision "
         "name with 'tv:' or a timm name with 'timm:'"

@@ -189,6 +189,10 @@ def synflow(
     names_, current, extra = _core.resolve_model(
         model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method
     )
+    if input_shape is not None and (not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 0 < d < 2**31 for d in input_shape)):
+        raise ConfigError(f"{method}: input_shape must be positive integers without the batch dimension, "
+                          f"such as (3, 32, 32); got {input_shape!r}")
     shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
     net = _core.scoring_copy(model, {})
     net.double().eval()

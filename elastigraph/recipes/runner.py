@@ -15,7 +15,6 @@ import copy
 import functools
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from .schema import MASK_BASELINES, ModelSpec, Recipe, TargetSpec
 
 RESULTS = "results.json"
 STEPS_DIR = "steps"
+LOCK_FILE = ".lock"
 
 Log = Callable[[str], None]
 ProgressFactory = Callable[[str], ContextManager[Callable[[int, int, dict], None]]]
@@ -138,11 +138,14 @@ class RunSummary:
 class Runner:
     """Executes one validated :class:`Recipe` into ``out`` (see module docstring)."""
 
-    def __init__(self, recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None):
+    def __init__(self, recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
+                 cache: str | Path | None = None, wait: bool = False):
         self.recipe = recipe
         self.out = Path(out)
-        self.cache = StepCache(self.out / STEPS_DIR)
         self.rank, self.world = _world()
+        self.cache = StepCache(Path(cache) if cache is not None else self.out / STEPS_DIR,
+                               warn=None if self.rank == 0 else (lambda msg: None))
+        self.wait = wait
         self.log = log if (log is not None and self.rank == 0) else (lambda s: None)
         self.progress = progress
         self.executed = 0
@@ -182,30 +185,39 @@ class Runner:
         the rest wait. Only rank 0 writes files and the marker."""
         ids = {k: v.id for k, v in inputs.items() if v is not None}
         sid = step_id(kind, settings, ids)
-        done = self.cache.done(sid)
+        done = self.cache.done(sid) if self.writer else False
         if self.world > 1:
             done = _broadcast(done)
         if done:
-            self.skipped += 1
-            self.log(f"[skip] {sid} {label}")
-            return self.cache.load(sid)
-        self.log(f"[run ] {sid} {label}")
-        t0 = time.perf_counter()
-        rec: StepRecord | None = None
-        if collective or self.writer:
-            d = self.cache.dir(sid)
-            if self.writer:
-                if d.exists():  # left by a killed run: start the step from a clean folder
-                    shutil.rmtree(d)
-                d.mkdir(parents=True)
-            result = fn(d)
-            result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
-            if self.writer:
-                rec = self.cache.finish(sid, kind, settings, ids, result)
-        if self.world > 1:
-            _barrier()
+            return self._skip(sid, label)
+        # The per-step lock: another run sharing this cache (--cache) may be computing the
+        # step; wait for it, then take its result instead of computing it twice.
+        lock = self.cache.lock(sid, poll=lambda pid: self.log(f"[wait] {sid} is being computed by PID {pid}")) \
+            if self.writer else contextlib.nullcontext()
+        with lock:
+            done = self.cache.done(sid) if self.writer else False
+            if self.world > 1:
+                done = _broadcast(done)
+            if done:
+                return self._skip(sid, label)
+            self.log(f"[run ] {sid} {label}")
+            t0 = time.perf_counter()
+            rec: StepRecord | None = None
+            if collective or self.writer:
+                d = self.cache.prepare(sid) if self.writer else self.cache.dir(sid)  # clean folder: no leftovers
+                result = fn(d)
+                result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
+                if self.writer:
+                    rec = self.cache.finish(sid, kind, settings, ids, result)
+            if self.world > 1:
+                _barrier()
         self.executed += 1
         return rec if rec is not None else self.cache.load(sid)
+
+    def _skip(self, sid: str, label: str) -> StepRecord:
+        self.skipped += 1
+        self.log(f"[skip] {sid} {label}")
+        return self.cache.load(sid)
 
     def _train(
         self,
@@ -415,7 +427,23 @@ class Runner:
     # ----- the protocol
 
     def run(self) -> RunSummary:
-        """Run every seed of the recipe; write ``results.json``, CSV and plots (rank 0)."""
+        """Run every seed of the recipe; write ``results.json``, CSV and plots (rank 0).
+        Rank 0 holds the output folder's lock (``OUT/.lock``) for the whole run: a second
+        run on the same folder is refused naming this one's PID, or waits (``wait=True``)."""
+        if not self.writer:
+            return self._run()
+        from .cache import FolderLock, remove_temp_files
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(self.out / LOCK_FILE, f"output folder {str(self.out)!r}")
+        lock.acquire(wait=self.wait, on_wait=lambda pid: self.log(f"[wait] {self.out} is in use by PID {pid}"))
+        try:
+            remove_temp_files(self.out)  # left by a run killed while writing results/plots
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> RunSummary:
         if self.world > 1:
             _ensure_process_group(self.recipe.device)
         r = self.recipe
@@ -531,7 +559,18 @@ def _record(seed: int, role: str, model: str, name: str, level: int, method: str
 
 
 def run_recipe(
-    recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None
+    recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
+    cache: str | Path | None = None, wait: bool = False,
 ) -> RunSummary:
-    """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`)."""
-    return Runner(copy.deepcopy(recipe), out, log=log, progress=progress).run()
+    """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`). ``cache``:
+    a step cache folder shared with other runs (default ``out/steps``); ``wait``: queue
+    behind another run holding ``out`` instead of failing."""
+    if not isinstance(recipe, Recipe):
+        from ..errors import RecipeError
+
+        raise RecipeError(f"run_recipe needs a Recipe (load_recipe(path_or_dict)), got {type(recipe).__name__}")
+    if isinstance(out, bool) or not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"run_recipe out must be a folder path, got {out!r}")
+    if cache is not None and (isinstance(cache, bool) or not isinstance(cache, (str, os.PathLike))):
+        raise ConfigError(f"run_recipe cache must be a folder path, got {cache!r}")
+    return Runner(copy.deepcopy(recipe), out, log=log, progress=progress, cache=cache, wait=wait).run()
