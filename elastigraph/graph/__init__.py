@@ -51,6 +51,7 @@ class ModelGraph:
         return {
             "model": self.name,
             "input_shapes": [list(s) for s in self.traced.input_shapes],
+            "capture": self.traced.capture,
             "nodes": self.graph.number_of_nodes() - 1,
             "regions": len(self.regions),
             "stages": [
@@ -74,7 +75,8 @@ class ModelGraph:
 
         shapes = ", ".join(str(tuple(s)) for s in self.traced.input_shapes)
         tree = Tree(f"[bold]{self.name}[/]: {self.graph.number_of_nodes() - 1} ops, "
-                    f"{len(self.regions)} regions, {len(self.stages)} stretchable stage(s) (input {shapes})")
+                    f"{len(self.regions)} regions, {len(self.stages)} stretchable stage(s) (input {shapes}, "
+                    f"captured with {self.traced.capture})")
         for st in self.stages:
             b0 = f", block 0 = {st.block0_label} (fixed)" if st.block0 is not None else ""
             node = tree.add(f"stage {st.index} [cyan]{st.label}[/]: {st.n_blocks} blocks{b0}")

@@ -22,6 +22,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ModelTypeError, TraceError
+from ..masks import canonical_names
 
 SOURCE = "__input__"
 """Name of the virtual node that feeds every placeholder (so the graph has one entry)."""
@@ -121,6 +122,129 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
     return graph
 
 
+# ---------------------------------------------------------------------------- torch.export capture
+
+
+class _Outputs(nn.Module):
+    """Runs ``m`` and returns the tensors of its output reached through tuples, lists and
+    dicts (a Hugging Face ``ModelOutput`` is a dict). Other objects -- a key/value cache
+    -- are dropped, so that nothing but the model's results leaves the graph."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, *args: Any) -> tuple:
+        return tuple(_tensor_leaves(self.m(*args)))
+
+
+def _tensor_leaves(o: Any) -> list[torch.Tensor]:
+    if isinstance(o, torch.Tensor):
+        return [o]
+    if isinstance(o, dict):
+        return [t for v in o.values() for t in _tensor_leaves(v)]
+    if isinstance(o, (list, tuple)):
+        return [t for v in o for t in _tensor_leaves(v)]
+    return []
+
+
+def _wants_ids(model: nn.Module) -> bool:
+    """True if the model's first layer with weights is an embedding table: its input is
+    token ids (integers), not real values."""
+    first = next((m for m in model.modules()
+                  if any(True for _ in m.parameters(recurse=False)) or isinstance(m, _WEIGHTED)), None)
+    return isinstance(first, nn.Embedding)
+
+
+def _export_args(model: nn.Module, example: Any, label: str) -> list[torch.Tensor]:
+    """Real tensors (zeros; token ids where the model starts with an embedding) for
+    torch.export, on the model's device."""
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = torch.long if _wants_ids(model) else torch.float32
+    out = []
+    for a in _as_meta_args(example, label, dtype == torch.long):
+        if isinstance(example, torch.Tensor) and example.device.type != "meta":
+            out.append(example.to(dev))
+            continue
+        out.append(torch.zeros(a.shape, dtype=a.dtype, device=dev))
+    if isinstance(example, (tuple, list)) and example and all(isinstance(v, torch.Tensor) for v in example):
+        out = [v.to(dev) if v.device.type != "meta" else o for v, o in zip(example, out)]
+    return out
+
+
+def export_graph(model: nn.Module, example_input: Any = None, *,
+                 model_name: str | None = None) -> tuple[fx.Graph, tuple]:
+    """Capture ``model`` with non-strict ``torch.export`` into an fx Graph in the form
+    :func:`trace` returns: ``get_attr`` targets are ``model``'s parameter names, every node
+    carries its ``nn_module_stack`` (module names relative to ``model``) and its output
+    shape. Used where torch.fx symbolic tracing fails. The model is run on fake tensors
+    (no compute); its parameters are not modified. Returns the graph and the input shapes
+    used (``example_input=None``: the first of :func:`default_inputs` that exports)."""
+    label = _model_label(model, model_name)
+    if not hasattr(torch, "export"):  # pragma: no cover - torch >= 2.2 has it
+        raise TraceError(f"torch.export is not available in torch {torch.__version__} to capture {label}")
+    cands = default_inputs(model) if example_input is None else [example_input]
+    if not cands:
+        raise TraceError(f"cannot guess an input for {label} (no conv/linear/embedding layer); pass example_input=")
+    errors = []
+    for cand in cands:
+        args = _export_args(model, cand, label)
+        try:
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), _quiet_warnings():
+                ep = torch.export.export(_Outputs(model), tuple(args), strict=False)
+                gm = ep.module()
+        except Exception as e:  # export raises many types (Unsupported, UserError, RuntimeError, ...)
+            errors.append(f"{[tuple(a.shape) for a in args]}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        return _rebase_exported(gm, model), tuple(tuple(a.shape) for a in args)
+    raise TraceError(f"torch.export cannot capture {label} ({'; '.join(errors)}); pass an example_input= the "
+                     "model accepts, or make its forward exportable")
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _rebase_exported(gm: fx.GraphModule, model: nn.Module) -> fx.Graph:
+    """Make the exported graph refer to ``model`` (not the wrapper): strip the wrapper's
+    ``m.`` prefix from get_attr targets and module stacks, drop export's guard and
+    metadata-assert nodes, keep tensors export created (lifted constants) as graph
+    constants, and give each get_attr the module scope of its first user."""
+    graph = gm.graph
+    constants: dict[str, Any] = {}
+    for node in list(graph.nodes):
+        if node.op == "call_module" and not node.users:  # export's input guards (_guards_fn)
+            graph.erase_node(node)
+            continue
+        if node.op == "call_function" and "_assert" in getattr(node.target, "__name__", "") and not node.users:
+            graph.erase_node(node)
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        new_stack = {}
+        for k, v in stack.items():
+            path, cls = v if isinstance(v, tuple) else (str(v), None)
+            path = path[2:] if path.startswith("m.") else "" if path == "m" else path
+            if path:
+                new_stack[k] = (path, cls)
+        node.meta["nn_module_stack"] = new_stack
+        if node.op == "get_attr":
+            target = node.target[2:] if node.target.startswith("m.") else node.target
+            value = _fetch(gm, node.target)
+            if not isinstance(_fetch(model, target), torch.Tensor):
+                constants[target] = value
+            node.target = target
+    for node in graph.nodes:
+        if node.op == "get_attr" and node.users:
+            node.meta["nn_module_stack"] = dict(next(iter(node.users)).meta.get("nn_module_stack") or {})
+    graph._elastigraph_constants = constants  # type: ignore[attr-defined]
+    return graph
+
+
 F = torch.nn.functional
 # Ops whose output has the input's shape and dtype. Several of them go through slow
 # Python decompositions on the meta device (batch norm, relu6, hardswish: ~1 ms each),
@@ -187,6 +311,8 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
     pixels (a first linear layer: its ``in_features``). Small first: the same input
     then fits siblings whose configs differ (EfficientNet-B0 224 vs B1 240)."""
     cands: list[tuple[int, ...]] = []
+    if _wants_ids(model):  # a language model: 8 token ids (fits every position table)
+        return [(2, 8)]
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
     if isinstance(first, nn.Linear):
@@ -221,10 +347,12 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     dimension; checked with a forward on meta tensors (no compute, the model untouched)."""
     state = {k: _to_meta(v) for k, v in [*model.named_parameters(), *model.named_buffers()]}
     errors = []
+    dtype = torch.long if _wants_ids(model) else torch.float32
     for shape in default_inputs(model):
         try:
             with torch.no_grad():
-                torch.func.functional_call(model, state, (torch.empty((1,) + shape[1:], device="meta"),), strict=False)
+                x = torch.empty((1,) + shape[1:], device="meta", dtype=dtype)
+                torch.func.functional_call(model, state, (x,), strict=False)
             return shape[1:]
         except Exception as e:  # a shape the model rejects: try the next one
             errors.append(f"{shape[1:]}: {type(e).__name__}")
@@ -251,8 +379,9 @@ def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, m
     meta_state = {f"g.{k}": _to_meta(v) for k, v in _all_tensors(model)}
     consts = getattr(graph, "_elastigraph_constants", {})
     wrapper.constants = {k: _to_meta(v) if isinstance(v, torch.Tensor) else v for k, v in consts.items()}
+    ids = _wants_ids(model)
     for cand in cands:
-        args = _as_meta_args(cand, label)
+        args = _as_meta_args(cand, label, ids)
         err = _try_propagate(wrapper, meta_state, args)
         if err is None:
             return tuple(tuple(a.shape) for a in args)
@@ -262,7 +391,7 @@ def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, m
     if any("meta" in e for e in errors):
         real_state = {f"g.{k}": v.detach().clone() for k, v in _all_tensors(model)}
         wrapper.constants = dict(consts)
-        args = [torch.zeros(a.shape, dtype=a.dtype) for a in _as_meta_args(cands[0], label)]
+        args = [torch.zeros(a.shape, dtype=a.dtype) for a in _as_meta_args(cands[0], label, ids)]
         err = _try_propagate(wrapper, real_state, args)
         if err is None:
             return tuple(tuple(a.shape) for a in args)
@@ -294,15 +423,18 @@ def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: lis
         return f"{[tuple(a.shape) for a in args]}: {type(cause).__name__}: {str(cause)[:160]} {where}".strip()
 
 
-def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
+def _as_meta_args(example: Any, label: str, ids: bool = False) -> list[torch.Tensor]:
+    """Meta tensors for ``example``; shapes become float inputs, or token ids (int64) when
+    ``ids`` (a model whose first layer is an embedding)."""
+    dtype = torch.long if ids else torch.float32
     if isinstance(example, torch.Tensor):
         return [_to_meta(example)]
     if isinstance(example, (tuple, list, torch.Size)) and example and all(isinstance(v, int) for v in example):
-        return [torch.empty(tuple(example), device="meta")]
+        return [torch.empty(tuple(example), device="meta", dtype=dtype)]
     if isinstance(example, (tuple, list)) and example and all(isinstance(v, torch.Tensor) for v in example):
         return [_to_meta(v) for v in example]
     if isinstance(example, (tuple, list)) and example and all(isinstance(v, (tuple, list, torch.Size)) for v in example):
-        return [torch.empty(tuple(v), device="meta") for v in example]
+        return [torch.empty(tuple(v), device="meta", dtype=dtype) for v in example]
     raise TraceError(
         f"example_input for {label} must be a tensor, an input shape like (1, 3, 32, 32), or a list of "
         f"those for a multi-input model; got {type(example).__name__}"
@@ -311,8 +443,8 @@ def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
 
 def _shape_of(node: fx.Node) -> Any:
     tm = node.meta.get("tensor_meta")
-    if tm is None:
-        return None
+    if tm is None:  # torch.export puts (fake) values on its nodes instead
+        return _shape_meta(node.meta.get("val"))
     if hasattr(tm, "shape"):
         return tuple(tm.shape)
     if isinstance(tm, (tuple, list)):
@@ -324,7 +456,7 @@ def _shape_of(node: fx.Node) -> Any:
 
 def _shape_meta(tm: Any) -> Any:
     if hasattr(tm, "shape"):
-        return tuple(tm.shape)
+        return tuple(int(v) for v in tm.shape)
     if isinstance(tm, (tuple, list)):
         return tuple(_shape_meta(t) for t in tm)
     return None
@@ -351,9 +483,46 @@ def _target_label(gm: nn.Module, node: fx.Node) -> str:
     return node.op
 
 
-def _tensor_names(gm: nn.Module, node: fx.Node) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+def _shared_tensors(tensors: dict[fx.Node, tuple[list, list]]) -> set[str]:
+    """Tensors read by nodes of different modules (tied weights, a module shared by every
+    block); a module calling one of its layers twice keeps it as its own."""
+    scopes: dict[str, set[tuple[str, ...]]] = {}
+    for node, (params, bufs) in tensors.items():
+        for name, _ in params + bufs:
+            scopes.setdefault(name, set()).add(_scope(node))
+    return {n for n, sc in scopes.items() if len(sc) > 1}
+
+
+def _side_constants(fxg: fx.Graph, gm: nn.Module) -> set[fx.Node]:
+    """Nodes of an exported graph that depend on no input and on no parameter: values
+    torch.export computed from shapes and buffers (causal masks, rotary tables, position
+    ids). They are constants of the blocks that read them, not data flow between blocks."""
+    live: set[fx.Node] = set()
+    for node in fxg.nodes:
+        if node.op == "placeholder":
+            live.add(node)
+        elif node.op == "get_attr" and isinstance(_fetch(gm, node.target), nn.Parameter):
+            live.add(node)
+        elif any(a in live for a in node.all_input_nodes):
+            live.add(node)
+    side = {n for n in fxg.nodes if n not in live and n.op in ("call_function", "call_method", "call_module")}
+    # a buffer only such values read (rotary inv_freq) is part of them
+    side |= {n for n in fxg.nodes if n.op == "get_attr" and n not in live and n.users and all(u in side for u in n.users)}
+    return side
+
+
+def _tensor_names(gm: nn.Module, node: fx.Node, alias: dict[str, str] | None = None
+                  ) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
     """(parameters, buffers) the node reads, as (qualified name, shape), in module order.
-    torch.nn.utils.prune's ``*_orig``/``*_mask`` appear under the public name / not at all."""
+    torch.nn.utils.prune's ``*_orig``/``*_mask`` appear under the public name / not at all;
+    a tied parameter under its canonical name (``alias``: :func:`masks.canonical_names`)."""
+    params, bufs = _tensor_names_raw(gm, node)
+    if alias:
+        params = [(alias.get(n, n), s) for n, s in params]
+    return params, bufs
+
+
+def _tensor_names_raw(gm: nn.Module, node: fx.Node) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
     params: list[tuple[str, tuple]] = []
     bufs: list[tuple[str, tuple]] = []
     if node.op == "call_module":
@@ -409,6 +578,9 @@ def _const(v: Any) -> Any:
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 _WEIGHTED_FNS = {torch.nn.functional.linear, torch.nn.functional.conv1d, torch.nn.functional.conv2d,
                  torch.nn.functional.conv3d}
+# the same ops as torch.export records them (ATen overloads)
+_WEIGHTED_FNS |= {getattr(torch.ops.aten, op).default for op in
+                  ("linear", "addmm", "mm", "conv1d", "conv2d", "conv3d", "convolution", "embedding")}
 
 
 _REGULARISER_FNS = ("dropout", "drop_path", "stochastic_depth", "drop_block")
@@ -445,13 +617,29 @@ class Traced:
     graph: nx.DiGraph
     input_shapes: tuple
     order: list[str] = field(default_factory=list)
+    capture: str = "torch.fx"
+    """How the graph was captured: ``"torch.fx"`` (symbolic tracing, module calls kept as
+    nodes) or ``"torch.export"`` (non-strict export, the fallback for models torch.fx
+    cannot trace, e.g. Hugging Face transformers; ATen ops with their module scope)."""
 
 
 def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Sequence[type] = (),
                 *, model_name: str | None = None) -> Traced:
-    """Trace ``model``, propagate shapes and return the annotated DiGraph (see module doc)."""
-    fxg = trace(model, leaf_modules, model_name=model_name)
-    shapes = propagate_shapes(fxg, example_input, model, model_name=model_name)
+    """Capture ``model``'s graph, propagate shapes and return the annotated DiGraph (see
+    module doc). torch.fx symbolic tracing first (fast, keeps module calls); where it fails
+    (data-dependent Python, e.g. every Hugging Face transformers model), non-strict
+    ``torch.export`` (see :func:`export_graph`). ``Traced.capture`` says which was used."""
+    try:
+        fxg = trace(model, leaf_modules, model_name=model_name)
+        capture = "torch.fx"
+    except TraceError as fx_error:
+        try:
+            fxg, shapes = export_graph(model, example_input, model_name=model_name)
+        except TraceError as ex_error:
+            raise TraceError(f"{fx_error} The torch.export fallback failed too: {ex_error}") from ex_error
+        capture = "torch.export"
+    else:
+        shapes = propagate_shapes(fxg, example_input, model, model_name=model_name)
     gm = model
     g = nx.DiGraph()
     g.add_node(SOURCE, op="source", target="", kind="source", scope=(), params=[], buffers=[], shape=None,
@@ -461,8 +649,17 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
                              if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))}
     order: list[str] = []
     n_fed = len(shapes)  # placeholders beyond the fed inputs keep their defaults: constants
+    alias = canonical_names(model)
+    tensors = {node: _tensor_names(gm, node, alias) for node in fxg.nodes}
+    shared = _shared_tensors(tensors)
+    g.graph["shared"] = sorted(shared)
+    side = _side_constants(fxg, gm) if capture == "torch.export" else set()
     for i, node in enumerate(fxg.nodes):
-        params, bufs = _tensor_names(gm, node)
+        params, bufs = tensors[node]
+        # a tensor several places of the graph use (tied weights, a module shared by every
+        # block) belongs to no block: it is carried over once, by name, as the tie says
+        params = [t for t in params if t[0] not in shared]
+        bufs = [t for t in bufs if t[0] not in shared]
         feeds = node.op == "placeholder" and n_fed > 0
         mrepr, weighted, noop = "", False, False
         if node.op == "call_module":
@@ -489,8 +686,9 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
             module_repr=mrepr,
             weighted=weighted,
             noop=noop and len(node.all_input_nodes) >= 1,
-            const=node.op == "placeholder" and not feeds,
-            default=_const(node.args[0]) if node.op == "placeholder" and node.args else None,
+            const=(node.op == "placeholder" and not feeds) or node in side,
+            default=(_const(node.args[0]) if node.op == "placeholder" and node.args
+                     else ("side", _target_label(gm, node), _shape_of(node)) if node in side else None),
         )
         order.append(node.name)
         for inp in node.all_input_nodes:
@@ -498,4 +696,4 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
         if feeds:
             g.add_edge(SOURCE, node.name)
             n_fed -= 1
-    return Traced(gm=gm, fx_graph=fxg, graph=g, input_shapes=shapes, order=order)
+    return Traced(gm=gm, fx_graph=fxg, graph=g, input_shapes=shapes, order=order, capture=capture)
