@@ -404,8 +404,21 @@ def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, m
 
 def _all_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Parameters and buffers, non-persistent buffers included (they are not in the
-    state_dict but must be swapped too, e.g. attention index tables)."""
-    return list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    state_dict but must be swapped too, e.g. attention index tables). One name per
+    (module, attribute): a module shared by several blocks is reachable under several
+    names, and swapping its tensor twice would leave a meta tensor in it when
+    functional_call restores them. Tied tensors held by different modules (GPT-2's LM
+    head and embedding) keep one name per module (swapped with ``tie_weights=False``)."""
+    owners = dict(model.named_modules(remove_duplicate=False))
+    seen: set[tuple[int, str]] = set()
+    out = []
+    for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        mod, _, attr = n.rpartition(".")
+        key = (id(owners[mod]), attr)
+        if key not in seen:
+            seen.add(key)
+            out.append((n, t))
+    return out
 
 
 def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: list[torch.Tensor]) -> str | None:
@@ -414,7 +427,7 @@ def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: lis
         # ShapeProp prints a traceback before re-raising; failures here are expected
         # while probing input sizes, so keep them off the user's terminal.
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            torch.func.functional_call(wrapper, state, tuple(args), strict=False, tie_weights=True)
+            torch.func.functional_call(wrapper, state, tuple(args), strict=False, tie_weights=False)
         return None
     except Exception as e:
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
@@ -489,7 +502,8 @@ def _shared_tensors(tensors: dict[fx.Node, tuple[list, list]]) -> set[str]:
     scopes: dict[str, set[tuple[str, ...]]] = {}
     for node, (params, bufs) in tensors.items():
         for name, _ in params + bufs:
-            scopes.setdefault(name, set()).add(_scope(node))
+            where = _scope(node) + ((str(node.target),) if node.op == "call_module" else ())
+            scopes.setdefault(name, set()).add(where)
     return {n for n, sc in scopes.items() if len(sc) > 1}
 
 
