@@ -52,6 +52,7 @@ class ModelGraph:
             "model": self.name,
             "input_shapes": [list(s) for s in self.traced.input_shapes],
             "capture": self.traced.capture,
+            "inputs_rejected": list(self.traced.rejected),
             "nodes": self.graph.number_of_nodes() - 1,
             "regions": len(self.regions),
             "stages": [
@@ -74,6 +75,9 @@ class ModelGraph:
         from rich.tree import Tree
 
         shapes = ", ".join(str(tuple(s)) for s in self.traced.input_shapes)
+        if self.traced.rejected:
+            shapes += f" after {len(self.traced.rejected)} rejected: " + "; ".join(
+                r.split(":")[0] for r in self.traced.rejected)
         tree = Tree(f"[bold]{self.name}[/]: {self.graph.number_of_nodes() - 1} ops, "
                     f"{len(self.regions)} regions, {len(self.stages)} stretchable stage(s) (input {shapes}, "
                     f"captured with {self.traced.capture})")

@@ -90,9 +90,39 @@ def _model_label(model: nn.Module, name: str | None = None) -> str:
     return name or type(model).__name__
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: str | None = None) -> fx.Graph:
+def optional_inputs(model: nn.Module, n_inputs: int = 1) -> dict[str, Any]:
+    """``forward`` arguments beyond the first ``n_inputs`` that have a default (Hiera's
+    ``mask=None``, ``pre_logits=False``): bound to it when tracing (fx ``concrete_args``),
+    so that ``if mask is not None`` branches are not traced as if the input were given."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a C-implemented or odd forward: nothing to bind
+        return {}
+    out = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        if i >= max(n_inputs, 1) and (p.default is None or isinstance(p.default, (bool, int, float, str))):
+            out[p.name] = p.default
+    return out
+
+
+def _n_inputs(example_input: Any) -> int:
+    """How many inputs ``example_input`` feeds (a list of tensors or shapes: one each)."""
+    if isinstance(example_input, (tuple, list)) and example_input and all(
+            isinstance(v, (torch.Tensor, tuple, list, torch.Size)) for v in example_input):
+        return len(example_input)
+    return 1
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: str | None = None,
+          n_inputs: int = 1) -> fx.Graph:
     """Symbolically trace ``model`` (timm's non-traceable layers kept as leaves) into an
-    fx Graph whose targets are ``model``'s qualified names. Raises :class:`TraceError`."""
+    fx Graph whose targets are ``model``'s qualified names. Optional ``forward`` arguments
+    beyond the first ``n_inputs`` are bound to their defaults (:func:`optional_inputs`;
+    traced as given if that fails). Raises :class:`TraceError`."""
     if not isinstance(model, nn.Module):
         raise ModelTypeError(f"expected an nn.Module to trace, got {type(model).__name__}")
     leaf_modules = tuple(leaf_modules)
@@ -103,8 +133,20 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
     tracer = _Tracer(tuple(leaf_modules) + tuple(timm_mods), tuple(timm_fns))
     label = _model_label(model, model_name)
     before = set(model.__dict__)
+    concrete = optional_inputs(model, n_inputs)
     try:
-        graph = tracer.trace(model)
+        graph = None
+        if concrete:
+            try:
+                graph = tracer.trace(model, concrete_args=concrete)
+            except Exception:  # a forward that needs its optional inputs traced: trace them
+                tracer = _Tracer(tuple(leaf_modules) + tuple(timm_mods), tuple(timm_fns))
+        if graph is None:
+            graph = tracer.trace(model)
+        else:  # fx's checks that a bound input is None at run time: not part of the model
+            for node in list(graph.nodes):
+                if node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none":
+                    graph.erase_node(node)
     except Exception as e:  # torch.fx raises TraceError/TypeError/RuntimeError/... by design
         where = tracer.failed_in or ("", type(model))
         qual, cls = where
@@ -196,7 +238,9 @@ def export_graph(model: nn.Module, example_input: Any = None, *,
         except Exception as e:  # export raises many types (Unsupported, UserError, RuntimeError, ...)
             errors.append(f"{[tuple(a.shape) for a in args]}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
-        return _rebase_exported(gm, model), tuple(tuple(a.shape) for a in args)
+        graph = _rebase_exported(gm, model)
+        graph._elastigraph_rejected = errors  # type: ignore[attr-defined]
+        return graph, tuple(tuple(a.shape) for a in args)
     raise TraceError(f"torch.export cannot capture {label} ({'; '.join(errors)}); pass an example_input= the "
                      "model accepts, or make its forward exportable")
 
@@ -319,13 +363,15 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
         cands.append((2, first.in_features))
     elif first is not None:
         nd = 1 if isinstance(first, nn.Conv1d) else 3 if isinstance(first, nn.Conv3d) else 2
-        c = first.in_channels
+        # the channels the model declares (timm's in_chans) beat the first conv's: TResNet's
+        # first conv sees 48 channels, after a space-to-depth of the 3 input channels
+        c = _declared_chans(model) or first.in_channels
         for s in _CANDIDATE_SIZES:
             cands.append((2, c) + (s,) * nd)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         size = tuple(int(v) for v in cfg["input_size"])
         if first is not None and not isinstance(first, nn.Linear) and len(size) == 3:
-            size = (first.in_channels,) + size[1:]
+            size = (_declared_chans(model) or first.in_channels,) + size[1:]
         cands.insert(1 if cands else 0, (2,) + size)
     # a size the model declares itself (timm's PatchEmbed.img_size, torchvision's ViT
     # image_size) beats timm's pretrained_cfg, which does not follow img_size overrides
@@ -334,12 +380,21 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
     if declared is not None and isinstance(first, nn.Conv2d):
         hw = (declared, declared) if isinstance(declared, int) else tuple(int(v) for v in declared)
         if len(hw) == 2:
-            cands.insert(1 if cands else 0, (2, first.in_channels) + hw)
+            cands.insert(1 if cands else 0, (2, _declared_chans(model) or first.in_channels) + hw)
     seen: list[tuple[int, ...]] = []
     for c in cands:
         if c not in seen:
             seen.append(c)
     return seen
+
+
+def _declared_chans(model: nn.Module) -> int | None:
+    """Input channels the model declares (``in_chans`` on it or its patch embedding)."""
+    for m in (model, getattr(model, "patch_embed", None), getattr(model, "stem", None)):
+        c = getattr(m, "in_chans", None) if m is not None else None
+        if isinstance(c, int) and not isinstance(c, bool) and c > 0:
+            return c
+    return None
 
 
 def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
@@ -384,6 +439,7 @@ def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, m
         args = _as_meta_args(cand, label, ids)
         err = _try_propagate(wrapper, meta_state, args)
         if err is None:
+            graph._elastigraph_rejected = errors  # type: ignore[attr-defined]
             return tuple(tuple(a.shape) for a in args)
         errors.append(err)
     # Some ops cannot run on meta tensors (data-dependent leaf modules, .item()): run the
@@ -631,6 +687,8 @@ class Traced:
     graph: nx.DiGraph
     input_shapes: tuple
     order: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    """Example inputs tried before the one used, each with why the model refused it."""
     capture: str = "torch.fx"
     """How the graph was captured: ``"torch.fx"`` (symbolic tracing, module calls kept as
     nodes) or ``"torch.export"`` (non-strict export, the fallback for models torch.fx
@@ -644,7 +702,7 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
     (data-dependent Python, e.g. every Hugging Face transformers model), non-strict
     ``torch.export`` (see :func:`export_graph`). ``Traced.capture`` says which was used."""
     try:
-        fxg = trace(model, leaf_modules, model_name=model_name)
+        fxg = trace(model, leaf_modules, model_name=model_name, n_inputs=_n_inputs(example_input))
         capture = "torch.fx"
     except TraceError as fx_error:
         try:
@@ -710,4 +768,5 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
         if feeds:
             g.add_edge(SOURCE, node.name)
             n_fed -= 1
-    return Traced(gm=gm, fx_graph=fxg, graph=g, input_shapes=shapes, order=order, capture=capture)
+    return Traced(gm=gm, fx_graph=fxg, graph=g, input_shapes=shapes, order=order, capture=capture,
+                  rejected=list(getattr(fxg, "_elastigraph_rejected", [])))
