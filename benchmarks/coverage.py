@@ -333,18 +333,44 @@ def _container_lengths(model) -> dict[tuple[str, str], int]:
     return out
 
 
-def _groups(model) -> dict[str, Any] | None:
-    """timm's fine-grained parameter groups (one per block), where the model has them."""
+def _groups(model) -> dict[str, tuple] | None:
+    """timm's fine-grained parameter groups (one per block), as the raw ordinals its
+    ``group_matcher`` gives (``group_parameters`` renumbers them and merges trailing
+    layers such as the final norm into the last block's group, which would not compare
+    across depths). ``None`` where the model has no matcher."""
     gm = getattr(model, "group_matcher", None)
     if gm is None:
         return None
     try:
-        from timm.models._manipulate import group_parameters
-
-        groups = group_parameters(model, gm(coarse=False))
+        spec = gm(coarse=False)
     except Exception:
         return None
-    return {n: g for g, names in groups.items() for n in names}
+    if callable(spec):
+        get = spec
+    else:
+        compiled = []
+        for ordinal, (_, mspec) in enumerate(spec.items()):
+            if mspec is None:
+                continue
+            if isinstance(mspec, (tuple, list)):
+                compiled += [(re.compile(m[0]), (ordinal,), m[1]) for m in mspec]
+            else:
+                compiled.append((re.compile(mspec), (ordinal,), None))
+
+        def get(name: str) -> tuple:
+            for rx, prefix, suffix in compiled:
+                r = rx.match(name)
+                if r:
+                    return tuple(float(v) for part in (prefix, r.groups(), suffix) if part for v in part)
+            return (float("inf"),)
+    out = {}
+    for n, _ in model.named_parameters():
+        try:
+            g = get(n)
+        except Exception:
+            return None
+        out[n] = tuple(g) if isinstance(g, (tuple, list)) else (g,)
+    return out
 
 
 def check_ticket(ticket, src, dst) -> list[str]:

@@ -160,6 +160,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
         # fx stores tensor constants met while tracing as attributes of the root module;
         # move them off the user's model onto the graph
         constants = {k: model.__dict__.pop(k) for k in set(model.__dict__) - before}
+        _drop_cached_proxies(model)
     graph._elastigraph_constants = constants  # type: ignore[attr-defined]
     return graph
 
@@ -287,6 +288,18 @@ def _rebase_exported(gm: fx.GraphModule, model: nn.Module) -> fx.Graph:
             node.meta["nn_module_stack"] = dict(next(iter(node.users)).meta.get("nn_module_stack") or {})
     graph._elastigraph_constants = constants  # type: ignore[attr-defined]
     return graph
+
+
+def _drop_cached_proxies(model: nn.Module) -> None:
+    """Remove fx proxies a forward cached in its module's dicts while being traced (timm's
+    LeViT keeps ``attention_bias_cache`` in eval mode): the next trace would read a value
+    of the previous graph ("Node ... referenced nonexistent value")."""
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, dict) and value and not isinstance(value, nn.Module):
+                stale = [k for k, v in value.items() if isinstance(v, fx.Proxy)]
+                for k in stale:
+                    del value[k]
 
 
 F = torch.nn.functional
