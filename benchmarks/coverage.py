@@ -437,6 +437,11 @@ def _alarm(signum, frame):
     raise _Timeout
 
 
+def _first_line(e: BaseException, n: int = 300) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:n] if lines else '(no message)'}"
+
+
 def _case(src, dst, example) -> dict[str, Any]:
     import torch
 
@@ -450,12 +455,11 @@ def _case(src, dst, example) -> dict[str, Any]:
     except _Timeout:
         raise
     except ElastigraphError as e:
-        return {"status": "ERROR", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}",
+        return {"status": "ERROR", "reason": _first_line(e, 400),
                 "seconds": round(time.perf_counter() - t0, 2)}
     except Exception as e:
         tb = traceback.extract_tb(e.__traceback__)[-1]
-        return {"status": "CRASH", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]} "
-                                            f"({Path(tb.filename).name}:{tb.lineno})",
+        return {"status": "CRASH", "reason": f"{_first_line(e)} ({Path(tb.filename).name}:{tb.lineno})",
                 "seconds": round(time.perf_counter() - t0, 2)}
     secs = round(time.perf_counter() - t0, 2)
     problems = check_ticket(ticket, src, dst)
@@ -492,7 +496,7 @@ def run_family(fam: Family | _Lazy, timeout: int) -> dict[str, Any]:
             out.update(status="NO-KNOB", reason=str(e))
             return out
         except Exception as e:
-            out.update(status="BUILD-FAIL", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            out.update(status="BUILD-FAIL", reason=_first_line(e))
             return out
         a.eval()
         b.eval()
@@ -509,6 +513,8 @@ def run_family(fam: Family | _Lazy, timeout: int) -> dict[str, Any]:
         out["status"] = "DONE"
     except _Timeout:
         out.update(status="TIMEOUT", reason=f"over {timeout} s")
+    except Exception as e:  # the benchmark's own machinery (describing the family) failed
+        out.update(status="BUILD-FAIL", reason=f"describing the family: {_first_line(e)}")
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
