@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KNOBS = ("depth", "depths", "layers", "num_blocks", "stage_blocks", "block_repeats", "num_layers",
-         "stage_depths", "n_blocks", "blocks", "depths_per_stage")
+         "stage_depths", "n_blocks", "blocks", "depths_per_stage", "levels", "k_sec", "block_config",
+         "num_blocks_list", "block_per_stage", "stages_repeats")
 SIZE_WORDS = ("atto", "femto", "pico", "nano", "xxs", "xxtiny", "xtiny", "tiny", "xs", "mini", "tn", "t",
               "small", "s0", "s", "b0", "18", "m")
 
@@ -68,8 +69,8 @@ def _two_depths(v: Any) -> tuple[Any, Any] | None:
     one more block in each stage that had at least 2 (all of them if none had)."""
     if isinstance(v, bool):
         return None
-    if isinstance(v, int):
-        a = min(v, 2)
+    if isinstance(v, int):  # one number for the whole model (ViT's depth, RegNet's total)
+        a = min(v, 4)
         return a, a + 1
     if isinstance(v, (tuple, list)) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         a = [min(x, 2) for x in v]
@@ -82,9 +83,18 @@ def _two_depths(v: Any) -> tuple[Any, Any] | None:
 def _cfg_variants(cfg: Any) -> tuple[Any, Any, str] | None:
     """Depth variants of a dataclass model config: a knob field, or ``blocks`` of block
     configs with a depth ``d`` (timm's ByoModelCfg)."""
+    if isinstance(cfg, dict):
+        for k in KNOBS:
+            if k in cfg and (tw := _two_depths(cfg[k])) is not None:
+                return dict(cfg, **{k: tw[0]}), dict(cfg, **{k: tw[1]}), f"model_cfg[{k!r}] {tw[0]} -> {tw[1]}"
+        return None
     if not dataclasses.is_dataclass(cfg):
         return None
     for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and (inner := _cfg_variants(v)) is not None:  # CspModelCfg.stages
+            return (dataclasses.replace(cfg, **{f.name: inner[0]}), dataclasses.replace(cfg, **{f.name: inner[1]}),
+                    f"model_cfg.{f.name}.{inner[2].split('.', 1)[-1]}")
         if f.name in KNOBS:
             v = getattr(cfg, f.name)
             tw = _two_depths(v)
@@ -98,6 +108,17 @@ def _cfg_variants(cfg: Any) -> tuple[Any, Any, str] | None:
                 mk = lambda ds: dataclasses.replace(cfg, **{f.name: tuple(dataclasses.replace(b, d=d) for b, d in zip(v, ds))})  # noqa: E731
                 return mk(tw[0]), mk(tw[1]), f"model_cfg.{f.name}[].d {tuple(tw[0])} -> {tuple(tw[1])}"
     return None
+
+
+def _stage_lists(v: Any) -> tuple[list, list] | None:
+    """Depth variants of a list of stages, each a list of block descriptions (timm's
+    EfficientNet / MobileNetV3 ``block_args``): stages cut to their first 2 blocks, then
+    the stages that had 2 or more get a copy of their last block."""
+    if not (isinstance(v, (list, tuple)) and v and all(isinstance(st, (list, tuple)) and st for st in v)):
+        return None
+    a = [list(st[:2]) for st in v]
+    b = [list(st) + [st[-1]] if len(orig) >= 2 else list(st) for st, orig in zip(a, v)]
+    return a, b
 
 
 # ---------------------------------------------------------------------------- families: timm
@@ -154,6 +175,9 @@ def _timm_family(module: str, names: list[str]) -> Family:
                 a_kw, b_kw = dict(kwargs, **{k: tw[0]}), dict(kwargs, **{k: tw[1]})
                 knob_desc = f"{k} {tw[0]} -> {tw[1]}"
                 break
+        if knob_desc is None and _stage_lists(kwargs.get("block_args")):
+            a_kw, b_kw, knob_desc = dict(kwargs), dict(kwargs), "block_args: stages of <= 2 blocks, then one more each"
+            a_kw["block_args"], b_kw["block_args"] = _stage_lists(kwargs["block_args"])
         if knob_desc is None and "model_cfg" in kwargs and (cv := _cfg_variants(kwargs["model_cfg"])):
             a_kw, b_kw = dict(kwargs, model_cfg=cv[0]), dict(kwargs, model_cfg=cv[1])
             knob_desc = cv[2]
