@@ -114,3 +114,50 @@ def test_caformer_and_gcvit_trace_with_an_input_they_accept():
     gc = GlobalContextVit(depths=(1, 2, 2, 1), embed_dim=32, num_heads=(2, 2, 2, 2), num_classes=10)
     g = eg.analyze(gc)
     assert g.traced.input_shapes == ((2, 3, 224, 224),) and g.traced.capture == "torch.fx"
+
+
+class _ItemAssign(nn.Module):
+    """torch.fx cannot trace item assignment on a traced value; torch.export can."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.stem = nn.Linear(4, 8)
+        self.blocks = nn.Sequential(*[nn.Linear(8, 8) for _ in range(n)])
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.zeros_like(x)
+        y[:, :4] = x[:, :4]  # 'Proxy' object does not support item assignment
+        y = y + x
+        for b in self.blocks:
+            y = y + torch.relu(b(y))
+        return self.head(y)
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+
+def test_fx_failure_falls_back_to_torch_export():
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(_ItemAssign(2))
+    g = eg.analyze(_ItemAssign(3), (2, 4))
+    assert g.traced.capture == "torch.export" and [s.n_blocks for s in g.stages] == [3]
+    src, dst = _ItemAssign(2), _ItemAssign(4)
+    mask = {k: torch.rand(v.shape) > 0.5 for k, v in eg.masks.full_mask(src).items()}
+    t = eg.transfer(src, mask, dst, example_input=(2, 4))
+    assert t.plan.stages[0].sources == [0, 1, 1, 1]
+    for j, i in enumerate(t.plan.stages[0].sources):
+        assert torch.equal(t.mask[f"blocks.{j}.weight"], mask[f"blocks.{i}.weight"])
+        assert t.weights[f"blocks.{j}.weight"].data_ptr() == src.blocks[i].weight.data_ptr()
+
+
+def test_when_both_captures_fail_the_error_says_why_for_each():
+    with pytest.raises(eg.errors.TraceError, match=r"torch.fx cannot trace .*torch.export fallback failed too"):
+        eg.analyze(_DataDependent(), (2, 4))
