@@ -397,6 +397,20 @@ def _groups(model) -> dict[str, tuple] | None:
     return out
 
 
+def _pure(groups: dict[str, tuple] | None) -> dict[str, tuple] | None:
+    """The groups that are one block: all their tensors under one ``container.<i>`` path
+    (CaiT's matcher puts its class-attention blocks into the groups of the last
+    self-attention blocks, for layer-wise learning rates: such groups are not blocks)."""
+    if not groups:
+        return groups
+    heads: dict[tuple, set[str]] = {}
+    for n, g in groups.items():
+        parts = n.split(".")
+        first = next((i for i, p in enumerate(parts) if _split(p)[1] is not None), None)
+        heads.setdefault(g, set()).add(".".join(parts[:first + 1]) if first is not None else n)
+    return {n: g for n, g in groups.items() if len(heads[g]) == 1}
+
+
 def check_ticket(ticket, src, dst) -> list[str]:
     """Problems with ``ticket`` (empty: every target tensor comes from the right place)."""
     import elastigraph as eg
@@ -438,7 +452,7 @@ def check_ticket(ticket, src, dst) -> list[str]:
     for (block, _), srcs in sorted(block_src.items()):
         if len(srcs) > 1:
             problems.append(f"target block {block} is assembled from source blocks {sorted(srcs)}")
-    gs, gd = _groups(src), _groups(dst)
+    gs, gd = _pure(_groups(src)), _pure(_groups(dst))
     if gs and gd:
         per_group: dict[Any, set] = {}
         for k, s in pairs.items():
