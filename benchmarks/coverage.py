@@ -49,7 +49,7 @@ KNOBS = ("depth", "depths", "layers", "num_blocks", "stage_blocks", "block_repea
          "stage_depths", "n_blocks", "blocks", "depths_per_stage", "levels", "k_sec", "block_config",
          "num_blocks_list", "block_per_stage", "stages_repeats")
 SIZE_WORDS = ("atto", "femto", "pico", "nano", "xxs", "xxtiny", "xtiny", "tiny", "xs", "mini", "tn", "t",
-              "small", "s0", "s", "b0", "18", "m")
+              "small", "s", "b0", "m", "medium", "base", "b", "large", "l", "huge", "h", "giant", "g")
 
 
 @dataclasses.dataclass
@@ -130,7 +130,9 @@ class _Captured(Exception):
 
 def _size_rank(name: str) -> tuple:
     parts = name.split("_")
-    rank = min((SIZE_WORDS.index(p) for p in parts if p in SIZE_WORDS), default=len(SIZE_WORDS))
+    # a size word, alone or with a number (``s18``, ``b36``, ``m1``): the smallest wins
+    words = [p if p in SIZE_WORDS else p.rstrip("0123456789") for p in parts]
+    rank = min((SIZE_WORDS.index(w) for w in words if w in SIZE_WORDS), default=len(SIZE_WORDS))
     big_input = any(p.isdigit() and int(p) >= 256 for p in parts)
     return (big_input, rank, len(name), name)
 
