@@ -19,7 +19,7 @@ table goes to stdout and ``--md``; every result (with timings and the capture us
 JSON. Results are appended to ``OUT.jsonl`` as families finish: a rerun skips families
 already there (``--force`` to redo them).
 
-    python benchmarks/coverage.py                                 # everything (tens of minutes on 2 cores)
+    python benchmarks/coverage.py --md docs/coverage.md           # everything (about 20 min on 2 shared cores)
     python benchmarks/coverage.py --jobs 2 --timeout 240
     python benchmarks/coverage.py --families 'timm:vit*,tv:*,hf:*' --force
     python benchmarks/coverage.py --list                          # the families and their depths
@@ -28,6 +28,7 @@ already there (``--force`` to redo them).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import fnmatch
 import json
@@ -192,14 +193,19 @@ def _timm_family(module: str, names: list[str]) -> Family:
     name, cls, variant = chosen
 
     def build(which: str):
-        kw = a_kw if which == "a" else b_kw
+        # a fresh copy each time: timm's builders consume their block descriptions (pop keys)
+        kw = copy.deepcopy(a_kw if which == "a" else b_kw)
         return _builder.build_model_with_cfg(cls, variant, False, **kw)
 
     return Family(f"timm:{module}", name, build, knob_desc)
 
 
+class NoKnob(Exception):
+    pass
+
+
 def _no_knob(which: str):
-    raise LookupError("no depth knob found in the constructor's arguments")
+    raise NoKnob("no depth knob found in the constructor's arguments")
 
 
 def timm_families() -> list[Family]:
@@ -532,7 +538,7 @@ def run_family(fam: Family | _Lazy, timeout: int) -> dict[str, Any]:
             a, b = fam.build("a"), fam.build("b")
         except _Timeout:
             raise
-        except LookupError as e:
+        except NoKnob as e:
             out.update(status="NO-KNOB", reason=str(e))
             return out
         except Exception as e:
@@ -622,6 +628,21 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- coverage-table: written by benchmarks/coverage.py --md -->", "<!-- /coverage-table -->"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """Write ``table`` to ``path``; in a file that has the markers (docs/coverage.md), only
+    the part between them is replaced."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + BEGIN + "\n" + table + rest[rest.index(END):]
+    else:
+        text = table
+    path.write_text(text)
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -650,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="families run in parallel (one process each)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per family (both directions)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/coverage.json"))
-    ap.add_argument("--md", default=None, help="also write the markdown table here (e.g. docs/coverage_table.md)")
+    ap.add_argument("--md", default=None, help="also write the markdown table here (docs/coverage.md: between its markers)")
     ap.add_argument("--force", action="store_true", help="redo families already in OUT.jsonl")
     ap.add_argument("--list", action="store_true", help="list the family keys and exit")
     args = ap.parse_args(argv)
@@ -709,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(payload, indent=2) + "\n")
     if args.md:
-        Path(args.md).write_text(markdown(results, command.strip()))
+        write_markdown(Path(args.md), markdown(results, command.strip()))
     print_table(results)
     print(f"wrote {out}" + (f" and {args.md}" if args.md else ""))
     return 0
