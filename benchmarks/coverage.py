@@ -118,7 +118,7 @@ def _stage_lists(v: Any) -> tuple[list, list] | None:
     if not (isinstance(v, (list, tuple)) and v and all(isinstance(st, (list, tuple)) and st for st in v)):
         return None
     a = [list(st[:2]) for st in v]
-    b = [list(st) + [st[-1]] if len(orig) >= 2 else list(st) for st, orig in zip(a, v)]
+    b = [list(st) + [copy.deepcopy(st[-1])] if len(orig) >= 2 else list(st) for st, orig in zip(a, v)]
     return a, b
 
 
