@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 KNOBS = ("depth", "depths", "layers", "num_blocks", "stage_blocks", "block_repeats", "num_layers",
          "stage_depths", "n_blocks", "blocks", "depths_per_stage", "levels", "k_sec", "block_config",
-         "num_blocks_list", "block_per_stage", "stages_repeats")
+         "num_blocks_list", "block_per_stage", "stages_repeats", "stages")
 SIZE_WORDS = ("atto", "femto", "pico", "nano", "xxs", "xxtiny", "xtiny", "tiny", "xs", "mini", "tn", "t",
               "small", "s", "b0", "m", "medium", "base", "b", "large", "l", "huge", "h", "giant", "g")
 
@@ -164,40 +164,63 @@ def _timm_capture(name: str) -> tuple[Any, str, dict]:
     return seen["cls"], seen["variant"], seen["kwargs"]
 
 
-def _timm_family(module: str, names: list[str]) -> Family:
-    from timm.models import _builder
-
-    knob_desc, a_kw, b_kw, chosen = None, None, None, None
-    for name in sorted(names, key=_size_rank)[:6]:
+def _timm_candidates(names: list[str]):
+    """(name, class, variant, shallow kwargs, deep kwargs, knob description) for the
+    family's models with a depth knob, smallest first."""
+    for name in sorted(names, key=_size_rank)[:8]:
         try:
             cls, variant, kwargs = _timm_capture(name)
         except Exception:
             continue
         for k in KNOBS:
             if k in kwargs and (tw := _two_depths(kwargs[k])) is not None:
-                a_kw, b_kw = dict(kwargs, **{k: tw[0]}), dict(kwargs, **{k: tw[1]})
-                knob_desc = f"{k} {tw[0]} -> {tw[1]}"
+                yield name, cls, variant, dict(kwargs, **{k: tw[0]}), dict(kwargs, **{k: tw[1]}), f"{k} {tw[0]} -> {tw[1]}"
                 break
-        if knob_desc is None and _stage_lists(kwargs.get("block_args")):
-            a_kw, b_kw, knob_desc = dict(kwargs), dict(kwargs), "block_args: stages of <= 2 blocks, then one more each"
-            a_kw["block_args"], b_kw["block_args"] = _stage_lists(kwargs["block_args"])
-        if knob_desc is None and "model_cfg" in kwargs and (cv := _cfg_variants(kwargs["model_cfg"])):
-            a_kw, b_kw = dict(kwargs, model_cfg=cv[0]), dict(kwargs, model_cfg=cv[1])
-            knob_desc = cv[2]
-        if knob_desc is not None:
-            chosen = (name, cls, variant)
-            break
-    if chosen is None:
-        name = sorted(names, key=_size_rank)[0]
-        return Family(f"timm:{module}", name, _no_knob, "")
-    name, cls, variant = chosen
+        else:
+            if (lists := _stage_lists(kwargs.get("block_args"))) is not None:
+                yield (name, cls, variant, dict(kwargs, block_args=lists[0]), dict(kwargs, block_args=lists[1]),
+                       "block_args: stages of <= 2 blocks, then one more each")
+            elif "model_cfg" in kwargs and (cv := _cfg_variants(kwargs["model_cfg"])):
+                yield name, cls, variant, dict(kwargs, model_cfg=cv[0]), dict(kwargs, model_cfg=cv[1]), cv[2]
+                cfg = kwargs["model_cfg"]
+                if dataclasses.is_dataclass(cfg) and isinstance(getattr(cfg, "depth", None), int) and cfg.depth > 4:
+                    # a whole-model depth that the constructor spreads over its stages (RegNet):
+                    # the model's own depth and one more, where 4 is too few
+                    yield (name, cls, variant, dict(kwargs, model_cfg=dataclasses.replace(cfg, depth=cfg.depth)),
+                           dict(kwargs, model_cfg=dataclasses.replace(cfg, depth=cfg.depth + 1)),
+                           f"model_cfg.depth {cfg.depth} -> {cfg.depth + 1}")
+
+
+def _timm_family(module: str, names: list[str]) -> Family:
+    """The family's smallest model whose two depth variants both build (up to 4 tried)."""
+    from timm.models import _builder
+
+    cands = list(_timm_candidates(names))
+    fam = Family(f"timm:{module}", sorted(names, key=_size_rank)[0], _no_knob, "")
+    if not cands:
+        return fam
+    built: dict[str, Any] = {}
 
     def build(which: str):
-        # a fresh copy each time: timm's builders consume their block descriptions (pop keys)
-        kw = copy.deepcopy(a_kw if which == "a" else b_kw)
-        return _builder.build_model_with_cfg(cls, variant, False, **kw)
+        if not built:
+            errors = []
+            for name, cls, variant, a_kw, b_kw, desc in cands[:4]:
+                fam.name, fam.knob = name, desc
+                try:
+                    # fresh copies: timm's builders consume their block descriptions (pop keys)
+                    built["a"] = _builder.build_model_with_cfg(cls, variant, False, **copy.deepcopy(a_kw))
+                    built["b"] = _builder.build_model_with_cfg(cls, variant, False, **copy.deepcopy(b_kw))
+                    break
+                except Exception as e:  # this model's constructor rejects the variant: try the next
+                    built.clear()
+                    errors.append(f"{name}: {_first_line(e, 120)}")
+            else:
+                raise RuntimeError("; ".join(errors))
+        return built.pop(which)
 
-    return Family(f"timm:{module}", name, build, knob_desc)
+    fam.build = build
+    fam.name, fam.knob = cands[0][0], cands[0][5]
+    return fam
 
 
 class NoKnob(Exception):
@@ -536,6 +559,7 @@ def run_family(fam: Family | _Lazy, timeout: int) -> dict[str, Any]:
         out.update(name=fam.name, knob=fam.knob)
         try:
             a, b = fam.build("a"), fam.build("b")
+            out.update(name=fam.name, knob=fam.knob)
         except _Timeout:
             raise
         except NoKnob as e:
