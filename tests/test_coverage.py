@@ -60,7 +60,7 @@ def test_check_accepts_a_correct_ticket_and_names_each_kind_of_wrong_one():
 
 
 def test_two_depths_and_name_components():
-    assert coverage._two_depths(12) == (2, 3)
+    assert coverage._two_depths(12) == (4, 5)
     assert coverage._two_depths((3, 3, 9, 3)) == ((2, 2, 2, 2), (3, 3, 3, 3))
     assert coverage._two_depths([1, 1, 3]) == ([1, 1, 2], [1, 1, 3])
     assert coverage._skeleton("trunk.block3.block3-2.f.a.0.weight") == "trunk.block#.block3-#.f.a.#.weight"
