@@ -122,6 +122,8 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
     ``example_input``: a tensor, an input shape, or a list of them (multi-input); default:
     timm's ``input_size``, else 32/64/224 pixels with the first layer's channels.
     ``leaf_modules``: extra module classes to keep opaque when tracing.
+    Models torch.fx cannot trace (Hugging Face transformers) are captured with
+    non-strict ``torch.export`` instead; ``result.traced.capture`` says which was used.
     The model is not modified."""
     label = name or type(model).__name__
     traced = build_graph(model, example_input, leaf_modules, model_name=label)
