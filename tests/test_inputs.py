@@ -161,3 +161,30 @@ def test_fx_failure_falls_back_to_torch_export():
 def test_when_both_captures_fail_the_error_says_why_for_each():
     with pytest.raises(eg.errors.TraceError, match=r"torch.fx cannot trace .*torch.export fallback failed too"):
         eg.analyze(_DataDependent(), (2, 4))
+
+
+class _Windowed(nn.Module):
+    """Declares patch and window sizes but no image size: windows of 5 tokens after a
+    patch embedding of 2 and 3 downsamplings need sides that are multiples of 80."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_size, self.window_size = 2, 5
+        self.embed = nn.Conv2d(3, 8, 2, 2)
+        self.downs = nn.Sequential(*[nn.Conv2d(8, 8, 2, 2) for _ in range(3)])
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.downs(self.embed(x))
+        b, c, h, w = x.shape
+        x = x.view(b, c, h // self.window_size, self.window_size, w // self.window_size, self.window_size)
+        if h % self.window_size:
+            raise ValueError("the token grid must hold whole windows")
+        return self.head(x.mean((2, 3, 4, 5)))
+
+
+def test_input_size_from_declared_patch_and_window_sizes():
+    shapes = default_inputs(_Windowed())
+    assert shapes[1] == (2, 3, 80, 80)
+    g = eg.analyze(_Windowed())
+    assert g.traced.input_shapes == ((2, 3, 80, 80),) and len(g.traced.rejected) == 1

@@ -394,11 +394,28 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
         hw = (declared, declared) if isinstance(declared, int) else tuple(int(v) for v in declared)
         if len(hw) == 2:
             cands.insert(1 if cands else 0, (2, _declared_chans(model) or first.in_channels) + hw)
+    # no declared image size, but patch and window sizes (windowed attention): the
+    # smallest size whose token grid holds a whole window after 3 downsamplings
+    patch, window = _declared_int(model, "patch_size"), _declared_int(model, "window_size")
+    if declared is None and patch and window and isinstance(first, nn.Conv2d):
+        side = patch * window * 8
+        cands.insert(1 if cands else 0, (2, _declared_chans(model) or first.in_channels, side, side))
     seen: list[tuple[int, ...]] = []
     for c in cands:
         if c not in seen:
             seen.append(c)
     return seen
+
+
+def _declared_int(model: nn.Module, attr: str) -> int | None:
+    """The first square ``attr`` (an int, or a pair of equal ints) a module declares."""
+    for m in model.modules():
+        v = getattr(m, attr, None)
+        if isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1]:
+            v = v[0]
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
 
 
 def _declared_chans(model: nn.Module) -> int | None:
