@@ -47,6 +47,23 @@ def _param_shapes(model: nn.Module) -> dict[str, torch.Size]:
     return shapes
 
 
+def tied_names(model: nn.Module) -> dict[str, list[str]]:
+    """Tensors that several modules share (tied weights: GPT-2's LM head and token
+    embedding; a module used by every block): ``{canonical name: [all its names]}``,
+    canonical first. The canonical name is the one ``model.named_parameters()`` reports;
+    masks, plans and tickets name a tied tensor by it only, so it is masked once and
+    copied once (its other names follow the tie)."""
+    by_id: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(n.removesuffix("_orig"))
+    return {ns[0]: ns for ns in by_id.values() if len(ns) > 1}
+
+
+def canonical_names(model: nn.Module) -> dict[str, str]:
+    """``{alias: canonical name}`` for every other name of a tied parameter (see :func:`tied_names`)."""
+    return {alias: ns[0] for ns in tied_names(model).values() for alias in ns[1:]}
+
+
 def check_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: str | None = None) -> Mask:
     """Validate ``mask`` against ``model`` and return a new dict of bool CPU tensors.
 
@@ -63,12 +80,18 @@ def check_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name
             f"mask for {label} must be a dict of parameter name -> 0/1 tensor, got {type(mask).__name__}"
         )
     shapes = _param_shapes(model)
+    alias = canonical_names(model)
     out: Mask = {}
     for key, t in mask.items():
         if not isinstance(key, str):
             raise MaskTypeError(f"mask for {label}: key {key!r} is not a string parameter name")
         if not isinstance(t, torch.Tensor):
             raise MaskTypeError(f"mask for {label}: entry {key!r} is a {type(t).__name__}, expected a tensor")
+        if key in alias:  # another name of a tied parameter: one tensor, one mask entry
+            if alias[key] in mask:
+                raise MaskError(f"mask for {label}: {key!r} and {alias[key]!r} are one tied parameter; "
+                                f"give its mask once, under {alias[key]!r}")
+            key = alias[key]
         if key not in shapes:
             close = [n for n in shapes if n.endswith(key.split(".")[-1])][:3]
             hint = f"; parameters with a similar name: {close}" if close else ""
@@ -135,11 +158,14 @@ def prunable_parameters(
     """Names of the weights that pruning considers: conv and linear weights by default
     (biases, norms and embeddings never), in module order. ``include_first``/``include_last``
     switch the first such layer (the stem) and the last one (the classifier)."""
-    names = [
-        f"{mname}.weight" if mname else "weight"
-        for mname, m in model.named_modules()
-        if isinstance(m, layer_types) and getattr(m, "weight", None) is not None
-    ]
+    alias = canonical_names(model)
+    names = []
+    for mname, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, layer_types) and getattr(m, "weight", None) is not None:
+            name = f"{mname}.weight" if mname else "weight"
+            name = alias.get(name, name)  # a tied weight: once, under its canonical name
+            if name not in names:
+                names.append(name)
     if names and not include_first:
         names = names[1:]
     if names and not include_last:
@@ -168,27 +194,35 @@ def install(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: s
     effective weight are exactly zero whatever the optimizer does to ``weight_orig``.
     Entries already installed are replaced. Returns ``model``."""
     m = check_mask(model, mask, model_name=model_name)
+    tied = tied_names(model)
     for name, b in m.items():
-        mod_name, attr = _split(name)
-        module = model.get_submodule(mod_name)
-        existing = getattr(module, attr + "_mask", None)
-        if isinstance(existing, torch.Tensor):
-            existing.copy_(b)
-            # refresh the effective weight now rather than at the next forward
-            setattr(module, attr, getattr(module, attr + "_orig") * existing)
-            continue
-        # What prune.custom_from_mask does, minus its ones_like + extra product per
-        # tensor (half of the cost on a large model): same attributes, buffer and hook,
-        # so prune.remove and from_model treat it as any torch-pruned tensor.
-        orig = module._parameters[attr]
-        fmask = b.to(device=orig.device, dtype=orig.dtype)
-        method = _tprune.CustomFromMask(fmask)
-        method._tensor_name = attr
-        del module._parameters[attr]
-        module.register_parameter(attr + "_orig", orig)
-        module.register_buffer(attr + "_mask", fmask)
-        setattr(module, attr, method.apply_mask(module))
-        module.register_forward_pre_hook(method)
+        fmask = None
+        # a tied parameter is masked in every module that uses it, with one shared
+        # ``_orig`` parameter and one shared ``_mask`` buffer: the tie holds while pruned
+        for each in tied.get(name, [name]):
+            mod_name, attr = _split(each)
+            module = model.get_submodule(mod_name)
+            existing = getattr(module, attr + "_mask", None)
+            if isinstance(existing, torch.Tensor):
+                if fmask is None or existing is not fmask:
+                    existing.copy_(b)
+                fmask = existing
+                # refresh the effective weight now rather than at the next forward
+                setattr(module, attr, getattr(module, attr + "_orig") * existing)
+                continue
+            # What prune.custom_from_mask does, minus its ones_like + extra product per
+            # tensor (half of the cost on a large model): same attributes, buffer and hook,
+            # so prune.remove and from_model treat it as any torch-pruned tensor.
+            orig = module._parameters[attr]
+            if fmask is None:
+                fmask = b.to(device=orig.device, dtype=orig.dtype)
+            method = _tprune.CustomFromMask(fmask)
+            method._tensor_name = attr
+            del module._parameters[attr]
+            module.register_parameter(attr + "_orig", orig)
+            module.register_buffer(attr + "_mask", fmask)
+            setattr(module, attr, method.apply_mask(module))
+            module.register_forward_pre_hook(method)
     return model
 
 
@@ -196,29 +230,44 @@ def from_model(model: nn.Module) -> Mask:
     """Read the masks that ``torch.nn.utils.prune`` installed in ``model`` (its
     ``*_mask`` buffers), keyed by the public parameter name (``layer.weight``)."""
     out: Mask = {}
-    for mod_name, module in model.named_modules():
+    alias = canonical_names(model)
+    for mod_name, module in model.named_modules(remove_duplicate=False):
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, _tprune.BasePruningMethod):
                 hooks = hook._pruning_methods if isinstance(hook, _tprune.PruningContainer) else [hook]
                 attr = hooks[-1]._tensor_name
                 buf = getattr(module, attr + "_mask")
-                out[f"{mod_name}.{attr}" if mod_name else attr] = buf.detach().to("cpu") != 0
+                name = f"{mod_name}.{attr}" if mod_name else attr
+                name = alias.get(name, name)  # a tied parameter: one entry
+                if name not in out:
+                    out[name] = buf.detach().to("cpu") != 0
     return out
 
 
 def remove(model: nn.Module) -> nn.Module:
     """Make installed masks permanent (``prune.remove``): plain parameters again, with
     pruned entries zero. Returns ``model``."""
+    tied = tied_names(model)
     for name in list(from_model(model)):
-        mod_name, attr = _split(name)
-        module = model.get_submodule(mod_name)
-        keep = getattr(module, attr + "_mask") != 0
-        _tprune.remove(module, attr)
-        # prune.remove folds orig * mask, which leaves NaN/inf where a diverged run put
-        # them under the mask; pruned entries must be exactly zero whatever happened.
-        with torch.no_grad():
-            p = getattr(module, attr)
-            p.copy_(torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device)))
+        first: nn.Parameter | None = None
+        for each in tied.get(name, [name]):
+            mod_name, attr = _split(each)
+            module = model.get_submodule(mod_name)
+            if not hasattr(module, attr + "_mask"):
+                continue
+            if first is not None:  # the other names of a tied parameter: the same tensor again
+                _tprune.remove(module, attr)
+                del module._parameters[attr]
+                module.register_parameter(attr, first)
+                continue
+            keep = getattr(module, attr + "_mask") != 0
+            _tprune.remove(module, attr)
+            # prune.remove folds orig * mask, which leaves NaN/inf where a diverged run put
+            # them under the mask; pruned entries must be exactly zero whatever happened.
+            with torch.no_grad():
+                p = getattr(module, attr)
+                p.copy_(torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device)))
+            first = p
     return model
 
 

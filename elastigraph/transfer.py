@@ -395,6 +395,12 @@ class Ticket:
         compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
         label = type(model).__name__
         own = set(_masks.plain_state(model.state_dict(keep_vars=True), fold_mask=False))
+        own -= set(_masks.canonical_names(model))  # a tied tensor is named once, by its canonical name
+        seen: set[int] = set()
+        for n, b in model.named_buffers(remove_duplicate=False):  # buffers of a shared module, likewise
+            if id(b) in seen:
+                own.discard(n)
+            seen.add(id(b))
         missing = sorted(own - set(self.weights) - set(self.unmapped))
         extra = sorted(set(self.weights) - own)
         if missing or extra:
