@@ -474,9 +474,10 @@ class Runner:
             from .. import prune
 
             mask = _masks.load_mask(ticket.file("mask.safetensors"))
-            new = prune.shuffle(mask, seed=seed, names=[n for n in names if n in mask] if names is not None else None)
+            chosen = [n for n in names if n in mask] if names is not None else list(mask)
+            new = prune.shuffle(mask, seed=seed, names=chosen)
             _masks.save_mask(new, d / "mask.safetensors")
-            return {"sparsity": _masks.sparsity(new), "layers": layer_density(new), "shuffled": sorted(names or new)}
+            return {"sparsity": _masks.sparsity(new), "layers": layer_density(new), "shuffled": chosen}
 
         return self.step("mask", settings, {"ticket": ticket}, fn, label=f"{method} {target.name} seed={seed}")
 
