@@ -156,3 +156,23 @@ def test_validation_split_is_disjoint_seeded_and_sized():
     rows = {tuple(x.flatten().tolist()) for x in ds.x}
     assert len(rows) == 40  # synthetic images are distinct, so disjointness is checkable
     assert not ({tuple(x.flatten().tolist()) for x in tr.x} & {tuple(x.flatten().tolist()) for x in va.x})
+
+
+def test_thread_count_enters_every_training_and_scoring_step_key(tmp_path):
+    """CPU results differ between thread counts, so a cache never mixes them."""
+    from elastigraph.recipes.cache import step_id
+    from elastigraph.recipes.runner import Runner
+    from elastigraph.recipes.schema import ModelSpec
+
+    runner = Runner(load_recipe(STRETCH), tmp_path)
+    spec = ModelSpec.model_validate("cifar_resnet_20?width=4")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = runner._train_settings(spec, 0)
+        torch.set_num_threads(2)
+        two = runner._train_settings(spec, 0)
+    finally:
+        torch.set_num_threads(before)
+    assert one["threads"] == 1 and two["threads"] == 2
+    assert step_id("retrain", one, {}) != step_id("retrain", two, {})
