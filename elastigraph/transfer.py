@@ -31,31 +31,36 @@ from .graph import ModelGraph, analyze
 from .graph.match import Matching, match, verify
 
 STRETCH_STRATEGIES = {
-    "append": "copies appended after the originals, earliest blocks first, fewest copies each "
-              "(B0,B1,B2,B1,B2; the paper's default)",
+    "append": "copies at the end of the stage, earliest blocks first, fewest copies each "
+              "(5 -> 9: B0,B1,B2,B3,B4,B1,B2,B3,B4; the default)",
+    "after-run": "copies right after the copied run of earliest blocks, fewest copies each "
+                 "(5 -> 7: B0,B1,B2,B1,B2,B3,B4)",
     "interpolate": "each block repeated in place, earlier blocks first (B0,B1,B1,B2,B2)",
 }
 SQUEEZE_STRATEGIES = {
-    "keep-first": "keep the earliest blocks, drop from the end (the paper's default)",
+    "keep-first": "keep the earliest blocks, drop from the end (the default)",
     "even": "keep evenly spaced blocks (9 -> 3 keeps 0, 4, 8)",
 }
 DEFAULT_STRATEGY = "append+keep-first"
-_ALIASES = {"paper": DEFAULT_STRATEGY, "default": DEFAULT_STRATEGY}
+"""The default layout. For 3 -> 5 blocks (ResNet-20 -> 32, the paper's main grid) append and
+after-run coincide; for partial stretches the authors' scripts used both layouts and the
+paper does not name one, so ``append`` is the default for continuity (docs/elth.md)."""
+_ALIASES = {"default": DEFAULT_STRATEGY, "paper": DEFAULT_STRATEGY}  # "paper": older name, kept working
 
 
 def strategies() -> dict[str, str]:
     """Every strategy name accepted by ``transfer(strategy=...)`` with a description. A
     stretch name and a squeeze name may be combined with ``+`` (``"interpolate+even"``);
     a single name leaves the other direction at its default."""
-    out = {"paper": f"= {DEFAULT_STRATEGY}"}
+    out = {"default": f"= {DEFAULT_STRATEGY}", "paper": f"older alias of 'default' (= {DEFAULT_STRATEGY})"}
     out.update(STRETCH_STRATEGIES)
     out.update(SQUEEZE_STRATEGIES)
     return out
 
 
 def parse_strategy(strategy: str | None) -> tuple[str, str]:
-    """The (stretch, squeeze) pair a strategy name stands for (``None`` = the paper's
-    default); raises :class:`StrategyError` listing the valid names. Recipes validate with it."""
+    """The (stretch, squeeze) pair a strategy name stands for (``None`` = the
+    default, :data:`DEFAULT_STRATEGY`); raises :class:`StrategyError` listing the valid names. Recipes validate with it."""
     if strategy is None:
         strategy = DEFAULT_STRATEGY
     if not isinstance(strategy, str):
@@ -64,7 +69,7 @@ def parse_strategy(strategy: str | None) -> tuple[str, str]:
     stretch, squeeze = DEFAULT_STRATEGY.split("+")
     parts = [p.strip() for p in name.split("+")]
     valid = (f"valid: stretch {sorted(STRETCH_STRATEGIES)}, squeeze {sorted(SQUEEZE_STRATEGIES)}, "
-             f"'paper' (= {DEFAULT_STRATEGY}), or one of each joined by '+', e.g. 'interpolate+even'")
+             f"'default' (= {DEFAULT_STRATEGY}), or one of each joined by '+', e.g. 'interpolate+even'")
     if not all(parts) or len(parts) > 2:
         raise StrategyError(f"malformed transfer strategy {strategy!r}; {valid}")
     seen: dict[str, str] = {}
@@ -90,6 +95,16 @@ def stretch_append(n: int, m: int) -> list[int]:
     return list(range(n)) + [copyable[i % len(copyable)] for i in range(m - n)]
 
 
+def stretch_after_run(n: int, m: int) -> list[int]:
+    """Source block for each of ``m`` target blocks: the ``r = min(n-1, m-n)`` earliest
+    blocks 1..r form the copied run; its copies (cycling through it) come right after it,
+    then the remaining blocks (``5 -> 7``: 0,1,2,1,2,3,4 = the authors' ``0:0;1:1,3;2:2,4;3:5;4:6``)."""
+    c = m - n
+    r = min(n - 1, c)
+    run = list(range(1, r + 1))
+    return [0] + run + [run[i % r] for i in range(c)] + list(range(r + 1, n))
+
+
 def stretch_interpolate(n: int, m: int) -> list[int]:
     """Each source block 1..n-1 repeated in place, earlier ones once more when the copies
     do not divide evenly (``5 -> 9``: 0,1,1,2,2,3,3,4,4)."""
@@ -112,7 +127,7 @@ def squeeze_even(n: int, m: int) -> list[int]:
     return [int(math.floor(j * (n - 1) / (m - 1) + 0.5)) for j in range(m)]
 
 
-_FUNCS = {"append": stretch_append, "interpolate": stretch_interpolate,
+_FUNCS = {"append": stretch_append, "after-run": stretch_after_run, "interpolate": stretch_interpolate,
           "keep-first": squeeze_keep_first, "even": squeeze_even}
 
 
@@ -502,7 +517,7 @@ def transfer(
 
     ``src_mask``: ``{parameter name: 0/1 or bool tensor}`` over any subset of the source's
     parameters, or ``None`` to read masks installed with ``torch.nn.utils.prune``.
-    ``strategy``: see :func:`strategies` (default: the paper's, append + keep-first);
+    ``strategy``: see :func:`strategies` (default: append + keep-first);
     ``mapping``: the paper's block-mapping string (``"0:0;1:1,2;2:3,4"``, stages joined by
     ``|``) or a :class:`Plan`. Neither model is modified."""
     for what, m in (("src_model", src_model), ("dst_model", dst_model)):
@@ -575,5 +590,5 @@ def transfer(
     return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped)
 
 
-__all__ = ["transfer", "Ticket", "Plan", "StagePlan", "strategies", "parse_mapping", "stretch_append",
+__all__ = ["transfer", "Ticket", "Plan", "StagePlan", "strategies", "parse_mapping", "stretch_append", "stretch_after_run",
            "stretch_interpolate", "squeeze_keep_first", "squeeze_even", "DEFAULT_STRATEGY"]

@@ -394,9 +394,10 @@ def test_cli_bad_input_is_one_clean_error(case, ws, capsys, monkeypatch):
     assert "unpickled!" not in out + err
 
 
-def test_markup_in_labels_runs_and_reports(ws, capsys, tmp_path):
+def test_markup_in_labels_runs_and_reports(ws, capsys, tmp_path, monkeypatch):
     """A target label with rich markup finishes the run, prints the summary and every
     later ``report`` (issue: it crashed both)."""
+    monkeypatch.setattr(cli.console, "width", 200)  # the summary table must not fold the label
     rc = cli.main(["run", str(ws["markup.yaml"]), "-q", "--out", str(tmp_path / "run")])
     out, err = capsys.readouterr()
     assert_clean(rc, out, err, 0, "[/bold]x[red")

@@ -20,12 +20,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ElastigraphError, ModelNameError, RecipeError
 
-BASELINES = ("imp", "random", "snip", "grasp", "synflow", "dense")
-"""Baseline names a recipe may list; all but ``dense`` produce a mask at the transferred
-ticket's sparsity (``imp``: the target's own IMP ticket at the same level)."""
+BASELINES = ("imp", "imp-matched", "reinit", "random", "random-global", "magnitude", "permuted",
+             "snip", "grasp", "synflow", "dense")
+"""Baseline names a recipe may list (docs/elth.md, "Baselines of the E-LTH protocol"); each
+runs at every transferred level and is compared with the transferred ticket:
 
-MASK_BASELINES = ("random", "snip", "grasp", "synflow")
+- ``imp``: the target's own IMP ticket at the same level (level-matched);
+- ``imp-matched``: the target's IMP ticket pruned on to the transferred ticket's exact
+  global sparsity (sparsity-matched; see ``Runner.imp_matched``);
+- ``reinit``: the transferred mask, freshly initialised weights (another seed), trained
+  from step 0 (ElasticLTH ``randomly_reinitialize``);
+- ``random``: the transferred mask shuffled within each tensor, exact per-tensor counts
+  (ElasticLTH ``randomly_prune --strategy layerwise``);
+- ``random-global``: uniform random over all prunable weights at the same global sparsity;
+- ``magnitude``: one-shot global magnitude pruning of the target's rewind-point weights
+  (ElasticLTH ``prune_early --strategy sparse_global``);
+- ``permuted``: the transferred ticket with the copied blocks' masks shuffled within
+  each tensor (ElasticLTH ``permute_copy``; stretches only);
+- ``snip``, ``grasp``, ``synflow``: pruning at init at the same global sparsity;
+- ``dense``: the unpruned target (level 0)."""
 
+MASK_BASELINES = {"random-global": "random", "magnitude": "magnitude", "snip": "snip", "grasp": "grasp",
+                  "synflow": "synflow"}
+"""Baselines scored by a pruning method at the transferred ticket's global sparsity:
+baseline name -> :func:`elastigraph.prune.by_name` name."""
 
 # --------------------------------------------------------------------------- YAML
 
@@ -304,6 +322,10 @@ class DatasetSpec(_Section):
     train_limit: int | None = Field(default=None, ge=1)
     test_limit: int | None = Field(default=None, ge=1)
     seed: int = 0
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of the training set (after ``train_limit``) held out as a validation split:
+    never trained on, every trained network's accuracy on it is recorded (``val_acc``);
+    choose hyper-parameters on it, never on the test split. 0 = no validation split."""
 
 
 class PruneSpec(_Section):
@@ -394,6 +416,9 @@ class BaselineSettings(_Section):
     weights: Literal["rewind", "init"] = "rewind"
     batches: int = Field(default=1, ge=1)
     synflow_iterations: int = Field(default=100, ge=1)
+    bn_train_mode: bool = False
+    """SNIP/GraSP score with BatchNorm in train mode (batch statistics); the default, eval
+    mode, is what the original code does."""
 
 
 class Recipe(_Section):
@@ -408,7 +433,7 @@ class Recipe(_Section):
     prune: PruneSpec = Field(default_factory=PruneSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     targets: list[TargetSpec] = Field(min_length=1)
-    baselines: list[Literal["imp", "random", "snip", "grasp", "synflow", "dense"]] = Field(default_factory=list)
+    baselines: list[Literal[BASELINES]] = Field(default_factory=list)  # type: ignore[valid-type]
     baseline_settings: BaselineSettings = Field(default_factory=BaselineSettings)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: str | None = None
@@ -644,7 +669,7 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(baselines, list):
         for i, b in enumerate(baselines):
             if b in MASK_BASELINES:
-                err = _check_prune_method(b)
+                err = _check_prune_method(MASK_BASELINES[b])
                 if err:
                     problems.append((f"baselines[{i}]", err))
     return problems
