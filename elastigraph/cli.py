@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import ElastigraphError
+from .errors import ElastigraphError, OutputPathError
 
 app = typer.Typer(
     name="elastigraph",
@@ -63,6 +63,36 @@ def _example_input(dataset: Optional[str], data_root: Optional[str], image_size:
     return None
 
 
+def _out_path(path: Path, option: str = "--out", *, folder: bool = False) -> Path:
+    """Check an output path before any work: no part of it above may be an existing file,
+    and it must not be a folder (a file expected) or a file (a folder expected)."""
+    p = Path(path)
+    for parent in list(reversed(p.parents)):
+        if parent.exists() and not parent.is_dir():
+            raise OutputPathError(f"{option} {str(p)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+    if folder and p.exists() and not p.is_dir():
+        raise OutputPathError(f"{option} {str(p)!r} is an existing file; give a folder (new or an earlier run's)")
+    if not folder and p.is_dir():
+        raise OutputPathError(f"{option} {str(p)!r} is a folder; give a file name inside it, e.g. {str(p / 'out')!r}")
+    return p
+
+
+def _seed(value: int) -> int:
+    """typer callback: a seed in [0, MAX_SEED] (usage error otherwise)."""
+    from .train.loop import MAX_SEED
+
+    if not 0 <= value <= MAX_SEED:
+        raise typer.BadParameter(f"{value} is outside [0, {MAX_SEED}]")
+    return value
+
+
+def _sparsity(value: float) -> float:
+    """typer callback: a pruning fraction in [0, 1) (1.0 would remove every weight)."""
+    if not 0.0 <= value < 1.0:  # also NaN
+        raise typer.BadParameter(f"{value} is outside [0, 1); 1.0 would remove every weight")
+    return value
+
+
 def _model(spec: str, in_chans: int, num_classes: int, seed: int = 0, example: Optional[tuple[int, ...]] = None):
     """Build MODEL (zoo name + overrides) with a seeded random init; ``example`` (the input
     shape, when known) sets ``img_size`` for models that take one, unless MODEL sets it."""
@@ -103,6 +133,24 @@ def _load_weights(model, path: Path, what: str) -> None:
     model.load_state_dict(state)
 
 
+MAX_PLAN_BYTES = 1 << 20
+
+
+def _read_plan(path: Path):
+    """A plan JSON file (as written next to a transferred mask), size-bounded and decoded
+    with a named error for anything that is not one."""
+    from .errors import MappingError
+    from .transfer import Plan
+
+    if path.stat().st_size > MAX_PLAN_BYTES:
+        raise MappingError(f"plan file {path} is {path.stat().st_size:,} bytes; plans are small JSON files "
+                           f"(limit {MAX_PLAN_BYTES:,})")
+    try:
+        return Plan.from_json(path.read_text())
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise MappingError(f"plan file {path} is not a plan JSON file ({type(e).__name__})") from None
+
+
 def _param_table(model) -> Table:
     from . import masks
 
@@ -127,9 +175,9 @@ def inspect(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dataset: Optional[str] = typer.Option(None, help="Take input channels/classes from this dataset."),
     data_root: Optional[str] = typer.Option(None, help="Folder of the dataset files."),
-    in_chans: Optional[int] = typer.Option(None, help="Input channels (default 3, or the dataset's)."),
-    num_classes: Optional[int] = typer.Option(None, help="Classes (default 10, or the dataset's)."),
-    image_size: Optional[int] = typer.Option(None, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
+    in_chans: Optional[int] = typer.Option(None, min=1, max=65536, help="Input channels (default 3, or the dataset's)."),
+    num_classes: Optional[int] = typer.Option(None, min=1, max=10**7, help="Classes (default 10, or the dataset's)."),
+    image_size: Optional[int] = typer.Option(None, min=1, max=65536, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
 ) -> None:
     """Show MODEL's stages and segments (the units a ticket transfer replicates or drops)."""
@@ -165,33 +213,37 @@ def transfer(
     src_weights: Optional[Path] = typer.Option(None, help="Source state dict (safetensors) to carry, e.g. its rewind weights; writes OUT.weights.safetensors."),
     dataset: Optional[str] = typer.Option(None, help="Take input channels/classes from this dataset."),
     data_root: Optional[str] = typer.Option(None),
-    in_chans: Optional[int] = typer.Option(None),
-    num_classes: Optional[int] = typer.Option(None),
-    image_size: Optional[int] = typer.Option(None, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
-    seed: int = typer.Option(0, help="Seed of the target's initialisation (for parameters the plan does not carry)."),
+    in_chans: Optional[int] = typer.Option(None, min=1, max=65536),
+    num_classes: Optional[int] = typer.Option(None, min=1, max=10**7),
+    image_size: Optional[int] = typer.Option(None, min=1, max=65536, help="Trace with square inputs of this size (default: the dataset's, else guessed)."),
+    seed: int = typer.Option(0, callback=_seed, help="Seed of the target's initialisation (for parameters the plan does not carry)."),
     as_json: bool = typer.Option(False, "--json", help="Print file paths and sparsities as JSON."),
 ) -> None:
     """Move a ticket from SRC to DST: print the plan and sparsities, write mask (+ weights) and plan."""
     from . import masks
     from .recipes.cache import save_tensors, write_json
-    from .transfer import Plan
     from .transfer import transfer as _transfer
 
     if strategy is not None and mapping is not None:
         raise typer.BadParameter("give --strategy or --mapping, not both", param_hint="--mapping")
     if not mask.is_file():
         raise FileNotFoundError(f"mask file {str(mask)!r} does not exist")
+    _out_path(out)
+    if strategy is not None:
+        from .transfer import parse_strategy
+
+        parse_strategy(strategy)
     c, k = _shape(dataset, data_root, in_chans, num_classes)
     example = _example_input(dataset, data_root, image_size, c)
     plan_or_mapping: Any = mapping
     if mapping is not None and mapping.endswith(".json"):
         if not Path(mapping).is_file():
             raise FileNotFoundError(f"plan file {mapping!r} does not exist")
-        plan_or_mapping = Plan.from_json(Path(mapping).read_text())
+        plan_or_mapping = _read_plan(Path(mapping))
     src_model = _model(src, c, k, seed, example)
     if src_weights is not None:
         _load_weights(src_model, src_weights, "--src-weights")
-    src_mask = masks.read_mask(mask)
+    src_mask = masks.read_mask(mask, model=src_model, model_name=src)
     dst_model = _model(dst, c, k, seed, example)
     ticket = _transfer(src_model, src_mask, dst_model, strategy=strategy, mapping=plan_or_mapping, example_input=example)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,11 +262,12 @@ def transfer(
                     "report": report.to_dict()})
         return
     console.print(ticket.plan)
-    console.print(f"mapping: {ticket.plan.mapping_string()}")
+    console.print(f"mapping: {ticket.plan.mapping_string()}", markup=False)
     console.print(report)
     console.print(
         f"source sparsity {masks.sparsity(src_mask):.2%} -> target sparsity {masks.sparsity(ticket.mask):.2%}; "
-        f"wrote {', '.join(files.values())}"
+        f"wrote {', '.join(files.values())}",
+        markup=False,
     )
 
 
@@ -222,18 +275,18 @@ def transfer(
 def prune(
     model: str = typer.Argument(..., help=MODEL_HELP),
     method: str = typer.Option(..., "--method", "-m", help="magnitude, random, snip, grasp or synflow."),
-    sparsity: float = typer.Option(..., "--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
+    sparsity: float = typer.Option(..., "--sparsity", "-s", callback=_sparsity, help="Fraction of prunable weights to remove, in [0, 1)."),
     out: Path = typer.Option(..., "--out", help="Mask file to write (.safetensors)."),
     weights: Optional[Path] = typer.Option(None, help="State dict (safetensors) to score instead of a random init."),
     dataset: Optional[str] = typer.Option(None, help="Data for SNIP/GraSP (and channels/classes)."),
     data_root: Optional[str] = typer.Option(None),
-    batches: int = typer.Option(1, help="SNIP/GraSP: batches to score on."),
-    batch_size: int = typer.Option(128, help="SNIP/GraSP: images per batch."),
-    iterations: int = typer.Option(100, help="SynFlow: pruning rounds."),
+    batches: int = typer.Option(1, min=1, help="SNIP/GraSP: batches to score on."),
+    batch_size: int = typer.Option(128, min=1, help="SNIP/GraSP: images per batch."),
+    iterations: int = typer.Option(100, min=1, help="SynFlow: pruning rounds."),
     scope: str = typer.Option("global", help="global or layerwise."),
-    in_chans: Optional[int] = typer.Option(None),
-    num_classes: Optional[int] = typer.Option(None),
-    seed: int = typer.Option(0, help="Seed of the init and of random pruning."),
+    in_chans: Optional[int] = typer.Option(None, min=1, max=65536),
+    num_classes: Optional[int] = typer.Option(None, min=1, max=10**7),
+    seed: int = typer.Option(0, callback=_seed, help="Seed of the init and of random pruning."),
     as_json: bool = typer.Option(False, "--json", help="Print the sparsity report as JSON."),
 ) -> None:
     """Prune MODEL to SPARSITY with METHOD and write the mask."""
@@ -242,6 +295,7 @@ def prune(
     from .errors import StrategyError
 
     fn = _prune.by_name(method)
+    _out_path(out)
     if method == "imp":
         raise StrategyError("'imp' needs training between rounds: use `elastigraph run RECIPE` (or prune.imp in Python)")
     c, k = _shape(dataset, data_root, in_chans, num_classes)
@@ -269,7 +323,7 @@ def prune(
         _emit_json({"file": str(out), "report": report.to_dict()})
         return
     console.print(report)
-    console.print(f"wrote {out} ({method}, sparsity {masks.sparsity(m):.2%})")
+    console.print(f"wrote {out} ({method}, sparsity {masks.sparsity(m):.2%})", markup=False)
 
 
 @app.command()
@@ -279,14 +333,14 @@ def train(
     data_root: Optional[str] = typer.Option(None),
     mask: Optional[Path] = typer.Option(None, help="Train under this mask (safetensors or mask.pth)."),
     weights: Optional[Path] = typer.Option(None, help="Start from this state dict (safetensors), e.g. a ticket's weights."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (overrides --epochs)."),
     epochs: float = typer.Option(1.0),
-    start_step: int = typer.Option(0, help="Resume the LR schedule at this step (a rewound ticket: its rewind step)."),
-    batch_size: int = typer.Option(128),
+    start_step: int = typer.Option(0, min=0, help="Resume the LR schedule at this step (a rewound ticket: its rewind step)."),
+    batch_size: int = typer.Option(128, min=1),
     lr: float = typer.Option(0.1),
-    train_limit: Optional[int] = typer.Option(None, help="Use a class-balanced subset of this many training images."),
-    test_limit: Optional[int] = typer.Option(None),
-    seed: int = typer.Option(0),
+    train_limit: Optional[int] = typer.Option(None, min=1, help="Use a class-balanced subset of this many training images."),
+    test_limit: Optional[int] = typer.Option(None, min=1),
+    seed: int = typer.Option(0, callback=_seed),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     out: Path = typer.Option(Path("train_results.json"), help="Results JSON to write."),
     save_weights: Optional[Path] = typer.Option(None, help="Also write the trained state dict (safetensors)."),
@@ -299,13 +353,16 @@ def train(
     from .train import train as _train
     from .train.data import load_dataset
 
+    _out_path(out)
+    if save_weights is not None:
+        _out_path(save_weights, "--save-weights")
+    cfg = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
     tr = load_dataset(dataset, root=data_root, split="train", limit=train_limit, seed=seed)
     te = load_dataset(dataset, root=data_root, split="test", limit=test_limit, seed=seed)
     net = _model(model, tr.spec.in_chans, tr.spec.num_classes, seed, tuple(tr.x.shape[1:]) if hasattr(tr, "x") else None)
     if weights is not None:
         _load_weights(net, weights, "--weights")
-    m = masks.read_mask(mask) if mask is not None else None
-    cfg = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    m = masks.read_mask(mask, model=net, model_name=model) if mask is not None else None
     with rich_progress(f"train {model}", console=err_console) as cb:
         res = _train(net, tr, te, cfg, mask=m, start_step=start_step, progress=None if as_json else cb)
     result = {
@@ -322,7 +379,8 @@ def train(
         return
     console.print(
         f"{model} on {dataset}: test accuracy {res.test_acc:.2%} (loss {res.test_loss:.3f}) after {res.steps} steps "
-        f"in {res.wall_s:.1f}s on {res.device}; wrote {out}"
+        f"in {res.wall_s:.1f}s on {res.device}; wrote {out}",
+        markup=False,
     )
 
 
@@ -335,24 +393,32 @@ def run(
     check: bool = typer.Option(False, "--check", help="Only validate the recipe."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-step log or progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON at the end."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Step cache folder to use (and share with other runs; safe "
+                                         "for concurrent runs) instead of OUT/steps."),
+    wait: bool = typer.Option(False, "--wait", help="If another run holds OUT, wait for it instead of exiting."),
     fleet: str = typer.Option("auto", "--fleet", help="Train a level's retrains together as one fleet: auto (on CUDA), on, off."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for independent steps (default: one per GPU or core when trainings are long enough; 1 = none)."),
 ) -> None:
-    """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots."""
+    """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots.
+    One run per OUT at a time (a second one exits naming the first one's PID, or waits with --wait)."""
     from .recipes.runner import run_recipe
     from .recipes.schema import load_recipe
     from .report import load_results, summary_table
     from .train import rich_progress
 
+    if out is not None:
+        _out_path(out, folder=True)
+    if cache is not None:
+        _out_path(cache, "--cache", folder=True)
     r = load_recipe(recipe, smoke=smoke, overrides=set_)
     if check:
-        console.print(f"{recipe}: valid recipe {r.name!r} ({len(r.targets)} target(s), {len(r.seeds)} seed(s))")
+        console.print(f"{recipe}: valid recipe {r.name!r} ({len(r.targets)} target(s), {len(r.seeds)} seed(s))", markup=False)
         return
-    out_dir = out or Path("runs") / (r.name + ("-smoke" if smoke else ""))
+    out_dir = _out_path(out or Path("runs") / (r.name + ("-smoke" if smoke else "")), folder=True)
     log_console = err_console if as_json else console
     log = None if quiet else (lambda s: log_console.print(s, markup=False, highlight=False, soft_wrap=True))
     progress = None if (quiet or as_json) else (lambda label: rich_progress(label, console=log_console))
-    summary = run_recipe(r, out_dir, log=log, progress=progress, fleet=fleet, workers=workers)
+    summary = run_recipe(r, out_dir, log=log, progress=progress, cache=cache, wait=wait, fleet=fleet, workers=workers)
     if summary.results_path is None:  # not rank 0 under torchrun
         return
     results = load_results(out_dir)
@@ -362,7 +428,8 @@ def run(
     console.print(summary_table(results))
     console.print(
         f"{summary.executed} step(s) run, {summary.skipped} from the cache; wrote {out_dir}/results.json, "
-        "results.csv, summary.csv, accuracy.png, layer_density.png"
+        "results.csv, summary.csv, comparisons.csv, accuracy.png, layer_density.png",
+        markup=False,
     )
 
 
@@ -372,15 +439,16 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print the per-method summary as JSON."),
 ) -> None:
     """Rewrite RUN_DIR's CSV files and plots from its results.json and print the summary."""
-    from .report import load_results, summarize, summary_table, write_report
+    from .report import compare, load_results, summarize, summary_table, write_report
 
     paths = write_report(run_dir)
     results = load_results(run_dir)
     if as_json:
-        _emit_json({"files": {k: str(v) for k, v in paths.items()}, "summary": summarize(results["records"])})
+        _emit_json({"files": {k: str(v) for k, v in paths.items()}, "summary": summarize(results["records"]),
+                    "comparisons": compare(results["records"])})
         return
     console.print(summary_table(results))
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -394,8 +462,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         command.main(args=argv, prog_name="elastigraph", standalone_mode=True)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except (ElastigraphError, FileNotFoundError, IsADirectoryError) as e:
+    except (ElastigraphError, OSError) as e:
+        # OSError: a path the user gave that is missing, a file where a folder is needed,
+        # no permission, a full disk ... -- the user's to fix, so one line, no traceback.
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        msg = msg or type(e).__name__
         err_console.print(f"[bold red]error:[/] {escape(msg)}", markup=True, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

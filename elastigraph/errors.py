@@ -55,3 +55,13 @@ class ReportError(ElastigraphError, ValueError):
 
 class ModelTypeError(ElastigraphError, TypeError):
     """An argument that must be an nn.Module (or an example input) has another type."""
+
+
+class OutputPathError(ElastigraphError, ValueError):
+    """An output path (``--out``) that cannot be written: a file where a folder is needed
+    (or the reverse), or a path under an existing file."""
+
+
+class OutputLockedError(ElastigraphError, ValueError):
+    """Another run holds the output folder (``--out``) or the step being claimed; the
+    message names the holder's PID."""

@@ -47,24 +47,51 @@ def _param_shapes(model: nn.Module) -> dict[str, torch.Size]:
     return shapes
 
 
+def tied_names(model: nn.Module) -> dict[str, list[str]]:
+    """Tensors that several modules share (tied weights: GPT-2's LM head and token
+    embedding; a module used by every block): ``{canonical name: [all its names]}``,
+    canonical first. The canonical name is the one ``model.named_parameters()`` reports;
+    masks, plans and tickets name a tied tensor by it only, so it is masked once and
+    copied once (its other names follow the tie)."""
+    by_id: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(n.removesuffix("_orig"))
+    return {ns[0]: ns for ns in by_id.values() if len(ns) > 1}
+
+
+def canonical_names(model: nn.Module) -> dict[str, str]:
+    """``{alias: canonical name}`` for every other name of a tied parameter (see :func:`tied_names`)."""
+    return {alias: ns[0] for ns in tied_names(model).values() for alias in ns[1:]}
+
+
 def check_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: str | None = None) -> Mask:
     """Validate ``mask`` against ``model`` and return a new dict of bool CPU tensors.
 
     Accepts bool tensors or numeric tensors holding only 0 and 1, for any subset of the
     model's parameters. Raises :class:`MaskError` naming the offending key.
     """
+    if not isinstance(model, nn.Module):
+        from .errors import ModelTypeError
+
+        raise ModelTypeError(f"check_mask needs an nn.Module, got {type(model).__name__}")
     label = _model_label(model, model_name)
     if not isinstance(mask, Mapping):
         raise MaskTypeError(
             f"mask for {label} must be a dict of parameter name -> 0/1 tensor, got {type(mask).__name__}"
         )
     shapes = _param_shapes(model)
+    alias = canonical_names(model)
     out: Mask = {}
     for key, t in mask.items():
         if not isinstance(key, str):
             raise MaskTypeError(f"mask for {label}: key {key!r} is not a string parameter name")
         if not isinstance(t, torch.Tensor):
             raise MaskTypeError(f"mask for {label}: entry {key!r} is a {type(t).__name__}, expected a tensor")
+        if key in alias:  # another name of a tied parameter: one tensor, one mask entry
+            if alias[key] in mask:
+                raise MaskError(f"mask for {label}: {key!r} and {alias[key]!r} are one tied parameter; "
+                                f"give its mask once, under {alias[key]!r}")
+            key = alias[key]
         if key not in shapes:
             close = [n for n in shapes if n.endswith(key.split(".")[-1])][:3]
             hint = f"; parameters with a similar name: {close}" if close else ""
@@ -80,8 +107,35 @@ def check_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name
     return out
 
 
+def _check_tensor(key: str, t: torch.Tensor, where: str) -> None:
+    """A mask entry must be a dense tensor with data (not meta, not sparse, not a
+    zero-stride broadcast view that would expand to far more entries than it stores)."""
+    if t.is_meta:
+        raise MaskTypeError(f"mask entry {key!r} {where} is a meta tensor (it has no values); "
+                            "build the mask on the CPU or load it from a file")
+    if t.layout != torch.strided:
+        raise MaskTypeError(f"mask entry {key!r} {where} has layout {t.layout}; pass a dense tensor (t.to_dense())")
+    if t.dtype != torch.bool and not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype in _INT_DTYPES):
+        raise MaskTypeError(f"mask entry {key!r} {where} has dtype {t.dtype}; use bool or a 0/1 int/float tensor")
+
+
+def _check_stored(key: str, t: Any, where: str) -> None:
+    """A tensor read from a file may not declare more entries than its storage holds (a
+    zero-stride view in a 256 KiB .pth can declare 256 M entries)."""
+    if isinstance(t, torch.Tensor) and t.layout == torch.strided and not t.is_meta and t.numel() > 0 \
+            and t.untyped_storage().nbytes() < t.numel() * t.element_size():
+        raise MaskError(
+            f"mask entry {key!r} {where} declares {t.numel():,} entries but stores "
+            f"{t.untyped_storage().nbytes():,} bytes (a broadcast view); refusing to expand it"
+        )
+
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def _to_bool(key: str, t: torch.Tensor, where: str) -> torch.Tensor:
     """A new bool CPU copy of the 0/1 tensor ``t``; :class:`MaskError` if it is not binary."""
+    _check_tensor(key, t, where)
     if t.dtype == torch.bool:
         return t.detach().to("cpu").clone()
     td = t.detach().to("cpu")
@@ -104,11 +158,14 @@ def prunable_parameters(
     """Names of the weights that pruning considers: conv and linear weights by default
     (biases, norms and embeddings never), in module order. ``include_first``/``include_last``
     switch the first such layer (the stem) and the last one (the classifier)."""
-    names = [
-        f"{mname}.weight" if mname else "weight"
-        for mname, m in model.named_modules()
-        if isinstance(m, layer_types) and getattr(m, "weight", None) is not None
-    ]
+    alias = canonical_names(model)
+    names = []
+    for mname, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, layer_types) and getattr(m, "weight", None) is not None:
+            name = f"{mname}.weight" if mname else "weight"
+            name = alias.get(name, name)  # a tied weight: once, under its canonical name
+            if name not in names:
+                names.append(name)
     if names and not include_first:
         names = names[1:]
     if names and not include_last:
@@ -137,27 +194,35 @@ def install(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: s
     effective weight are exactly zero whatever the optimizer does to ``weight_orig``.
     Entries already installed are replaced. Returns ``model``."""
     m = check_mask(model, mask, model_name=model_name)
+    tied = tied_names(model)
     for name, b in m.items():
-        mod_name, attr = _split(name)
-        module = model.get_submodule(mod_name)
-        existing = getattr(module, attr + "_mask", None)
-        if isinstance(existing, torch.Tensor):
-            existing.copy_(b)
-            # refresh the effective weight now rather than at the next forward
-            setattr(module, attr, getattr(module, attr + "_orig") * existing)
-            continue
-        # What prune.custom_from_mask does, minus its ones_like + extra product per
-        # tensor (half of the cost on a large model): same attributes, buffer and hook,
-        # so prune.remove and from_model treat it as any torch-pruned tensor.
-        orig = module._parameters[attr]
-        fmask = b.to(device=orig.device, dtype=orig.dtype)
-        method = _tprune.CustomFromMask(fmask)
-        method._tensor_name = attr
-        del module._parameters[attr]
-        module.register_parameter(attr + "_orig", orig)
-        module.register_buffer(attr + "_mask", fmask)
-        setattr(module, attr, method.apply_mask(module))
-        module.register_forward_pre_hook(method)
+        fmask = None
+        # a tied parameter is masked in every module that uses it, with one shared
+        # ``_orig`` parameter and one shared ``_mask`` buffer: the tie holds while pruned
+        for each in tied.get(name, [name]):
+            mod_name, attr = _split(each)
+            module = model.get_submodule(mod_name)
+            existing = getattr(module, attr + "_mask", None)
+            if isinstance(existing, torch.Tensor):
+                if fmask is None or existing is not fmask:
+                    existing.copy_(b)
+                fmask = existing
+                # refresh the effective weight now rather than at the next forward
+                setattr(module, attr, getattr(module, attr + "_orig") * existing)
+                continue
+            # What prune.custom_from_mask does, minus its ones_like + extra product per
+            # tensor (half of the cost on a large model): same attributes, buffer and hook,
+            # so prune.remove and from_model treat it as any torch-pruned tensor.
+            orig = module._parameters[attr]
+            if fmask is None:
+                fmask = b.to(device=orig.device, dtype=orig.dtype)
+            method = _tprune.CustomFromMask(fmask)
+            method._tensor_name = attr
+            del module._parameters[attr]
+            module.register_parameter(attr + "_orig", orig)
+            module.register_buffer(attr + "_mask", fmask)
+            setattr(module, attr, method.apply_mask(module))
+            module.register_forward_pre_hook(method)
     return model
 
 
@@ -165,29 +230,44 @@ def from_model(model: nn.Module) -> Mask:
     """Read the masks that ``torch.nn.utils.prune`` installed in ``model`` (its
     ``*_mask`` buffers), keyed by the public parameter name (``layer.weight``)."""
     out: Mask = {}
-    for mod_name, module in model.named_modules():
+    alias = canonical_names(model)
+    for mod_name, module in model.named_modules(remove_duplicate=False):
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, _tprune.BasePruningMethod):
                 hooks = hook._pruning_methods if isinstance(hook, _tprune.PruningContainer) else [hook]
                 attr = hooks[-1]._tensor_name
                 buf = getattr(module, attr + "_mask")
-                out[f"{mod_name}.{attr}" if mod_name else attr] = buf.detach().to("cpu") != 0
+                name = f"{mod_name}.{attr}" if mod_name else attr
+                name = alias.get(name, name)  # a tied parameter: one entry
+                if name not in out:
+                    out[name] = buf.detach().to("cpu") != 0
     return out
 
 
 def remove(model: nn.Module) -> nn.Module:
     """Make installed masks permanent (``prune.remove``): plain parameters again, with
     pruned entries zero. Returns ``model``."""
+    tied = tied_names(model)
     for name in list(from_model(model)):
-        mod_name, attr = _split(name)
-        module = model.get_submodule(mod_name)
-        keep = getattr(module, attr + "_mask") != 0
-        _tprune.remove(module, attr)
-        # prune.remove folds orig * mask, which leaves NaN/inf where a diverged run put
-        # them under the mask; pruned entries must be exactly zero whatever happened.
-        with torch.no_grad():
-            p = getattr(module, attr)
-            p.copy_(torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device)))
+        first: nn.Parameter | None = None
+        for each in tied.get(name, [name]):
+            mod_name, attr = _split(each)
+            module = model.get_submodule(mod_name)
+            if not hasattr(module, attr + "_mask"):
+                continue
+            if first is not None:  # the other names of a tied parameter: the same tensor again
+                _tprune.remove(module, attr)
+                del module._parameters[attr]
+                module.register_parameter(attr, first)
+                continue
+            keep = getattr(module, attr + "_mask") != 0
+            _tprune.remove(module, attr)
+            # prune.remove folds orig * mask, which leaves NaN/inf where a diverged run put
+            # them under the mask; pruned entries must be exactly zero whatever happened.
+            with torch.no_grad():
+                p = getattr(module, attr)
+                p.copy_(torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device)))
+            first = p
     return model
 
 
@@ -254,6 +334,13 @@ _FORMATS_HINT = (
 )
 
 
+def _as_path(path: Any, what: str) -> Path:
+    """``path`` as a Path; :class:`MaskTypeError` for anything that is not a str/PathLike."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or (isinstance(path, str) and not path):
+        raise MaskTypeError(f"{what} must be a file path (str or pathlib.Path), got {path!r}")
+    return Path(path)
+
+
 def _as_mask(mask: Mapping[str, torch.Tensor], where: str) -> Mask:
     """Validate a model-free mask (str keys, 0/1 tensors) and return bool CPU copies."""
     if not isinstance(mask, Mapping):
@@ -277,7 +364,7 @@ def save_mask(
     """Write ``mask`` to a safetensors file (bool tensors, key order, sparsity and format
     version in the header; ``metadata`` must be JSON-serialisable). The write is atomic:
     a temporary file in the same folder is renamed over ``path`` only when complete."""
-    path = Path(path)
+    path = _as_path(path, "save_mask path")
     m = _as_mask(mask, f"mask to save to {path}")
     header = {
         _META_FORMAT: "mask",
@@ -330,16 +417,18 @@ def _read_safetensors(path: Path) -> tuple[Mask, dict[str, str]]:
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise MaskTypeError(f"mask file {path} is not a readable safetensors file ({e}); {_FORMATS_HINT}") from e
     version = header.get(_META_VERSION)
-    if version is not None and (not version.isdigit() or int(version) > MASK_FORMAT_VERSION):
+    if version is not None and (not (version.isascii() and version.isdigit()) or int(version) > MASK_FORMAT_VERSION):
         raise MaskTypeError(
             f"mask file {path} has format version {version!r}; this elastigraph reads versions "
             f"<= {MASK_FORMAT_VERSION} (upgrade elastigraph)"
         )
     try:
         order = json.loads(header.get(_META_KEYS, "[]"))
-        json.loads(header.get(_META_USER, "{}"))
-        float(header.get(_META_SPARSITY, "0"))
-    except ValueError as e:
+        if not isinstance(json.loads(header.get(_META_USER, "{}")), dict):
+            raise ValueError(f"{_META_USER} is not a JSON object")
+        if not math.isfinite(float(header.get(_META_SPARSITY, "0"))):
+            raise ValueError(f"{_META_SPARSITY} is not a finite number")
+    except (ValueError, RecursionError) as e:
         raise MaskTypeError(f"mask file {path} has a corrupt elastigraph header ({e}); write it again with save_mask") from e
     if isinstance(order, list) and sorted(order) == sorted(tensors):
         tensors = {k: tensors[k] for k in order}
@@ -349,7 +438,7 @@ def _read_safetensors(path: Path) -> tuple[Mask, dict[str, str]]:
 def load_mask(path: str | os.PathLike[str]) -> Mask:
     """Read a safetensors mask file (as written by :func:`save_mask`, or any safetensors
     file of 0/1 tensors) into bool tensors, in the order they were saved."""
-    path = Path(path)
+    path = _as_path(path, "load_mask path")
     kind = _sniff(path)
     if kind != "safetensors":
         hint = "; it looks like a torch.save file: use load_lth_mask or read_mask" if kind == "torch" else ""
@@ -360,22 +449,39 @@ def load_mask(path: str | os.PathLike[str]) -> Mask:
 def mask_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The header of a mask file written by :func:`save_mask`: ``format_version``,
     ``sparsity`` and the user ``metadata`` dict (None/empty for foreign safetensors files)."""
-    path = Path(path)
+    path = _as_path(path, "mask_metadata path")
     if _sniff(path) != "safetensors":
         raise MaskTypeError(f"mask file {path} is not a safetensors file; only save_mask files carry metadata")
     header = _read_safetensors(path)[1]
-    return {
+    return {  # _read_safetensors has checked that each of these parses
         "format_version": int(header[_META_VERSION]) if _META_VERSION in header else None,
         "sparsity": float(header[_META_SPARSITY]) if _META_SPARSITY in header else None,
         "metadata": json.loads(header[_META_USER]) if _META_USER in header else {},
     }
 
 
-def load_lth_mask(path: str | os.PathLike[str]) -> Mask:
+def _fits(model: nn.Module | None, obj: Any, where: str, model_name: str | None) -> None:
+    """With ``model``: every key names one of its parameters and every declared shape is
+    its shape -- checked on the raw file contents, before any tensor is converted (a
+    small file can declare a huge tensor)."""
+    if model is None or not isinstance(obj, Mapping):
+        return
+    shapes = _param_shapes(model)
+    label = _model_label(model, model_name)
+    for key, t in obj.items():
+        if isinstance(key, str) and key not in shapes:
+            raise MaskError(f"{where}: key {key!r} is not a parameter of {label}; is it the mask of another model?")
+        if isinstance(key, str) and isinstance(t, torch.Tensor) and tuple(t.shape) != tuple(shapes[key]):
+            raise MaskError(f"{where}: entry {key!r} has shape {tuple(t.shape)} but {label}.{key} has shape "
+                            f"{tuple(shapes[key])}; is it the mask of another model?")
+
+
+def load_lth_mask(path: str | os.PathLike[str], *, model: nn.Module | None = None,
+                  model_name: str | None = None) -> Mask:
     """Read an open_lth / E-LTH ``mask.pth`` (``torch.save`` of a dict of int/float 0/1
     tensors keyed by state_dict names) with ``weights_only=True``: files holding anything
     but tensors and plain containers are refused, never unpickled."""
-    path = Path(path)
+    path = _as_path(path, "load_lth_mask path")
     kind = _sniff(path)
     if kind == "safetensors":
         raise MaskTypeError(f"mask file {path} is a safetensors file: use load_mask or read_mask")
@@ -394,18 +500,26 @@ def load_lth_mask(path: str | os.PathLike[str]) -> Mask:
         raise MaskTypeError(
             f"mask file {path} holds a {type(obj).__name__}, expected a dict of name -> 0/1 tensor; {_FORMATS_HINT}"
         )
+    for key, t in obj.items():
+        _check_stored(str(key), t, f"in mask file {path}")
+    _fits(model, obj, f"mask file {path}", model_name)
     return _as_mask(obj, f"mask file {path}")
 
 
-def read_mask(path: str | os.PathLike[str]) -> Mask:
+def read_mask(path: str | os.PathLike[str], *, model: nn.Module | None = None,
+              model_name: str | None = None) -> Mask:
     """Read any mask file elastigraph knows, choosing the reader by the file's content
-    (safetensors header or torch.save archive), not its suffix. One entry point for the CLI."""
-    path = Path(path)
+    (safetensors header or torch.save archive), not its suffix. One entry point for the CLI.
+    With ``model``, keys and declared shapes are checked against it before any tensor is
+    materialised, and the result is :func:`check_mask`-ed."""
+    path = _as_path(path, "read_mask path")
     kind = _sniff(path)
     if kind == "safetensors":
-        return load_mask(path)
+        m = load_mask(path)
+        return check_mask(model, m, model_name=model_name) if model is not None else m
     if kind == "torch":
-        return load_lth_mask(path)
+        m = load_lth_mask(path, model=model, model_name=model_name)
+        return check_mask(model, m, model_name=model_name) if model is not None else m
     raise MaskTypeError(f"mask file {path} is in no format elastigraph reads; {_FORMATS_HINT}")
 
 
@@ -488,7 +602,9 @@ class SparsityReport:
     def __rich__(self) -> Any:
         from rich.table import Table
 
-        title = f"Sparsity of {self.model_name}" if self.model_name else "Sparsity"
+        from rich.markup import escape
+
+        title = f"Sparsity of {escape(self.model_name)}" if self.model_name else "Sparsity"
         missing = self.not_in_mask
         caption = (
             f"* {len(missing)} prunable tensor(s) not in the mask, counted as dense" if missing else None
@@ -502,7 +618,7 @@ class SparsityReport:
         table.add_column("sparsity", justify="right", footer=f"{self.sparsity:.2%}")
         for r in self.rows:
             table.add_row(
-                r.name + ("" if r.in_mask else " *"),
+                escape(r.name) + ("" if r.in_mask else " *"),
                 "x".join(map(str, r.shape)) or "scalar",
                 f"{r.numel:,}",
                 f"{r.kept:,}",

@@ -1,9 +1,13 @@
 """Results of a recipe run as tables, CSV and PNG plots (matplotlib, Agg backend).
 
 Reads ``<run>/results.json`` (written by :mod:`elastigraph.recipes.runner`) and writes
-``results.csv``, ``summary.csv``, ``accuracy.png`` (test accuracy vs sparsity, every
-method, mean and spread over seeds) and ``layer_density.png`` (per-layer density of the
-source, transferred and target-IMP tickets).
+``results.csv``, ``summary.csv`` (per cell: mean, sample std, n and the 95% t-interval of
+the test accuracy, and the validation accuracy's mean), ``comparisons.csv`` (paired
+t-tests across seeds of the transferred ticket against the target's IMP ticket, level-
+and sparsity-matched, and against the best other baseline), ``accuracy.png`` (test
+accuracy vs sparsity, every method, mean with its 95% interval) and ``layer_density.png``
+(per-layer density of the source, transferred and target-IMP tickets). A comparison
+calls one side better only when the interval of the paired difference excludes 0.
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ from typing import Any, Iterable, Mapping
 
 from .errors import ReportError
 from .recipes.cache import write_text
+from .stats import mean_interval, paired_test
 
-RECORD_FIELDS = ["seed", "role", "model", "target", "level", "method", "sparsity", "test_acc", "test_loss", "steps", "step"]
-SUMMARY_FIELDS = ["role", "target", "method", "level", "sparsity", "test_acc_mean", "test_acc_std", "n"]
-METHOD_ORDER = ["dense", "transfer", "imp", "random", "snip", "grasp", "synflow"]
+RECORD_FIELDS = ["seed", "role", "model", "target", "level", "method", "sparsity", "test_acc", "test_loss", "val_acc",
+                 "steps", "step"]
+SUMMARY_FIELDS = ["role", "target", "method", "level", "sparsity", "test_acc_mean", "test_acc_std", "n",
+                  "test_acc_ci_low", "test_acc_ci_high", "val_acc_mean"]
+COMPARISON_FIELDS = ["target", "level", "a", "b", "kind", "a_sparsity", "b_sparsity", "a_mean", "b_mean", "diff_mean",
+                     "diff_std", "n", "diff_low", "diff_high", "t", "p", "verdict"]
+METHOD_ORDER = ["dense", "transfer", "imp", "imp-matched", "reinit", "random", "random-global", "magnitude", "permuted",
+                "snip", "grasp", "synflow"]
+REFERENCES = ("imp", "imp-matched", "dense")
+"""Methods that are references for the transferred ticket, not baselines it should beat."""
+LEVEL = 0.95
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
@@ -40,7 +53,39 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
         raise ReportError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ReportError(f"{path} has no 'records' list; is it an elastigraph results file?")
+    _check_records(data["records"], path)
+    ld = data.get("layer_density", [])
+    if not isinstance(ld, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("target"), str) and isinstance(e.get("level"), int)
+        and "seed" in e and all(isinstance(e.get(k, {}), dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in e.get(k, {}).values())
+            for k in ("source", "transfer", "imp"))
+        for e in ld
+    ):
+        raise ReportError(f"{path}: 'layer_density' is not a list of {{seed, target, level, source/transfer/imp: "
+                          "{tensor: density}}} entries; rerun `elastigraph run` to rewrite results.json")
     return data
+
+
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "role": (str,), "target": (str,), "method": (str,), "level": (int,), "sparsity": (int, float),
+    "test_acc": (int, float, type(None)),
+}
+
+
+def _check_records(records: list[Any], path: Path) -> None:
+    """Every record holds the fields the report reads, with the right types (a damaged or
+    hand-edited results.json is a ReportError naming the record, never a KeyError)."""
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ReportError(f"{path}: records[{i}] is a {type(r).__name__}, expected an object; "
+                              "rerun `elastigraph run` to rewrite results.json")
+        for key, types in _RECORD_TYPES.items():
+            v = r.get(key)
+            if key not in r or isinstance(v, bool) or not isinstance(v, types):
+                raise ReportError(f"{path}: records[{i}].{key} is {'missing' if key not in r else repr(v)}, "
+                                  f"expected {' or '.join(t.__name__ for t in types)}; rerun `elastigraph run` "
+                                  "to rewrite results.json")
 
 
 def _csv_text(rows: Iterable[Mapping[str, Any]], fields: list[str]) -> str:
@@ -59,9 +104,10 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation of test accuracy over seeds, per (role,
-    target, method, level); sparsity is averaged too (it can drift by seed). Runs whose
-    accuracy is missing (no test set) count in ``n`` but not in the mean."""
+    """Mean, sample standard deviation and 95% t-interval of test accuracy over seeds, per
+    (role, target, method, level), and the mean validation accuracy where there is one;
+    sparsity is averaged too (it can drift by seed). Runs whose accuracy is missing (no
+    test set) count in ``n`` but not in the mean."""
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     first_seen: dict[str, int] = {}
     for r in records:
@@ -78,17 +124,68 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         rows = groups[key]
         accs = [float(r["test_acc"]) for r in rows if r["test_acc"] is not None]
         acc_m, acc_s = _mean_std(accs) if accs else (math.nan, math.nan)
+        iv = mean_interval(accs, LEVEL)
+        vals = [float(r["val_acc"]) for r in rows if r.get("val_acc") is not None]
         sp_m, _ = _mean_std([float(r["sparsity"]) for r in rows])
         out.append({
             "role": key[0], "target": key[1], "method": key[2], "level": key[3],
             "sparsity": sp_m, "test_acc_mean": acc_m, "test_acc_std": acc_s, "n": len(rows),
+            "test_acc_ci_low": iv.low, "test_acc_ci_high": iv.high,
+            "val_acc_mean": _mean_std(vals)[0] if vals else None,
         })
+    return out
+
+
+def compare(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Paired t-tests across seeds, per target and level, of the transferred ticket
+    (``a``) against: the target's IMP ticket at the same level (``kind="level-matched"``,
+    sparsities may differ), its IMP ticket at the transferred sparsity (``imp-matched``,
+    ``"sparsity-matched"``) and the best other baseline by mean test accuracy (``"best
+    baseline"``). Only seeds present on both sides are paired. ``verdict`` names a
+    winner only when the 95% interval of the paired difference excludes 0."""
+    cells: dict[tuple[str, int], dict[str, dict[int, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    order: dict[tuple[str, int], int] = {}
+    for r in records:
+        if r["role"] != "target" or r.get("test_acc") is None:
+            continue
+        key = (r["target"], int(r["level"]))
+        order.setdefault(key, len(order))
+        cells[key][r["method"]][int(r["seed"])] = r
+    out = []
+    for key in sorted(cells, key=lambda k: order[k]):
+        methods = cells[key]
+        if "transfer" not in methods:
+            continue
+        others = [m for m in methods if m != "transfer" and m not in REFERENCES]
+        best = max(others, key=lambda m: _mean_std([float(r["test_acc"]) for r in methods[m].values()])[0], default=None)
+        plan = [("imp", "level-matched"), ("imp-matched", "sparsity-matched")]
+        if best is not None:
+            plan.append((best, "best baseline"))
+        for b, kind in plan:
+            if b not in methods:
+                continue
+            seeds = sorted(set(methods["transfer"]) & set(methods[b]))
+            if not seeds:
+                continue
+            ra = [methods["transfer"][s] for s in seeds]
+            rb = [methods[b][s] for s in seeds]
+            test = paired_test([float(r["test_acc"]) for r in ra], [float(r["test_acc"]) for r in rb], LEVEL)
+            verdict = {"a better": "transfer better", "b better": f"{b} better"}.get(test.verdict, test.verdict)
+            out.append({
+                "target": key[0], "level": key[1], "a": "transfer", "b": b, "kind": kind,
+                "a_sparsity": _mean_std([float(r["sparsity"]) for r in ra])[0],
+                "b_sparsity": _mean_std([float(r["sparsity"]) for r in rb])[0],
+                "a_mean": _mean_std([float(r["test_acc"]) for r in ra])[0],
+                "b_mean": _mean_std([float(r["test_acc"]) for r in rb])[0],
+                **test.as_dict(), "verdict": verdict,
+            })
     return out
 
 
 def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
     """Test accuracy vs sparsity, one panel per model (source first), one line per method
-    (mean over seeds, shaded +-1 std); dense runs as a dashed horizontal line."""
+    (mean over seeds, error bars and shading: its 95% t-interval; none for one seed);
+    dense runs as a dashed horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -108,19 +205,22 @@ def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
             pts = sorted(by_method[method], key=lambda s: s["sparsity"])
             xs = [100 * s["sparsity"] for s in pts]
             ys = [100 * s["test_acc_mean"] for s in pts]
-            sd = [100 * s["test_acc_std"] for s in pts]
+            lo = [100 * s["test_acc_ci_low"] if s["test_acc_ci_low"] is not None else y for s, y in zip(pts, ys)]
+            hi = [100 * s["test_acc_ci_high"] if s["test_acc_ci_high"] is not None else y for s, y in zip(pts, ys)]
             if method == "dense":
                 ax.axhline(ys[0], ls="--", color="k", lw=1, label="dense")
+                if hi[0] > lo[0]:
+                    ax.axhspan(lo[0], hi[0], color="k", alpha=0.08, lw=0)
                 continue
-            line = ax.plot(xs, ys, marker="o", ms=3, label=method)[0]
-            ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)],
-                            color=line.get_color(), alpha=0.2, lw=0)
+            line = ax.errorbar(xs, ys, yerr=[[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]],
+                               marker="o", ms=3, capsize=2, lw=1, label=method)[0]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{results.get('recipe', '')}: accuracy vs sparsity (mean ± std over seeds {results.get('seeds', '')})", fontsize=10)
+    fig.suptitle(f"{results.get('recipe', '')}: accuracy vs sparsity (mean and 95% t-interval over seeds {results.get('seeds', '')})", fontsize=10)
     fig.tight_layout()
     return _save_fig(fig, path)
 
@@ -185,32 +285,64 @@ def _save_fig(fig: Any, path: str | Path) -> Path:
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
-    """(Re)write ``results.csv``, ``summary.csv``, ``accuracy.png`` and
+    """(Re)write ``results.csv``, ``summary.csv``, ``comparisons.csv``, ``accuracy.png`` and
     ``layer_density.png`` in ``run_dir`` from its results.json; returns their paths."""
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     paths = {
         "results_csv": run_dir / "results.csv",
         "summary_csv": run_dir / "summary.csv",
+        "comparisons_csv": run_dir / "comparisons.csv",
         "accuracy_png": run_dir / "accuracy.png",
         "layer_density_png": run_dir / "layer_density.png",
     }
     write_text(paths["results_csv"], _csv_text(results["records"], RECORD_FIELDS))
     write_text(paths["summary_csv"], _csv_text(summarize(results["records"]), SUMMARY_FIELDS))
-    plot_accuracy(results, paths["accuracy_png"])
-    plot_layer_density(results, paths["layer_density_png"])
+    write_text(paths["comparisons_csv"], _csv_text(compare(results["records"]), COMPARISON_FIELDS))
+    import matplotlib
+
+    # labels are user text: '$' must not start matplotlib mathtext ('$\\x$' would crash)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        plot_accuracy(results, paths["accuracy_png"])
+        plot_layer_density(results, paths["layer_density_png"])
     return paths
 
 
+def _pct(x: Any, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
 def summary_table(results: Mapping[str, Any]):
-    """A rich Table of :func:`summarize` (accuracy mean ± std over seeds)."""
+    """Rich tables: :func:`summarize` (mean, std, n, 95% interval per cell) and
+    :func:`compare` (paired tests of the transferred ticket, with p-values)."""
+    from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{results.get('recipe', 'run')}: test accuracy (mean ± std over {len(results.get('seeds', []) or [0])} seed(s))")
+    recs = results["records"]
+    t = Table(title=f"{escape(str(results.get('recipe', 'run')))}: test accuracy % over {len(results.get('seeds', []) or [0])} seed(s): "
+                    "mean ± sample std, n, 95% t-interval")
     for col, just in (("model", "left"), ("role", "left"), ("method", "left"), ("level", "right"),
-                      ("sparsity", "right"), ("accuracy %", "right")):
+                      ("sparsity", "right"), ("accuracy %", "right"), ("n", "right"), ("95% interval", "right"),
+                      ("val %", "right")):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
-    for s in summarize(results["records"]):
-        acc = f"{100 * s['test_acc_mean']:.2f}" + (f" ± {100 * s['test_acc_std']:.2f}" if s["n"] > 1 else "")
-        t.add_row(s["target"], s["role"], s["method"], str(s["level"]), f"{100 * s['sparsity']:.1f}%", acc)
-    return t
+    for s in summarize(recs):
+        acc = _pct(s["test_acc_mean"]) + (f" ± {_pct(s['test_acc_std'])}" if s["n"] > 1 else "")
+        ci = f"[{_pct(s['test_acc_ci_low'])}, {_pct(s['test_acc_ci_high'])}]" if s["test_acc_ci_low"] is not None else "-"
+        t.add_row(escape(str(s["target"])), escape(str(s["role"])), escape(str(s["method"])), str(s["level"]), f"{100 * s['sparsity']:.2f}%", acc,
+                  str(s["n"]), ci, _pct(s["val_acc_mean"]))
+    rows = compare(recs)
+    if not rows:
+        return t
+    c = Table(title="transfer vs references and the best baseline: paired t-test over seeds "
+                    "(difference in test accuracy points; a side is better only if the 95% interval excludes 0)")
+    for col in ("target", "level", "vs", "kind", "sparsity a / b", "diff", "95% interval", "n", "p", "verdict"):
+        c.add_column(col, overflow="fold")
+    for r in rows:
+        ci = f"[{_pct(r['diff_low'])}, {_pct(r['diff_high'])}]" if r["diff_low"] is not None else "-"
+        p = "-" if r["p"] is None else f"{r['p']:.3g}"
+        verdict = escape(r["verdict"]) if r["verdict"] == "no difference shown" else f"[bold]{escape(r['verdict'])}[/bold]"
+        c.add_row(escape(str(r["target"])), str(r["level"]), escape(str(r["b"])), escape(str(r["kind"])),
+                  f"{100 * r['a_sparsity']:.2f}% / {100 * r['b_sparsity']:.2f}%", f"{100 * r['diff_mean']:+.2f}",
+                  ci, str(r["n"]), p, verdict)
+    return Group(t, c)

@@ -28,51 +28,60 @@ from torch import nn
 from . import masks as _masks
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
-from .graph.match import Matching, match
+from .graph.match import Matching, match, verify
 
 STRETCH_STRATEGIES = {
-    "append": "copies appended after the originals, earliest blocks first, fewest copies each "
-              "(B0,B1,B2,B1,B2; the paper's default)",
+    "append": "copies at the end of the stage, earliest blocks first, fewest copies each "
+              "(5 -> 9: B0,B1,B2,B3,B4,B1,B2,B3,B4; the default)",
+    "after-run": "copies right after the copied run of earliest blocks, fewest copies each "
+                 "(5 -> 7: B0,B1,B2,B1,B2,B3,B4)",
     "interpolate": "each block repeated in place, earlier blocks first (B0,B1,B1,B2,B2)",
 }
 SQUEEZE_STRATEGIES = {
-    "keep-first": "keep the earliest blocks, drop from the end (the paper's default)",
+    "keep-first": "keep the earliest blocks, drop from the end (the default)",
     "even": "keep evenly spaced blocks (9 -> 3 keeps 0, 4, 8)",
 }
 DEFAULT_STRATEGY = "append+keep-first"
-_ALIASES = {"paper": DEFAULT_STRATEGY, "default": DEFAULT_STRATEGY}
+"""The default layout. For 3 -> 5 blocks (ResNet-20 -> 32, the paper's main grid) append and
+after-run coincide; for partial stretches the authors' scripts used both layouts and the
+paper does not name one, so ``append`` is the default for continuity (docs/elth.md)."""
+_ALIASES = {"default": DEFAULT_STRATEGY, "paper": DEFAULT_STRATEGY}  # "paper": older name, kept working
 
 
 def strategies() -> dict[str, str]:
     """Every strategy name accepted by ``transfer(strategy=...)`` with a description. A
     stretch name and a squeeze name may be combined with ``+`` (``"interpolate+even"``);
     a single name leaves the other direction at its default."""
-    out = {"paper": f"= {DEFAULT_STRATEGY}"}
+    out = {"default": f"= {DEFAULT_STRATEGY}", "paper": f"older alias of 'default' (= {DEFAULT_STRATEGY})"}
     out.update(STRETCH_STRATEGIES)
     out.update(SQUEEZE_STRATEGIES)
     return out
 
 
 def parse_strategy(strategy: str | None) -> tuple[str, str]:
-    """The (stretch, squeeze) pair a strategy name stands for (``None`` = the paper's
-    default); raises :class:`StrategyError` listing the valid names. Recipes validate with it."""
+    """The (stretch, squeeze) pair a strategy name stands for (``None`` = the
+    default, :data:`DEFAULT_STRATEGY`); raises :class:`StrategyError` listing the valid names. Recipes validate with it."""
     if strategy is None:
         strategy = DEFAULT_STRATEGY
     if not isinstance(strategy, str):
         raise StrategyError(f"strategy must be a string such as 'append' or 'interpolate+even', got {strategy!r}")
     name = _ALIASES.get(strategy.strip().lower(), strategy.strip().lower())
     stretch, squeeze = DEFAULT_STRATEGY.split("+")
-    for part in filter(None, (p.strip() for p in name.split("+"))):
-        if part in STRETCH_STRATEGIES:
-            stretch = part
-        elif part in SQUEEZE_STRATEGIES:
-            squeeze = part
-        else:
-            raise StrategyError(
-                f"unknown transfer strategy {part!r}; valid: stretch {sorted(STRETCH_STRATEGIES)}, "
-                f"squeeze {sorted(SQUEEZE_STRATEGIES)}, 'paper' (= {DEFAULT_STRATEGY}), or combine one of "
-                "each with '+', e.g. 'interpolate+even'"
-            )
+    parts = [p.strip() for p in name.split("+")]
+    valid = (f"valid: stretch {sorted(STRETCH_STRATEGIES)}, squeeze {sorted(SQUEEZE_STRATEGIES)}, "
+             f"'default' (= {DEFAULT_STRATEGY}), or one of each joined by '+', e.g. 'interpolate+even'")
+    if not all(parts) or len(parts) > 2:
+        raise StrategyError(f"malformed transfer strategy {strategy!r}; {valid}")
+    seen: dict[str, str] = {}
+    for part in parts:
+        kind = "stretch" if part in STRETCH_STRATEGIES else "squeeze" if part in SQUEEZE_STRATEGIES else None
+        if kind is None:
+            raise StrategyError(f"unknown transfer strategy {part!r}; {valid}")
+        if kind in seen:
+            raise StrategyError(f"transfer strategy {strategy!r} names two {kind} strategies ({seen[kind]!r} and "
+                                f"{part!r}); combine one stretch and one squeeze name; {valid}")
+        seen[kind] = part
+    stretch, squeeze = seen.get("stretch", stretch), seen.get("squeeze", squeeze)
     return stretch, squeeze
 
 
@@ -84,6 +93,16 @@ def stretch_append(n: int, m: int) -> list[int]:
     1..n-1 appended in order, cycling (``3 -> 5``: 0,1,2,1,2)."""
     copyable = list(range(1, n))
     return list(range(n)) + [copyable[i % len(copyable)] for i in range(m - n)]
+
+
+def stretch_after_run(n: int, m: int) -> list[int]:
+    """Source block for each of ``m`` target blocks: the ``r = min(n-1, m-n)`` earliest
+    blocks 1..r form the copied run; its copies (cycling through it) come right after it,
+    then the remaining blocks (``5 -> 7``: 0,1,2,1,2,3,4 = the authors' ``0:0;1:1,3;2:2,4;3:5;4:6``)."""
+    c = m - n
+    r = min(n - 1, c)
+    run = list(range(1, r + 1))
+    return [0] + run + [run[i % r] for i in range(c)] + list(range(r + 1, n))
 
 
 def stretch_interpolate(n: int, m: int) -> list[int]:
@@ -108,7 +127,7 @@ def squeeze_even(n: int, m: int) -> list[int]:
     return [int(math.floor(j * (n - 1) / (m - 1) + 0.5)) for j in range(m)]
 
 
-_FUNCS = {"append": stretch_append, "interpolate": stretch_interpolate,
+_FUNCS = {"append": stretch_append, "after-run": stretch_after_run, "interpolate": stretch_interpolate,
           "keep-first": squeeze_keep_first, "even": squeeze_even}
 
 
@@ -169,6 +188,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+        _check_plan_dict(d)
         try:
             stages = [StagePlan(**s) for s in d["stages"]]
             return cls(src=d["src"], dst=d["dst"], strategy=d["strategy"], stages=stages,
@@ -195,6 +215,44 @@ class Plan:
             t.add_row(str(s.index), s.label, s.block0 or "-", f"{len(s.src_blocks)} -> {len(s.dst_blocks)}",
                       s.kind, " ".join(f"{j}<{i}" for j, i in enumerate(s.sources)))
         return t
+
+
+def _check_plan_dict(d: Any) -> None:
+    """The fields of a plan dict (``Plan.to_dict()`` output) with their types, so that a
+    malformed plan JSON is one :class:`MappingError` naming the field at fault."""
+    hint = "use the .plan.json written by `elastigraph transfer` (Plan.to_json())"
+
+    def bad(where: str, what: str) -> MappingError:
+        return MappingError(f"not a valid transfer plan: {where} {what}; {hint}")
+
+    if not isinstance(d, Mapping):
+        raise bad("the plan", f"is a {type(d).__name__}, expected an object")
+    for key in ("src", "dst", "strategy"):
+        if not isinstance(d.get(key), str):
+            raise bad(key, "is missing or not a string")
+    for key in ("fixed_regions", "version"):
+        if key in d and (isinstance(d[key], bool) or not isinstance(d[key], int)):
+            raise bad(key, "is not an integer")
+    stages = d.get("stages")
+    if not isinstance(stages, list):
+        raise bad("stages", "is missing or not a list")
+    fields = {"index": int, "label": str, "src_blocks": list, "dst_blocks": list, "sources": list}
+    for i, st in enumerate(stages):
+        if not isinstance(st, Mapping):
+            raise bad(f"stages[{i}]", "is not an object")
+        extra = set(st) - set(fields) - {"block0"}
+        if extra:
+            raise bad(f"stages[{i}]", f"has unknown field(s) {sorted(extra)}")
+        for key, typ in fields.items():
+            if isinstance(st.get(key), bool) or not isinstance(st.get(key), typ):
+                raise bad(f"stages[{i}].{key}", f"is missing or not a{'n' if typ is int else ''} {typ.__name__}")
+        if st.get("block0") is not None and not isinstance(st["block0"], str):
+            raise bad(f"stages[{i}].block0", "is not a string or null")
+        n, m = len(st["src_blocks"]), len(st["dst_blocks"])
+        src = st["sources"]
+        if len(src) != m or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < n for x in src):
+            raise bad(f"stages[{i}].sources", f"must list, for each of the {m} target block(s), a source block "
+                                              f"index in 0..{n - 1}")
 
 
 # ---------------------------------------------------------------------------- mapping strings
@@ -277,21 +335,32 @@ def _check_block0(sources: list[int], has_b0: bool, where: str) -> None:
         raise MappingError(f"{where}: block 0 changes the shape and cannot feed target block(s) {bad}")
 
 
-def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, block0: str | None) -> list[int]:
+def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, block0: str | None,
+                      dst_labels: Sequence[str] = ()) -> list[int]:
     if m == n:
         return list(range(n))
     if m == 0:
         return []
     if m < n:
         return _FUNCS[squeeze](n, m)
-    if n <= 1:
-        what = (f"a single block (block 0 = {block0}, which changes the shape)" if block0
-                else ("a single block" if n == 1 else "no block"))
+    if n == 1 and block0 is None:
+        # a stage holding one period of identical blocks (found with the deeper
+        # sibling's help): repeating that period is the only stretch there is
+        return [0] * m
+    if n >= 2:
+        return _FUNCS[stretch](n, m)
+    if n == 0:
+        shown = ", ".join(list(dst_labels)[:3]) + (", ..." if len(dst_labels) > 3 else "")
         raise SegmentMismatchError(
-            f"{where}: the source stage has {what} and the target needs {m}: there is nothing to stretch from. "
-            "Use a source with at least 2 blocks in that stage (squeezing to 1 block works)."
+            f"{where}: the target has {m} block(s) here ({shown}) and the source has none of that kind at this "
+            "place: there is nothing to copy them from. Use a source that has at least one such block in that "
+            "stage, or a target without them."
         )
-    return _FUNCS[stretch](n, m)
+    raise SegmentMismatchError(
+        f"{where}: the source stage has a single block (block 0 = {block0}, which changes the shape) and the "
+        f"target needs {m}: there is nothing to stretch from (block 0 is never copied). Use a source with at "
+        "least 2 blocks in that stage (squeezing to 1 block works)."
+    )
 
 
 # ---------------------------------------------------------------------------- the ticket
@@ -336,7 +405,27 @@ class Ticket:
         install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``."""
         if not isinstance(model, nn.Module):
             raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
+        from .graph.trace import unwrap_compiled
+
+        compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
         label = type(model).__name__
+        own = set(_masks.plain_state(model.state_dict(keep_vars=True), fold_mask=False))
+        own -= set(_masks.canonical_names(model))  # a tied tensor is named once, by its canonical name
+        seen: set[int] = set()
+        for n, b in model.named_buffers(remove_duplicate=False):  # buffers of a shared module, likewise
+            if id(b) in seen:
+                own.discard(n)
+            seen.add(id(b))
+        missing = sorted(own - set(self.weights) - set(self.unmapped))
+        extra = sorted(set(self.weights) - own)
+        if missing or extra:
+            parts = ([f"{len(extra)} ticket tensor(s) the model lacks ({extra[:4]}{' ...' if len(extra) > 4 else ''})"]
+                     if extra else []) + ([f"{len(missing)} model tensor(s) the ticket does not cover "
+                                           f"({missing[:4]}{' ...' if len(missing) > 4 else ''})"] if missing else [])
+            raise SegmentMismatchError(
+                f"this ticket was planned for {self.plan.dst} ({len(self.weights)} tensors) and does not fit {label}: "
+                f"{'; '.join(parts)}; apply it to a model built like the transfer's target (same name and depth)"
+            )
         targets: dict[str, torch.Tensor] = {}
         for key, value in self.weights.items():
             mod_name, _, attr = key.rpartition(".")
@@ -360,7 +449,7 @@ class Ticket:
             for key, t in targets.items():
                 t.copy_(self.weights[key])
         _masks.install(model, self.mask, model_name=label)
-        return model
+        return compiled
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -398,7 +487,7 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
         n, m = len(sm.src_labels), len(sm.dst_labels)
         where = f"stage {sm.index} ({sm.label})"
         if entries is None:
-            sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label)
+            sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels)
         else:
             sources = _sources_from_mapping(entries, n, m, has_b0, where)
         out.append(StagePlan(index=sm.index, label=sm.label, block0=sm.block0_label,
@@ -428,12 +517,15 @@ def transfer(
 
     ``src_mask``: ``{parameter name: 0/1 or bool tensor}`` over any subset of the source's
     parameters, or ``None`` to read masks installed with ``torch.nn.utils.prune``.
-    ``strategy``: see :func:`strategies` (default: the paper's, append + keep-first);
+    ``strategy``: see :func:`strategies` (default: append + keep-first);
     ``mapping``: the paper's block-mapping string (``"0:0;1:1,2;2:3,4"``, stages joined by
     ``|``) or a :class:`Plan`. Neither model is modified."""
     for what, m in (("src_model", src_model), ("dst_model", dst_model)):
         if not isinstance(m, nn.Module):
             raise ModelTypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
+    from .graph.trace import unwrap_compiled
+
+    src_model, dst_model = unwrap_compiled(src_model), unwrap_compiled(dst_model)  # torch.compile wrappers
     if strategy is not None and mapping is not None:
         raise StrategyError("pass either strategy= or mapping=, not both")
     src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"
@@ -450,6 +542,8 @@ def transfer(
     dst = analyze(dst_model, shared, leaf_modules=leaf_modules, name=dst_label)
     mt = match(src, dst)
     strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping)
+    # never silently wrong: every target block from one whole source block of its stage
+    verify(src, dst, mt, [sp.sources for sp in stage_plans])
     plan = Plan(src=src_label, dst=dst_label, strategy=strat_name, stages=stage_plans, fixed_regions=len(mt.fixed))
 
     # dst tensor name -> src tensor name, parameters and buffers
@@ -496,5 +590,5 @@ def transfer(
     return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped)
 
 
-__all__ = ["transfer", "Ticket", "Plan", "StagePlan", "strategies", "parse_mapping", "stretch_append",
+__all__ = ["transfer", "Ticket", "Plan", "StagePlan", "strategies", "parse_mapping", "stretch_append", "stretch_after_run",
            "stretch_interpolate", "squeeze_keep_first", "squeeze_even", "DEFAULT_STRATEGY"]

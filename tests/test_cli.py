@@ -161,7 +161,7 @@ def test_report_command_writes_csv_and_pngs(capsys, tmp_path):
 def test_write_report_paths(tmp_path):
     d = _fake_results(tmp_path)
     paths = write_report(d)
-    assert set(paths) == {"results_csv", "summary_csv", "accuracy_png", "layer_density_png"}
+    assert set(paths) == {"results_csv", "summary_csv", "comparisons_csv", "accuracy_png", "layer_density_png"}
     assert all(p.is_file() for p in paths.values())
 
 

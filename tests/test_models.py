@@ -95,3 +95,26 @@ def test_zoo_errors_name_what_would_work():
     with pytest.raises(ModelNameError, match="bad overrides for 'tv:resnet18'"):
         models.create("tv:resnet18", bogus=1)
     assert {"cifar_resnet_(\\d+)", "cifar_vgg_(\\d+)", "cifar_mobilenet_v2"} <= set(models.available())
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_20", "cifar_vgg_11"])
+def test_open_lth_init_kaiming_normal_convs_and_uniform_batchnorm(name):
+    torch.manual_seed(0)
+    default = models.create(name, in_chans=3, num_classes=10)
+    torch.manual_seed(0)
+    lth = models.create(name, in_chans=3, num_classes=10, init="open_lth")
+    for m in default.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+    bns = [m for m in lth.modules() if isinstance(m, nn.BatchNorm2d)]
+    w = torch.cat([m.weight.detach() for m in bns])
+    assert 0.0 <= float(w.min()) and float(w.max()) <= 1.0 and 0.35 < float(w.mean()) < 0.65
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+    # kaiming normal (fan_in, gain sqrt 2): std sqrt(2 / fan_in), about 3x PyTorch's default
+    big = max(_convs(lth), key=lambda c: c.weight.numel())
+    fan_in = big.weight[0].numel()
+    assert abs(float(big.weight.detach().std()) / (2.0 / fan_in) ** 0.5 - 1.0) < 0.05
+    big_default = max(_convs(default), key=lambda c: c.weight.numel())
+    assert float(big_default.weight.detach().std()) < 0.7 * float(big.weight.detach().std())
+    with pytest.raises(ModelNameError, match="init must be one of"):
+        models.create(name, init="xavier")

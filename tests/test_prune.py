@@ -453,3 +453,110 @@ def test_input_shape_follows_the_models_own_channels_and_size():
     assert prune.infer_input_shape(vit) == (1, 28, 28)
     m = prune.synflow(vit, 0.5, iterations=2)
     assert masks.sparsity(m) == pytest.approx(0.5, abs=1e-4)
+
+
+# ------------------------------------------------------------------ BatchNorm mode while scoring
+
+
+def _bn_net() -> nn.Sequential:
+    """Linear -> BatchNorm1d (non-trivial running statistics) -> Linear, float64."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 5, bias=False), nn.BatchNorm1d(5), nn.Linear(5, 3, bias=False)).double()
+    with torch.no_grad():
+        net[1].running_mean.copy_(torch.linspace(-1.0, 1.0, 5, dtype=torch.float64))
+        net[1].running_var.copy_(torch.linspace(0.5, 3.0, 5, dtype=torch.float64))
+        net[1].weight.copy_(torch.linspace(0.2, 1.4, 5, dtype=torch.float64))
+        net[1].bias.copy_(torch.linspace(-0.3, 0.3, 5, dtype=torch.float64))
+    return net
+
+
+def _bn_eval_scores(net, batches):
+    """SNIP scores |w * dL/dw| by hand, BatchNorm in eval mode written out as the affine
+    map (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
+    w1 = net[0].weight.detach().clone().requires_grad_(True)
+    w2 = net[2].weight.detach().clone().requires_grad_(True)
+    bn = net[1]
+    total = 0.0
+    for x, y in batches:
+        h = x @ w1.T
+        h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight.detach() + bn.bias.detach()
+        total = total + F.cross_entropy(h @ w2.T, y)
+    g1, g2 = torch.autograd.grad(total, [w1, w2])
+    return {"0.weight": (w1 * g1).abs().detach(), "2.weight": (w2 * g2).abs().detach()}
+
+
+def test_snip_scores_with_batchnorm_in_eval_mode_by_default():
+    net = _bn_net()
+    net.train()
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g))]
+    hand = _bn_eval_scores(net, batches)
+    flat = torch.cat([hand["0.weight"].flatten(), hand["2.weight"].flatten()])
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[torch.argsort(flat, descending=True)[:12]] = True  # 35 weights, keep 12
+    before = _state(net)
+    m = prune.snip(net, batches, 23 / 35)
+    got = torch.cat([m["0.weight"].flatten(), m["2.weight"].flatten()])
+    assert torch.equal(got, keep)
+    _unchanged(net, before)  # running statistics untouched
+    assert net.training  # the caller's mode is untouched
+    # train mode (batch statistics) is an option and scores differently here
+    mt = prune.snip(net, batches, 23 / 35, train_mode=True)
+    assert not all(torch.equal(mt[k], m[k]) for k in m)
+    _unchanged(net, before)
+
+
+def test_grasp_scores_with_batchnorm_in_eval_mode_by_default():
+    net = _bn_net()
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g))]
+    cur = {"0.weight": torch.ones(5, 4, dtype=torch.bool), "2.weight": torch.ones(3, 5, dtype=torch.bool)}
+    ref = net.eval()  # eval-mode scores equal the scores of a model already in eval mode ...
+    expected = prune.grasp_scores(masks.copy_model(ref), batches, cur, train_mode=False)
+    net.train()
+    got = prune.grasp_scores(net, batches, cur)
+    for k in cur:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+    # ... and the running statistics enter them: a BN layer with other statistics scores differently
+    other = masks.copy_model(net)
+    with torch.no_grad():
+        other[1].running_var.mul_(4.0)
+    assert not torch.allclose(prune.grasp_scores(other, batches, cur)["0.weight"], got["0.weight"])
+    trained = prune.grasp_scores(net, batches, cur, train_mode=True)
+    assert not torch.allclose(trained["0.weight"], got["0.weight"])
+
+
+# ------------------------------------------------------------------ shuffle (layerwise random, permuted copies)
+
+
+def _authors_shuffle_state_dict(sd, seed):
+    """ElasticLTH utils/tensor_utils.shuffle_state_dict, restated."""
+    out = {}
+    for i, k in enumerate(sorted(sd)):
+        gen = torch.Generator().manual_seed(seed + i)
+        n = sd[k].numel()
+        perm = torch.argsort(torch.normal(torch.zeros(n), torch.ones(n), generator=gen))
+        out[k] = sd[k].reshape(-1)[perm].reshape(sd[k].shape)
+    return out
+
+
+def test_shuffle_keeps_exact_per_tensor_counts_and_matches_the_authors_code():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 10))
+    ticket = prune.magnitude(net, sparsity=0.8)
+    counts = {k: int(t.sum()) for k, t in ticket.items()}
+    a = prune.shuffle(ticket, seed=7)
+    assert {k: int(t.sum()) for k, t in a.items()} == counts
+    assert all(t.dtype == torch.bool and t.shape == ticket[k].shape for k, t in a.items())
+    assert any(not torch.equal(a[k], ticket[k]) for k in a)
+    ref = _authors_shuffle_state_dict(ticket, 7)
+    assert all(torch.equal(a[k], ref[k]) for k in a)
+    assert all(torch.equal(a[k], prune.shuffle(ticket, seed=7)[k]) for k in a)  # deterministic
+    assert any(not torch.equal(a[k], prune.shuffle(ticket, seed=8)[k]) for k in a)
+    # only the named tensors change
+    b = prune.shuffle(ticket, seed=7, names=["2.weight"])
+    assert torch.equal(b["0.weight"], ticket["0.weight"]) and torch.equal(b["2.weight"], a["2.weight"])
+    with pytest.raises(MaskError, match="not entries"):
+        prune.shuffle(ticket, seed=0, names=["nope.weight"])
+    with pytest.raises(ConfigError, match="seed"):
+        prune.shuffle(ticket, seed=None)

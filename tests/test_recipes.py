@@ -140,7 +140,8 @@ def test_bad_recipe_lists_every_invalid_field_by_path():
         "name", "source", "prune.rounds", "prune.fraction", "train.steps", "train.lrr",
         "targets[1]", "targets[1].model", "targets[2].model", "baselines[1]", "seeds",
     }
-    assert "baselines[1]: 'foo' is not one of 'imp', 'random', 'snip', 'grasp', 'synflow' or 'dense'" in lines
+    assert ("baselines[1]: 'foo' is not one of 'imp', 'imp-matched', 'reinit', 'random', 'random-global', "
+            "'magnitude', 'permuted', 'snip', 'grasp', 'synflow' or 'dense'") in lines
     assert any(ln.startswith("source: CIFAR ResNet depth must be 6n+2") for ln in lines)
     assert any(ln.startswith("targets[2].model: unknown model 'no_such_net'") for ln in lines)
 

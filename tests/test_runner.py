@@ -59,7 +59,7 @@ def test_every_recipe_runs_in_smoke_mode(path, tmp_path):
     for t in recipe.targets:
         rows = {r["method"]: r for r in recs if r["role"] == "target" and r["target"] == t.name}
         expected = {"transfer"} | set(recipe.baselines)
-        assert set(rows) == expected, t.name
+        assert set(rows) - {"permuted"} == expected - {"permuted"}, t.name  # permuted: stretches only
         ticket = rows["transfer"]["sparsity"]
         assert abs(ticket - frac) < 0.15  # source level 1 plus the stretch/squeeze drift
         for m in set(recipe.baselines) - {"dense", "imp"}:

@@ -149,7 +149,7 @@ def test_mapping_errors_name_stage_and_block(r20_r32):
         transfer(src, mask, dst, mapping="0:0;1:1,3;2:2,3,4")
     with pytest.raises(MappingError, match=r"stage 1 \(layer2\): block 0 changes the shape"):
         transfer(src, mask, dst, mapping="1:0;0:1,3;2:2,4")
-    with pytest.raises(StrategyError, match=r"unknown transfer strategy 'best'; valid: stretch \['append', 'interpolate'\]"):
+    with pytest.raises(StrategyError, match=r"unknown transfer strategy 'best'; valid: stretch \['after-run', 'append', 'interpolate'\]"):
         transfer(src, mask, dst, strategy="best")
 
 

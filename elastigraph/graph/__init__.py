@@ -51,6 +51,8 @@ class ModelGraph:
         return {
             "model": self.name,
             "input_shapes": [list(s) for s in self.traced.input_shapes],
+            "capture": self.traced.capture,
+            "inputs_rejected": list(self.traced.rejected),
             "nodes": self.graph.number_of_nodes() - 1,
             "regions": len(self.regions),
             "stages": [
@@ -73,8 +75,14 @@ class ModelGraph:
         from rich.tree import Tree
 
         shapes = ", ".join(str(tuple(s)) for s in self.traced.input_shapes)
-        tree = Tree(f"[bold]{self.name}[/]: {self.graph.number_of_nodes() - 1} ops, "
-                    f"{len(self.regions)} regions, {len(self.stages)} stretchable stage(s) (input {shapes})")
+        from rich.markup import escape
+
+        if self.traced.rejected:
+            shapes += f" after {len(self.traced.rejected)} rejected: " + "; ".join(
+                r.split(":")[0] for r in self.traced.rejected)
+        tree = Tree(f"[bold]{escape(self.name)}[/]: {self.graph.number_of_nodes() - 1} ops, "
+                    f"{len(self.regions)} regions, {len(self.stages)} stretchable stage(s) (input {escape(shapes)}, "
+                    f"captured with {self.traced.capture})")
         for st in self.stages:
             b0 = f", block 0 = {st.block0_label} (fixed)" if st.block0 is not None else ""
             node = tree.add(f"stage {st.index} [cyan]{st.label}[/]: {st.n_blocks} blocks{b0}")
@@ -116,7 +124,12 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
     ``example_input``: a tensor, an input shape, or a list of them (multi-input); default:
     timm's ``input_size``, else 32/64/224 pixels with the first layer's channels.
     ``leaf_modules``: extra module classes to keep opaque when tracing.
+    Models torch.fx cannot trace (Hugging Face transformers) are captured with
+    non-strict ``torch.export`` instead; ``result.traced.capture`` says which was used.
     The model is not modified."""
+    from .trace import unwrap_compiled
+
+    model = unwrap_compiled(model)  # torch.compile wrappers: trace the module they hold
     label = name or type(model).__name__
     traced = build_graph(model, example_input, leaf_modules, model_name=label)
     dec = decompose(traced)

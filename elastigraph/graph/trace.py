@@ -22,6 +22,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ModelTypeError, TraceError
+from ..masks import canonical_names
 
 SOURCE = "__input__"
 """Name of the virtual node that feeds every placeholder (so the graph has one entry)."""
@@ -89,9 +90,39 @@ def _model_label(model: nn.Module, name: str | None = None) -> str:
     return name or type(model).__name__
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: str | None = None) -> fx.Graph:
+def optional_inputs(model: nn.Module, n_inputs: int = 1) -> dict[str, Any]:
+    """``forward`` arguments beyond the first ``n_inputs`` that have a default (Hiera's
+    ``mask=None``, ``pre_logits=False``): bound to it when tracing (fx ``concrete_args``),
+    so that ``if mask is not None`` branches are not traced as if the input were given."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a C-implemented or odd forward: nothing to bind
+        return {}
+    out = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        if i >= max(n_inputs, 1) and (p.default is None or isinstance(p.default, (bool, int, float, str))):
+            out[p.name] = p.default
+    return out
+
+
+def _n_inputs(example_input: Any) -> int:
+    """How many inputs ``example_input`` feeds (a list of tensors or shapes: one each)."""
+    if isinstance(example_input, (tuple, list)) and example_input and all(
+            isinstance(v, (torch.Tensor, tuple, list, torch.Size)) for v in example_input):
+        return len(example_input)
+    return 1
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: str | None = None,
+          n_inputs: int = 1) -> fx.Graph:
     """Symbolically trace ``model`` (timm's non-traceable layers kept as leaves) into an
-    fx Graph whose targets are ``model``'s qualified names. Raises :class:`TraceError`."""
+    fx Graph whose targets are ``model``'s qualified names. Optional ``forward`` arguments
+    beyond the first ``n_inputs`` are bound to their defaults (:func:`optional_inputs`;
+    traced as given if that fails). Raises :class:`TraceError`."""
     if not isinstance(model, nn.Module):
         raise ModelTypeError(f"expected an nn.Module to trace, got {type(model).__name__}")
     leaf_modules = tuple(leaf_modules)
@@ -102,8 +133,20 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
     tracer = _Tracer(tuple(leaf_modules) + tuple(timm_mods), tuple(timm_fns))
     label = _model_label(model, model_name)
     before = set(model.__dict__)
+    concrete = optional_inputs(model, n_inputs)
     try:
-        graph = tracer.trace(model)
+        graph = None
+        if concrete:
+            try:
+                graph = tracer.trace(model, concrete_args=concrete)
+            except Exception:  # a forward that needs its optional inputs traced: trace them
+                tracer = _Tracer(tuple(leaf_modules) + tuple(timm_mods), tuple(timm_fns))
+        if graph is None:
+            graph = tracer.trace(model)
+        else:  # fx's checks that a bound input is None at run time: not part of the model
+            for node in list(graph.nodes):
+                if node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none":
+                    graph.erase_node(node)
     except Exception as e:  # torch.fx raises TraceError/TypeError/RuntimeError/... by design
         where = tracer.failed_in or ("", type(model))
         qual, cls = where
@@ -117,8 +160,146 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
         # fx stores tensor constants met while tracing as attributes of the root module;
         # move them off the user's model onto the graph
         constants = {k: model.__dict__.pop(k) for k in set(model.__dict__) - before}
+        _drop_cached_proxies(model)
     graph._elastigraph_constants = constants  # type: ignore[attr-defined]
     return graph
+
+
+# ---------------------------------------------------------------------------- torch.export capture
+
+
+class _Outputs(nn.Module):
+    """Runs ``m`` and returns the tensors of its output reached through tuples, lists and
+    dicts (a Hugging Face ``ModelOutput`` is a dict). Other objects -- a key/value cache
+    -- are dropped, so that nothing but the model's results leaves the graph."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, *args: Any) -> tuple:
+        return tuple(_tensor_leaves(self.m(*args)))
+
+
+def _tensor_leaves(o: Any) -> list[torch.Tensor]:
+    if isinstance(o, torch.Tensor):
+        return [o]
+    if isinstance(o, dict):
+        return [t for v in o.values() for t in _tensor_leaves(v)]
+    if isinstance(o, (list, tuple)):
+        return [t for v in o for t in _tensor_leaves(v)]
+    return []
+
+
+def _wants_ids(model: nn.Module) -> bool:
+    """True if the model's first layer with weights is an embedding table: its input is
+    token ids (integers), not real values."""
+    first = next((m for m in model.modules()
+                  if any(True for _ in m.parameters(recurse=False)) or isinstance(m, _WEIGHTED)), None)
+    return isinstance(first, nn.Embedding)
+
+
+def _export_args(model: nn.Module, example: Any, label: str) -> list[torch.Tensor]:
+    """Real tensors (zeros; token ids where the model starts with an embedding) for
+    torch.export, on the model's device."""
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = torch.long if _wants_ids(model) else torch.float32
+    out = []
+    for a in _as_meta_args(example, label, dtype == torch.long):
+        if isinstance(example, torch.Tensor) and example.device.type != "meta":
+            out.append(example.to(dev))
+            continue
+        out.append(torch.zeros(a.shape, dtype=a.dtype, device=dev))
+    if isinstance(example, (tuple, list)) and example and all(isinstance(v, torch.Tensor) for v in example):
+        out = [v.to(dev) if v.device.type != "meta" else o for v, o in zip(example, out)]
+    return out
+
+
+def export_graph(model: nn.Module, example_input: Any = None, *,
+                 model_name: str | None = None) -> tuple[fx.Graph, tuple]:
+    """Capture ``model`` with non-strict ``torch.export`` into an fx Graph in the form
+    :func:`trace` returns: ``get_attr`` targets are ``model``'s parameter names, every node
+    carries its ``nn_module_stack`` (module names relative to ``model``) and its output
+    shape. Used where torch.fx symbolic tracing fails. The model is run on fake tensors
+    (no compute); its parameters are not modified. Returns the graph and the input shapes
+    used (``example_input=None``: the first of :func:`default_inputs` that exports)."""
+    label = _model_label(model, model_name)
+    if not hasattr(torch, "export"):  # pragma: no cover - torch >= 2.2 has it
+        raise TraceError(f"torch.export is not available in torch {torch.__version__} to capture {label}")
+    cands = default_inputs(model) if example_input is None else [example_input]
+    if not cands:
+        raise TraceError(f"cannot guess an input for {label} (no conv/linear/embedding layer); pass example_input=")
+    errors = []
+    for cand in cands:
+        args = _export_args(model, cand, label)
+        try:
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), _quiet_warnings():
+                ep = torch.export.export(_Outputs(model), tuple(args), strict=False)
+                gm = ep.module()
+        except Exception as e:  # export raises many types (Unsupported, UserError, RuntimeError, ...)
+            errors.append(f"{[tuple(a.shape) for a in args]}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        graph = _rebase_exported(gm, model)
+        graph._elastigraph_rejected = errors  # type: ignore[attr-defined]
+        return graph, tuple(tuple(a.shape) for a in args)
+    raise TraceError(f"torch.export cannot capture {label} ({'; '.join(errors)}); pass an example_input= the "
+                     "model accepts, or make its forward exportable")
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _rebase_exported(gm: fx.GraphModule, model: nn.Module) -> fx.Graph:
+    """Make the exported graph refer to ``model`` (not the wrapper): strip the wrapper's
+    ``m.`` prefix from get_attr targets and module stacks, drop export's guard and
+    metadata-assert nodes, keep tensors export created (lifted constants) as graph
+    constants, and give each get_attr the module scope of its first user."""
+    graph = gm.graph
+    constants: dict[str, Any] = {}
+    for node in list(graph.nodes):
+        if node.op == "call_module" and not node.users:  # export's input guards (_guards_fn)
+            graph.erase_node(node)
+            continue
+        if node.op == "call_function" and "_assert" in getattr(node.target, "__name__", "") and not node.users:
+            graph.erase_node(node)
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        new_stack = {}
+        for k, v in stack.items():
+            path, cls = v if isinstance(v, tuple) else (str(v), None)
+            path = path[2:] if path.startswith("m.") else "" if path == "m" else path
+            if path:
+                new_stack[k] = (path, cls)
+        node.meta["nn_module_stack"] = new_stack
+        if node.op == "get_attr":
+            target = node.target[2:] if node.target.startswith("m.") else node.target
+            value = _fetch(gm, node.target)
+            if not isinstance(_fetch(model, target), torch.Tensor):
+                constants[target] = value
+            node.target = target
+    for node in graph.nodes:
+        if node.op == "get_attr" and node.users:
+            node.meta["nn_module_stack"] = dict(next(iter(node.users)).meta.get("nn_module_stack") or {})
+    graph._elastigraph_constants = constants  # type: ignore[attr-defined]
+    return graph
+
+
+def _drop_cached_proxies(model: nn.Module) -> None:
+    """Remove fx proxies a forward cached in its module's dicts while being traced (timm's
+    LeViT keeps ``attention_bias_cache`` in eval mode): the next trace would read a value
+    of the previous graph ("Node ... referenced nonexistent value")."""
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, dict) and value and not isinstance(value, nn.Module):
+                stale = [k for k, v in value.items() if isinstance(v, fx.Proxy)]
+                for k in stale:
+                    del value[k]
 
 
 F = torch.nn.functional
@@ -187,19 +368,23 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
     pixels (a first linear layer: its ``in_features``). Small first: the same input
     then fits siblings whose configs differ (EfficientNet-B0 224 vs B1 240)."""
     cands: list[tuple[int, ...]] = []
+    if _wants_ids(model):  # a language model: 8 token ids (fits every position table)
+        return [(2, 8)]
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
     if isinstance(first, nn.Linear):
         cands.append((2, first.in_features))
     elif first is not None:
         nd = 1 if isinstance(first, nn.Conv1d) else 3 if isinstance(first, nn.Conv3d) else 2
-        c = first.in_channels
+        # the channels the model declares (timm's in_chans) beat the first conv's: TResNet's
+        # first conv sees 48 channels, after a space-to-depth of the 3 input channels
+        c = _declared_chans(model) or first.in_channels
         for s in _CANDIDATE_SIZES:
             cands.append((2, c) + (s,) * nd)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         size = tuple(int(v) for v in cfg["input_size"])
         if first is not None and not isinstance(first, nn.Linear) and len(size) == 3:
-            size = (first.in_channels,) + size[1:]
+            size = (_declared_chans(model) or first.in_channels,) + size[1:]
         cands.insert(1 if cands else 0, (2,) + size)
     # a size the model declares itself (timm's PatchEmbed.img_size, torchvision's ViT
     # image_size) beats timm's pretrained_cfg, which does not follow img_size overrides
@@ -208,7 +393,13 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
     if declared is not None and isinstance(first, nn.Conv2d):
         hw = (declared, declared) if isinstance(declared, int) else tuple(int(v) for v in declared)
         if len(hw) == 2:
-            cands.insert(1 if cands else 0, (2, first.in_channels) + hw)
+            cands.insert(1 if cands else 0, (2, _declared_chans(model) or first.in_channels) + hw)
+    # no declared image size, but patch and window sizes (windowed attention): the
+    # smallest size whose token grid holds a whole window after 3 downsamplings
+    patch, window = _declared_int(model, "patch_size"), _declared_int(model, "window_size")
+    if declared is None and patch and window and isinstance(first, nn.Conv2d):
+        side = patch * window * 8
+        cands.insert(1 if cands else 0, (2, _declared_chans(model) or first.in_channels, side, side))
     seen: list[tuple[int, ...]] = []
     for c in cands:
         if c not in seen:
@@ -216,15 +407,58 @@ def default_inputs(model: nn.Module) -> list[tuple[int, ...]]:
     return seen
 
 
+def unwrap_compiled(model: Any) -> Any:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else ``model``:
+    tracing and tensor names work on the original module (same tensors, no compile)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(model, nn.Module) and isinstance(inner, nn.Module) else model
+
+
+@contextlib.contextmanager
+def keep_plain_tensors(model: nn.Module):
+    """Restore, on exit, every tensor a module holds as a plain attribute (not a parameter
+    or buffer). ``torch.nn.utils.prune``'s pre-forward hook sets ``module.weight =
+    weight_orig * weight_mask`` on each forward: a forward on swapped-in meta tensors
+    would otherwise leave ``weight`` a meta tensor in the caller's model."""
+    saved = [(m, k, v) for m in model.modules() for k, v in list(vars(m).items()) if isinstance(v, torch.Tensor)]
+    try:
+        yield
+    finally:
+        for m, k, v in saved:
+            m.__dict__[k] = v
+
+
+def _declared_int(model: nn.Module, attr: str) -> int | None:
+    """The first square ``attr`` (an int, or a pair of equal ints) a module declares."""
+    for m in model.modules():
+        v = getattr(m, attr, None)
+        if isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1]:
+            v = v[0]
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _declared_chans(model: nn.Module) -> int | None:
+    """Input channels the model declares (``in_chans`` on it or its patch embedding)."""
+    for m in (model, getattr(model, "patch_embed", None), getattr(model, "stem", None)):
+        c = getattr(m, "in_chans", None) if m is not None else None
+        if isinstance(c, int) and not isinstance(c, bool) and c > 0:
+            return c
+    return None
+
+
 def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     """The first of :func:`default_inputs` that ``model`` accepts, without the batch
     dimension; checked with a forward on meta tensors (no compute, the model untouched)."""
     state = {k: _to_meta(v) for k, v in [*model.named_parameters(), *model.named_buffers()]}
     errors = []
+    dtype = torch.long if _wants_ids(model) else torch.float32
     for shape in default_inputs(model):
         try:
-            with torch.no_grad():
-                torch.func.functional_call(model, state, (torch.empty((1,) + shape[1:], device="meta"),), strict=False)
+            with torch.no_grad(), keep_plain_tensors(model):
+                x = torch.empty((1,) + shape[1:], device="meta", dtype=dtype)
+                torch.func.functional_call(model, state, (x,), strict=False)
             return shape[1:]
         except Exception as e:  # a shape the model rejects: try the next one
             errors.append(f"{shape[1:]}: {type(e).__name__}")
@@ -251,10 +485,12 @@ def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, m
     meta_state = {f"g.{k}": _to_meta(v) for k, v in _all_tensors(model)}
     consts = getattr(graph, "_elastigraph_constants", {})
     wrapper.constants = {k: _to_meta(v) if isinstance(v, torch.Tensor) else v for k, v in consts.items()}
+    ids = _wants_ids(model)
     for cand in cands:
-        args = _as_meta_args(cand, label)
+        args = _as_meta_args(cand, label, ids)
         err = _try_propagate(wrapper, meta_state, args)
         if err is None:
+            graph._elastigraph_rejected = errors  # type: ignore[attr-defined]
             return tuple(tuple(a.shape) for a in args)
         errors.append(err)
     # Some ops cannot run on meta tensors (data-dependent leaf modules, .item()): run the
@@ -262,7 +498,7 @@ def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, m
     if any("meta" in e for e in errors):
         real_state = {f"g.{k}": v.detach().clone() for k, v in _all_tensors(model)}
         wrapper.constants = dict(consts)
-        args = [torch.zeros(a.shape, dtype=a.dtype) for a in _as_meta_args(cands[0], label)]
+        args = [torch.zeros(a.shape, dtype=a.dtype) for a in _as_meta_args(cands[0], label, ids)]
         err = _try_propagate(wrapper, real_state, args)
         if err is None:
             return tuple(tuple(a.shape) for a in args)
@@ -275,8 +511,21 @@ def propagate_shapes(graph: fx.Graph, example_input: Any, model: nn.Module, *, m
 
 def _all_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Parameters and buffers, non-persistent buffers included (they are not in the
-    state_dict but must be swapped too, e.g. attention index tables)."""
-    return list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    state_dict but must be swapped too, e.g. attention index tables). One name per
+    (module, attribute): a module shared by several blocks is reachable under several
+    names, and swapping its tensor twice would leave a meta tensor in it when
+    functional_call restores them. Tied tensors held by different modules (GPT-2's LM
+    head and embedding) keep one name per module (swapped with ``tie_weights=False``)."""
+    owners = dict(model.named_modules(remove_duplicate=False))
+    seen: set[tuple[int, str]] = set()
+    out = []
+    for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        mod, _, attr = n.rpartition(".")
+        key = (id(owners[mod]), attr)
+        if key not in seen:
+            seen.add(key)
+            out.append((n, t))
+    return out
 
 
 def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: list[torch.Tensor]) -> str | None:
@@ -284,8 +533,8 @@ def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: lis
     try:
         # ShapeProp prints a traceback before re-raising; failures here are expected
         # while probing input sizes, so keep them off the user's terminal.
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            torch.func.functional_call(wrapper, state, tuple(args), strict=False, tie_weights=True)
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), keep_plain_tensors(wrapper):
+            torch.func.functional_call(wrapper, state, tuple(args), strict=False, tie_weights=False)
         return None
     except Exception as e:
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
@@ -294,15 +543,31 @@ def _try_propagate(wrapper: nn.Module, state: dict[str, torch.Tensor], args: lis
         return f"{[tuple(a.shape) for a in args]}: {type(cause).__name__}: {str(cause)[:160]} {where}".strip()
 
 
-def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
+def _shape_ok(v: Any) -> bool:
+    """An input shape: a non-empty tuple/list/Size of positive (non-bool) ints."""
+    return isinstance(v, (tuple, list, torch.Size)) and len(v) > 0 and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in v)
+
+
+def _as_meta_args(example: Any, label: str, ids: bool = False) -> list[torch.Tensor]:
+    """Meta tensors for ``example``; shapes become float inputs, or token ids (int64) when
+    ``ids`` (a model whose first layer is an embedding)."""
+    dtype = torch.long if ids else torch.float32
+    shapes = [example] if isinstance(example, (tuple, list, torch.Size)) and example and all(
+        isinstance(v, int) for v in example) else (list(example) if isinstance(example, (tuple, list)) and example and all(
+            isinstance(v, (tuple, list, torch.Size)) for v in example) else [])
+    for sh in shapes:
+        if not _shape_ok(sh):
+            raise TraceError(f"example_input shape {tuple(sh)} for {label} has a dimension that is not a positive "
+                             "integer below 2**31; give a shape like (1, 3, 32, 32)")
     if isinstance(example, torch.Tensor):
         return [_to_meta(example)]
     if isinstance(example, (tuple, list, torch.Size)) and example and all(isinstance(v, int) for v in example):
-        return [torch.empty(tuple(example), device="meta")]
+        return [torch.empty(tuple(example), device="meta", dtype=dtype)]
     if isinstance(example, (tuple, list)) and example and all(isinstance(v, torch.Tensor) for v in example):
         return [_to_meta(v) for v in example]
     if isinstance(example, (tuple, list)) and example and all(isinstance(v, (tuple, list, torch.Size)) for v in example):
-        return [torch.empty(tuple(v), device="meta") for v in example]
+        return [torch.empty(tuple(v), device="meta", dtype=dtype) for v in example]
     raise TraceError(
         f"example_input for {label} must be a tensor, an input shape like (1, 3, 32, 32), or a list of "
         f"those for a multi-input model; got {type(example).__name__}"
@@ -311,8 +576,8 @@ def _as_meta_args(example: Any, label: str) -> list[torch.Tensor]:
 
 def _shape_of(node: fx.Node) -> Any:
     tm = node.meta.get("tensor_meta")
-    if tm is None:
-        return None
+    if tm is None:  # torch.export puts (fake) values on its nodes instead
+        return _shape_meta(node.meta.get("val"))
     if hasattr(tm, "shape"):
         return tuple(tm.shape)
     if isinstance(tm, (tuple, list)):
@@ -324,7 +589,7 @@ def _shape_of(node: fx.Node) -> Any:
 
 def _shape_meta(tm: Any) -> Any:
     if hasattr(tm, "shape"):
-        return tuple(tm.shape)
+        return tuple(int(v) for v in tm.shape)
     if isinstance(tm, (tuple, list)):
         return tuple(_shape_meta(t) for t in tm)
     return None
@@ -351,9 +616,47 @@ def _target_label(gm: nn.Module, node: fx.Node) -> str:
     return node.op
 
 
-def _tensor_names(gm: nn.Module, node: fx.Node) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+def _shared_tensors(tensors: dict[fx.Node, tuple[list, list]]) -> set[str]:
+    """Tensors read by nodes of different modules (tied weights, a module shared by every
+    block); a module calling one of its layers twice keeps it as its own."""
+    scopes: dict[str, set[tuple[str, ...]]] = {}
+    for node, (params, bufs) in tensors.items():
+        for name, _ in params + bufs:
+            where = _scope(node) + ((str(node.target),) if node.op == "call_module" else ())
+            scopes.setdefault(name, set()).add(where)
+    return {n for n, sc in scopes.items() if len(sc) > 1}
+
+
+def _side_constants(fxg: fx.Graph, gm: nn.Module) -> set[fx.Node]:
+    """Nodes of an exported graph that depend on no input and on no parameter: values
+    torch.export computed from shapes and buffers (causal masks, rotary tables, position
+    ids). They are constants of the blocks that read them, not data flow between blocks."""
+    live: set[fx.Node] = set()
+    for node in fxg.nodes:
+        if node.op == "placeholder":
+            live.add(node)
+        elif node.op == "get_attr" and isinstance(_fetch(gm, node.target), nn.Parameter):
+            live.add(node)
+        elif any(a in live for a in node.all_input_nodes):
+            live.add(node)
+    side = {n for n in fxg.nodes if n not in live and n.op in ("call_function", "call_method", "call_module")}
+    # a buffer only such values read (rotary inv_freq) is part of them
+    side |= {n for n in fxg.nodes if n.op == "get_attr" and n not in live and n.users and all(u in side for u in n.users)}
+    return side
+
+
+def _tensor_names(gm: nn.Module, node: fx.Node, alias: dict[str, str] | None = None
+                  ) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
     """(parameters, buffers) the node reads, as (qualified name, shape), in module order.
-    torch.nn.utils.prune's ``*_orig``/``*_mask`` appear under the public name / not at all."""
+    torch.nn.utils.prune's ``*_orig``/``*_mask`` appear under the public name / not at all;
+    a tied parameter under its canonical name (``alias``: :func:`masks.canonical_names`)."""
+    params, bufs = _tensor_names_raw(gm, node)
+    if alias:
+        params = [(alias.get(n, n), s) for n, s in params]
+    return params, bufs
+
+
+def _tensor_names_raw(gm: nn.Module, node: fx.Node) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
     params: list[tuple[str, tuple]] = []
     bufs: list[tuple[str, tuple]] = []
     if node.op == "call_module":
@@ -409,6 +712,9 @@ def _const(v: Any) -> Any:
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 _WEIGHTED_FNS = {torch.nn.functional.linear, torch.nn.functional.conv1d, torch.nn.functional.conv2d,
                  torch.nn.functional.conv3d}
+# the same ops as torch.export records them (ATen overloads)
+_WEIGHTED_FNS |= {getattr(torch.ops.aten, op).default for op in
+                  ("linear", "addmm", "mm", "conv1d", "conv2d", "conv3d", "convolution", "embedding")}
 
 
 _REGULARISER_FNS = ("dropout", "drop_path", "stochastic_depth", "drop_block")
@@ -445,13 +751,31 @@ class Traced:
     graph: nx.DiGraph
     input_shapes: tuple
     order: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    """Example inputs tried before the one used, each with why the model refused it."""
+    capture: str = "torch.fx"
+    """How the graph was captured: ``"torch.fx"`` (symbolic tracing, module calls kept as
+    nodes) or ``"torch.export"`` (non-strict export, the fallback for models torch.fx
+    cannot trace, e.g. Hugging Face transformers; ATen ops with their module scope)."""
 
 
 def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Sequence[type] = (),
                 *, model_name: str | None = None) -> Traced:
-    """Trace ``model``, propagate shapes and return the annotated DiGraph (see module doc)."""
-    fxg = trace(model, leaf_modules, model_name=model_name)
-    shapes = propagate_shapes(fxg, example_input, model, model_name=model_name)
+    """Capture ``model``'s graph, propagate shapes and return the annotated DiGraph (see
+    module doc). torch.fx symbolic tracing first (fast, keeps module calls); where it fails
+    (data-dependent Python, e.g. every Hugging Face transformers model), non-strict
+    ``torch.export`` (see :func:`export_graph`). ``Traced.capture`` says which was used."""
+    try:
+        fxg = trace(model, leaf_modules, model_name=model_name, n_inputs=_n_inputs(example_input))
+        capture = "torch.fx"
+    except TraceError as fx_error:
+        try:
+            fxg, shapes = export_graph(model, example_input, model_name=model_name)
+        except TraceError as ex_error:
+            raise TraceError(f"{fx_error} The torch.export fallback failed too: {ex_error}") from ex_error
+        capture = "torch.export"
+    else:
+        shapes = propagate_shapes(fxg, example_input, model, model_name=model_name)
     gm = model
     g = nx.DiGraph()
     g.add_node(SOURCE, op="source", target="", kind="source", scope=(), params=[], buffers=[], shape=None,
@@ -461,8 +785,17 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
                              if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))}
     order: list[str] = []
     n_fed = len(shapes)  # placeholders beyond the fed inputs keep their defaults: constants
+    alias = canonical_names(model)
+    tensors = {node: _tensor_names(gm, node, alias) for node in fxg.nodes}
+    shared = _shared_tensors(tensors)
+    g.graph["shared"] = sorted(shared)
+    side = _side_constants(fxg, gm) if capture == "torch.export" else set()
     for i, node in enumerate(fxg.nodes):
-        params, bufs = _tensor_names(gm, node)
+        params, bufs = tensors[node]
+        # a tensor several places of the graph use (tied weights, a module shared by every
+        # block) belongs to no block: it is carried over once, by name, as the tie says
+        params = [t for t in params if t[0] not in shared]
+        bufs = [t for t in bufs if t[0] not in shared]
         feeds = node.op == "placeholder" and n_fed > 0
         mrepr, weighted, noop = "", False, False
         if node.op == "call_module":
@@ -489,8 +822,9 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
             module_repr=mrepr,
             weighted=weighted,
             noop=noop and len(node.all_input_nodes) >= 1,
-            const=node.op == "placeholder" and not feeds,
-            default=_const(node.args[0]) if node.op == "placeholder" and node.args else None,
+            const=(node.op == "placeholder" and not feeds) or node in side,
+            default=(_const(node.args[0]) if node.op == "placeholder" and node.args
+                     else ("side", _target_label(gm, node), _shape_of(node)) if node in side else None),
         )
         order.append(node.name)
         for inp in node.all_input_nodes:
@@ -498,4 +832,5 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
         if feeds:
             g.add_edge(SOURCE, node.name)
             n_fed -= 1
-    return Traced(gm=gm, fx_graph=fxg, graph=g, input_shapes=shapes, order=order)
+    return Traced(gm=gm, fx_graph=fxg, graph=g, input_shapes=shapes, order=order, capture=capture,
+                  rejected=list(getattr(fxg, "_elastigraph_rejected", [])))

@@ -1,15 +1,23 @@
 """Regions, units, segments and stages, found from the traced graph's structure.
 
-* **cut points**: nodes every input->output path passes through (the dominator chain
-  of the output node, rooted at the virtual input). They split the graph into a chain
-  of minimal single-entry/single-exit **regions** (a residual block is one region, a
-  plain conv/relu is one region each, a transformer block is two).
+* **cut points**: nodes every tensor path from input to output passes through (the
+  dominator chain of the output node, rooted at the virtual input), computed on the
+  tensor data flow: side values that are no tensors (``x.shape``, ``size()``, getitem
+  on them, ``dim()``, asserts) are constants for their readers, so a shape read before
+  a stage and used after it does not fuse the stage. Cut points split the graph into a
+  chain of minimal single-entry/single-exit **regions** (a residual block is one
+  region, a plain conv/relu is one region each, a transformer block is two).
 * A region's **signature** is its op sequence with module attributes, parameter and
   buffer shapes, activation shapes and its internal wiring: equal signatures mean the
   regions compute the same function of the same shapes with tensors in the same order.
+  Tracer node names inside constants (``Proxy(getitem_3)`` in an assert's f-string)
+  are normalised out.
 * **units** are the period of a repeating run of region signatures (smallest period
-  first); the phase is anchored where a unit starts a new module of the hierarchy or
-  at a conv/linear. A **segment** is a maximal run of >= 2 identical units.
+  first). Of the phases a period allows, a unit never takes part of one module and
+  part of another (:func:`crossing_modules`), and a segment's units share one parent
+  module (:func:`stage_key`); among the rest the phase is anchored where a unit opens
+  a module or starts at a conv/linear. A **segment** is a maximal run of >= 2
+  identical units.
 * A **stage** is a segment plus, where present, the shape-changing block just before it
   (ResNet's downsampling block 0): a sibling module of the same type as the units, or,
   in flat models (VGG), the same op skeleton with other shapes. A stage of block 0 plus
@@ -18,12 +26,14 @@
 * Dropout / stochastic depth / Identity are no-ops in signatures (their rates differ
   per block; block 0 often gets an Identity where the others have a DropPath).
 
-Module names only label results and break ties in the phase; they never decide.
+Module names only label results, break ties in the phase and veto units that cut a
+module; they never decide which regions are identical.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,12 +149,41 @@ def _remap(v: Any, local: dict[str, int], entry: str, g: nx.DiGraph) -> Any:
                 return ("in",)
             return ("ext", g.nodes[name]["kind"], g.nodes[name]["shape"])
         return tuple(_remap(x, local, entry, g) for x in v)
+    if isinstance(v, str) and "Proxy(" in v:
+        # an f-string of a traced value (``torch._assert(..., f"got {x.shape}")``) holds
+        # the tracer's node name, which differs per block: not part of the function
+        return _PROXY.sub("Proxy(.)", v)
     return v
 
 
+_PROXY = re.compile(r"Proxy\([^)]*\)")
+
+
+def is_side_value(g: nx.DiGraph, name: str) -> bool:
+    """A computed value that is no tensor (``x.shape``, ``size()``, ``getitem`` on them,
+    ``dim()``, an assert): a constant for the blocks that read it, not data flow."""
+    a = g.nodes[name]
+    return a["op"] in ("call_function", "call_method") and a["shape"] is None
+
+
+def tensor_flow(g: nx.DiGraph) -> nx.DiGraph:
+    """``g`` without the edges leaving side values: ``B, C, H, W = x.shape`` read before a
+    stage and used after it must not make the stage's blocks one region."""
+    key = ("_tensor_flow", g.number_of_nodes(), g.number_of_edges())
+    cached = g.graph.get("_cache_tf")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    side = [n for n in g.nodes if n != SOURCE and is_side_value(g, n)]
+    flow = g.copy(as_view=False)
+    flow.remove_edges_from([(n, s) for n in side for s in g.successors(n)])
+    g.graph["_cache_tf"] = (key, flow)
+    return flow
+
+
 def cut_points(g: nx.DiGraph, sink: str) -> list[str]:
-    """Nodes on every path from the virtual input to ``sink``, input first, sink last."""
-    idom = nx.immediate_dominators(g, SOURCE)
+    """Nodes on every tensor path from the virtual input to ``sink``, input first, sink
+    last (side values such as shapes are constants, see :func:`tensor_flow`)."""
+    idom = nx.immediate_dominators(tensor_flow(g), SOURCE)
     chain = [sink]
     while chain[-1] != SOURCE:
         chain.append(idom[chain[-1]])
@@ -156,7 +195,9 @@ def decompose(traced: Traced) -> Decomposition:
     g = traced.graph
     order = traced.order
     sink = next(n for n in reversed(order) if g.nodes[n]["op"] == "output")
-    idom = nx.immediate_dominators(g, SOURCE)
+    # dominators of the tensor data flow: a side value (a shape read before a stage and
+    # used after it) is a constant for its readers, not an edge around every block
+    idom = nx.immediate_dominators(tensor_flow(g), SOURCE)
     cuts = [sink]
     while cuts[-1] != SOURCE:
         cuts.append(idom[cuts[-1]])
@@ -182,6 +223,13 @@ def decompose(traced: Traced) -> Decomposition:
     for n in order:
         if n in idom and n not in region_of:
             nearest_cut(n)
+    # values computed only from side values (``dim() == 3``, its assert, a tensor built
+    # from a shape): the region of their latest input
+    for n in order:
+        if n not in region_of:
+            preds = [region_of[p] for p in g.predecessors(n) if p in region_of]
+            if preds:
+                region_of[n] = max(preds)
     # nodes not reachable from the inputs (get_attr, constants): the region of their
     # first consumer
     for n in reversed(order):
@@ -249,7 +297,7 @@ def _scope_of(g: nx.DiGraph, n: str, with_leaf: bool = False) -> tuple[str, ...]
 
 def _anchor(g: nx.DiGraph, nodes: list[str], entry: str) -> int:
     """How well a unit may start at this region: 2 if it opens a new module of the
-    hierarchy (the first op's scope does not extend the entry's), +1 if its first
+    hierarchy (the first op runs in other modules than the entry), +1 if its first
     compute op is a conv/linear."""
     first = next((n for n in nodes if g.nodes[n]["op"] in ("call_module", "call_function", "call_method")
                   and not g.nodes[n].get("noop")), None)
@@ -258,7 +306,7 @@ def _anchor(g: nx.DiGraph, nodes: list[str], entry: str) -> int:
     score = 0
     es = _scope_of(g, entry) if entry != SOURCE else ()
     fs = _scope_of(g, first)
-    if fs[: len(es)] != es:
+    if fs != es:  # leaves the entry's module or enters a new one (also from the top level)
         score += 2
     if g.nodes[first]["weighted"]:
         score += 1
@@ -337,11 +385,30 @@ def _sig_ids(regions: list[Region]) -> list[int]:
 
 
 def find_segments(g: nx.DiGraph, regions: list[Region]) -> list[Segment]:
-    """Maximal runs (>= 2) of identical, weight-carrying units, smallest period first."""
+    """Maximal runs (>= 2) of identical, weight-carrying units, smallest period first.
+
+    Of the phases a period allows, a unit never takes part of a module and part of
+    another (the module tree says where blocks start: ``mlp`` of block i + ``attn`` of
+    block i+1 is no block), and a segment's units share one parent module (adjacent
+    stages of identical blocks are two segments; pieces of blocks that repeat once per
+    parent are no segment); among the rest, anchored starts, then more repeats win."""
     sigs = _sig_ids(regions)
     k = len(sigs)
     taken = [False] * k
     found: list[Segment] = []
+    whole: dict[tuple[int, int], bool] = {}
+    keys: dict[tuple[int, int], tuple] = {}
+
+    def is_whole(a: int, b: int) -> bool:
+        if (a, b) not in whole:
+            whole[(a, b)] = not crossing_modules(g, regions, a, b)
+        return whole[(a, b)]
+
+    def parent(a: int, b: int) -> tuple:
+        if (a, b) not in keys:
+            keys[(a, b)] = stage_key(g, regions, a, b)
+        return keys[(a, b)]
+
     for p in range(1, k // 2 + 1):
         t = 0
         while t + p < k:
@@ -354,15 +421,20 @@ def find_segments(g: nx.DiGraph, regions: list[Region]) -> list[Segment]:
             b = t + p  # regions [a, b) repeat with period p
             best = None
             for s in range(p):
-                st = a + s
-                reps = 0
-                while st + (reps + 1) * p <= b and not any(taken[st + reps * p: st + (reps + 1) * p]):
-                    reps += 1
-                if reps < 2 or not any(regions[i].has_weights for i in range(st, st + p)):
+                if not any(regions[i].has_weights for i in range(a + s, min(a + s + p, b))):
                     continue
-                key = (regions[st].anchor, reps, -s)
-                if best is None or key > best[0]:
-                    best = (key, st, reps)
+                st = a + s
+                while st + 2 * p <= b:
+                    reps = 0
+                    while (st + (reps + 1) * p <= b and not any(taken[st + reps * p: st + (reps + 1) * p])
+                           and is_whole(st + reps * p, st + (reps + 1) * p)
+                           and parent(st + reps * p, st + (reps + 1) * p) == parent(st, st + p)):
+                        reps += 1
+                    if reps >= 2:
+                        key = (regions[st].anchor, reps, -s)
+                        if best is None or key > best[0]:
+                            best = (key, st, reps)
+                    st += max(reps, 1) * p
             if best is not None:
                 _, st, reps = best
                 for i in range(st, st + reps * p):
@@ -456,3 +528,72 @@ def find_block0(g: nx.DiGraph, regions: list[Region], seg_start: int, unit_len: 
 
 def _module_type(g: nx.DiGraph, qualname: str) -> str | None:
     return g.graph.get("module_types", {}).get(qualname)
+
+
+# ------------------------------------------------------------ the module hierarchy as a check
+#
+# Units come from the graph; the module tree cannot make two units identical, but it is the
+# strongest evidence of where a block starts and which stage it belongs to. A unit that
+# takes part of one module's tensors and part of another's (``mlp`` of block i with
+# ``attn`` of block i+1) has the wrong phase; units of one segment held by different
+# parent modules (VOLO's ``network.2`` and ``network.3``) belong to different stages.
+
+
+def _module_tensors(g: nx.DiGraph, regions: list[Region]) -> dict[str, frozenset[str]]:
+    """Module qualified name -> the names of the parameters/buffers the graph reads under it."""
+    key = ("_module_tensors", id(regions), len(regions))
+    cached = g.graph.get("_cache_mt")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    out: dict[str, set[str]] = {}
+    for r in regions:
+        for name, _ in r.params + r.buffers:
+            parts = name.split(".")
+            for k in range(1, len(parts)):
+                out.setdefault(".".join(parts[:k]), set()).add(name)
+    frozen = {m: frozenset(s) for m, s in out.items()}
+    g.graph["_cache_mt"] = (key, frozen)
+    return frozen
+
+
+def unit_tensor_names(regions: list[Region], start: int, stop: int) -> list[str]:
+    return [n for r in regions[start:stop] for n, _ in r.params + r.buffers]
+
+
+def crossing_modules(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> list[str]:
+    """Modules whose tensors regions ``[start, stop)`` take only in part while also
+    taking tensors outside them: a block stitched from pieces of two modules.
+    Containers (Sequential, ModuleList, ParameterList, ...) have no forward of their own
+    and hold blocks rather than being one: a unit may take one of their entries."""
+    names = unit_tensor_names(regions, start, stop)
+    if not names:
+        return []
+    mine = frozenset(names)
+    mt = _module_tensors(g, regions)
+    types = g.graph.get("module_types", {})
+    seen: set[str] = set(g.graph.get("containers", ()))
+    seen |= {m for m, t in types.items() if t in ("ParameterList", "ParameterDict")}
+    out: list[str] = []
+    for name in names:
+        parts = name.split(".")
+        for k in range(1, len(parts)):
+            mod = ".".join(parts[:k])
+            if mod in seen:
+                continue
+            seen.add(mod)
+            held = mt.get(mod, frozenset())
+            if held and not held <= mine and not mine <= held:
+                out.append(mod)
+    return out
+
+
+def stage_key(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tuple[str, ...]:
+    """The module path that holds a unit as one of its repeated children: down to the
+    parent of the outermost module covering exactly the unit (``layer2`` for
+    ``layer2.1``), else the modules common to all its ops (``layers.0.blocks`` for a pair
+    of Swin blocks). A stage with a single block may give a shorter path (its container
+    covers the block too): compare paths from different depths by prefix."""
+    sc = tight_scope(g, regions, start, stop)
+    if sc:
+        return sc[:-1]
+    return _common_scope(g, regions, start, stop)

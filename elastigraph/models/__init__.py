@@ -1,13 +1,16 @@
 """Model zoo: name a model by string.
 
 ``create("cifar_resnet_20")``, ``create("tv:resnet18")``,
-``create("timm:vit_tiny_patch16_224", depth=6)``. Input channels and class count are
+``create("timm:vit_tiny_patch16_224", depth=6)``,
+``create("hf:llama", num_hidden_layers=4, hidden_size=64)`` (Hugging Face transformers
+from a config class: the ``hf`` extra). Input channels and class count are
 arguments so that a model follows its dataset (Fashion-MNIST: ``in_chans=1,
 num_classes=10``). Depth overrides are plain constructor keyword arguments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from typing import Any, Callable
@@ -20,6 +23,8 @@ from .cifar_resnet import CifarResNet
 from .cifar_vgg import CifarVGG
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+MAX_NAME_DEPTH = 6002
+"""Largest depth a built-in name may carry (``cifar_resnet_<depth>``: 1000 blocks)."""
 
 
 def register(pattern: str):
@@ -94,6 +99,11 @@ def _timm(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module
         raise ModelNameError(f"timm has no model {name!r}; see timm.list_models('{name.split('_')[0]}*')")
     if kw.pop("pretrained", False):
         raise ModelNameError("elastigraph never downloads weights: load a local state_dict instead")
+    for key in ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay"):
+        if key in kw:
+            raise ModelNameError(f"'timm:{name}': the {key!r} override is not supported (timm would unpickle "
+                                 "the file); load weights from a local safetensors state dict instead "
+                                 "(CLI: --weights / --src-weights)")
     img_size = kw.pop("img_size", None)
     if img_size is not None:
         # ViT-style models take img_size; convolutional ones are size-agnostic and would
@@ -110,32 +120,111 @@ def _timm(name: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module
         raise ModelNameError(f"bad overrides for 'timm:{name}': {e}") from e
 
 
+@contextlib.contextmanager
+def _constructor_errors(name: str, overrides: dict[str, Any]):
+    """Whatever a constructor raises on values it cannot build (negative widths, a
+    dimension not divisible by the head count, a checkpoint file that is missing ...)
+    becomes one :class:`ModelNameError` naming the model and its overrides."""
+    try:
+        yield
+    except ModelNameError:
+        raise
+    except (TypeError, ValueError, AssertionError, RuntimeError, OSError, KeyError, IndexError,
+            ZeroDivisionError, OverflowError, AttributeError, NotImplementedError, RecursionError) as e:
+        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "no overrides"
+        raise ModelNameError(f"model {name!r} ({given}) cannot be built: {what}; check the overrides "
+                             "against the model's constructor") from None
+
+
+_HF_TASKS = {
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "base": "AutoModel",
+}
+
+
+def _hf(spec: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
+    """``hf:<model_type>[/<task>]``: a Hugging Face transformers model built from its config
+    class with random weights (nothing is downloaded). ``overrides`` are config fields
+    (``num_hidden_layers=4``, ``hidden_size=64``, GPT-2's ``n_layer``); a name the config
+    does not have is an error (transformers would silently keep it). ``task``: one of
+    ``_HF_TASKS``; default ``causal-lm`` where the model type has one, else ``base``.
+    ``num_classes`` sets ``num_labels`` for sequence classification; ``in_chans`` and
+    ``img_size`` do not apply to text models and are ignored."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise ModelNameError(f"'hf:{spec}' needs Hugging Face transformers: pip install 'elastigraph[hf]'") from e
+    model_type, _, task = spec.partition("/")
+    kw.pop("img_size", None)
+    if kw.pop("pretrained", False) or kw.get("weights"):
+        raise ModelNameError("elastigraph never downloads weights: load a local state_dict instead")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        close = [t for t in CONFIG_MAPPING_NAMES if t.startswith(model_type[:3])][:5]
+        raise ModelNameError(f"transformers has no model type {model_type!r} (similar: {close}); "
+                             "use a config model_type such as 'hf:gpt2', 'hf:llama' or 'hf:bert'")
+    if not task:
+        task = "causal-lm" if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "base"
+    if task not in _HF_TASKS:
+        raise ModelNameError(f"unknown task {task!r} in 'hf:{spec}'; valid: {sorted(_HF_TASKS)}")
+    default = transformers.AutoConfig.for_model(model_type)
+    unknown = [k for k in kw if not hasattr(default, k)]
+    if unknown:
+        knobs = [k for k in ("num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd") if hasattr(default, k)]
+        raise ModelNameError(f"'hf:{spec}': {model_type} configs have no field(s) {unknown}; depth/size fields: {knobs}")
+    if task == "sequence-classification":
+        kw.setdefault("num_labels", num_classes)
+    config = transformers.AutoConfig.for_model(model_type, **kw)
+    auto = getattr(transformers, _HF_TASKS[task])
+    try:
+        return auto.from_config(config)
+    except ValueError as e:
+        raise ModelNameError(f"'hf:{spec}': transformers cannot build a {task} model for {model_type}: "
+                             f"{str(e).splitlines()[0]}") from e
+
+
 def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: Any) -> nn.Module:
     """Build the model called ``name`` with random weights.
 
-    ``name`` is a built-in name (``cifar_resnet_56``), ``tv:<torchvision name>`` or
-    ``timm:<timm name>``; ``overrides`` go to the constructor (``depth=6``,
+    ``name`` is a built-in name (``cifar_resnet_56``), ``tv:<torchvision name>``,
+    ``timm:<timm name>`` or ``hf:<transformers model type>[/<task>]`` (built from its
+    config class, see :func:`_hf`: ``hf:llama``, ``hf:bert/sequence-classification``);
+    ``overrides`` go to the constructor (``depth=6``,
     ``depths=(3, 3, 27, 3)``, ``layers=[2, 2, 2, 2]`` ...). ``img_size`` is accepted
     for every name: passed on to constructors that take it (timm ViTs; torchvision ViTs
     as ``image_size``), ignored by the size-agnostic convolutional models.
     """
     if not isinstance(name, str) or not name:
         raise ModelNameError(f"model name must be a non-empty string, got {name!r}")
-    if name.startswith("tv:"):
-        return _tv(name[3:], in_chans=in_chans, num_classes=num_classes, **overrides)
-    if name.startswith("timm:"):
-        return _timm(name[5:], in_chans=in_chans, num_classes=num_classes, **overrides)
-    for pattern, fn in _BUILTIN.items():
-        m = re.fullmatch(pattern, name)
-        if m:
-            overrides.pop("img_size", None)  # built-in models are input-size agnostic
-            try:
-                return fn(*m.groups(), in_chans=in_chans, num_classes=num_classes, **overrides)
-            except TypeError as e:
-                raise ModelNameError(f"bad overrides for {name!r}: {e}") from e
+    for what, v in (("in_chans", in_chans), ("num_classes", num_classes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ModelNameError(f"{name!r}: {what} must be a positive integer, got {v!r}")
+    with _constructor_errors(name, overrides):
+        if name.startswith("tv:"):
+            return _tv(name[3:], in_chans=in_chans, num_classes=num_classes, **overrides)
+        if name.startswith("timm:"):
+            return _timm(name[5:], in_chans=in_chans, num_classes=num_classes, **overrides)
+        if name.startswith("hf:"):
+            return _hf(name[3:], in_chans=in_chans, num_classes=num_classes, **overrides)
+        for pattern, fn in _BUILTIN.items():
+            m = re.fullmatch(pattern, name)
+            if m and any(g.isdigit() and int(g) > MAX_NAME_DEPTH for g in m.groups()):
+                raise ModelNameError(f"{name!r}: depth {max(int(g) for g in m.groups() if g.isdigit()):,} is beyond "
+                                     f"{MAX_NAME_DEPTH:,} (the deepest CIFAR ResNet published has 1202 layers)")
+            if m:
+                overrides.pop("img_size", None)  # built-in models are input-size agnostic
+                try:
+                    return fn(*m.groups(), in_chans=in_chans, num_classes=num_classes, **overrides)
+                except TypeError as e:
+                    raise ModelNameError(f"bad overrides for {name!r}: {e}") from e
     raise ModelNameError(
         f"unknown model {name!r}; built-in names: {available()}, or prefix a torchvision "
-        "name with 'tv:' or a timm name with 'timm:'"
+        "name with 'tv:', a timm name with 'timm:' or a Hugging Face transformers model type with 'hf:'"
     )
 
 

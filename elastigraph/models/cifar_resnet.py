@@ -8,6 +8,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import ModelNameError
+from ._init import apply_init
 
 
 class BasicBlock(nn.Module):
@@ -30,9 +31,11 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-``depth`` for small images; ``depth`` must be 6n+2 (20, 32, 44, 56, 110 ...)."""
+    """ResNet-``depth`` for small images; ``depth`` must be 6n+2 (20, 32, 44, 56, 110 ...).
+    ``init="open_lth"`` initialises as open_lth / the E-LTH code (see ``models._init.INITS``)."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, width: int = 16):
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, width: int = 16,
+                 init: str = "pytorch"):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ModelNameError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 56 ...), got {depth}")
@@ -49,6 +52,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(c_in, num_classes)
+        apply_init(self, init, model_name=f"cifar_resnet_{depth}")
 
     def forward(self, x):
         x = F.relu(self.bn(self.conv(x)))

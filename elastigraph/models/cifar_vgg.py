@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelNameError
+from ._init import apply_init
 
 WIDTHS = (64, 128, 256, 512, 512)
 DEPTHS: dict[int, tuple[int, ...]] = {
@@ -36,7 +37,8 @@ class ConvBlock(nn.Module):
 class CifarVGG(nn.Module):
     """VGG-``depth`` (11, 13, 16, 19) for small images; ``depths`` (convs per stage, five
     entries) and ``widths`` override the plan, e.g. ``depths=(2, 2, 5, 5, 5)``. Layers
-    are ``layers.<i>`` (ConvBlock or MaxPool2d) as in open_lth, then ``fc``."""
+    are ``layers.<i>`` (ConvBlock or MaxPool2d) as in open_lth, then ``fc``.
+    ``init="open_lth"`` initialises as open_lth / the E-LTH code (see ``models._init.INITS``)."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class CifarVGG(nn.Module):
         in_chans: int = 3,
         depths: Sequence[int] | None = None,
         widths: Sequence[int] = WIDTHS,
+        init: str = "pytorch",
     ):
         super().__init__()
         if depths is None:
@@ -71,6 +74,7 @@ class CifarVGG(nn.Module):
                 c_in = w
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(c_in, num_classes)
+        apply_init(self, init, model_name=f"cifar_vgg_{self.depth}")
 
     def forward(self, x):
         x = self.layers(x)

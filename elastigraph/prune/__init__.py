@@ -3,7 +3,9 @@ data where needed, a target) to a NEW :data:`elastigraph.masks.Mask`:
 
 - :func:`magnitude`: one IMP round or one-shot magnitude pruning;
 - :func:`imp`: iterative magnitude pruning with rewinding, around a training callable;
-- :func:`random`, :func:`snip`, :func:`grasp`, :func:`synflow`: pruning at init.
+- :func:`random`, :func:`snip`, :func:`grasp`, :func:`synflow`: pruning at init;
+- :func:`shuffle`: a mask's entries permuted within each tensor (exact per-tensor counts:
+  the layerwise random and permuted-copies baselines).
 
 Common rules: the pruned tensors are ``names``, else the mask's keys, else
 :func:`elastigraph.masks.prunable_parameters` (``include_first``/``include_last``);
@@ -20,6 +22,7 @@ from ..errors import StrategyError
 from .at_init import grasp, grasp_scores, infer_input_shape, random, snip, synflow
 from .imp import ImpLevel, imp
 from .magnitude import magnitude
+from .shuffle import shuffle
 
 METHODS: dict[str, Callable[..., object]] = {
     "imp": imp,
@@ -52,5 +55,6 @@ __all__ = [
     "grasp",
     "grasp_scores",
     "synflow",
+    "shuffle",
     "infer_input_shape",
 ]

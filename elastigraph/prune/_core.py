@@ -217,7 +217,14 @@ def batches_of(batches: Iterable[Any], method: str) -> Iterator[tuple[torch.Tens
             raise ConfigError(
                 f"{method}: each batch must be an (inputs, targets) pair of tensors, got {type(b).__name__}"
             )
+        x, y = b[0], b[1]
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x) or (
+                y.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8) and len(y) and int(y.min()) < 0):
+            raise ConfigError(
+                f"{method}: batch {n}: targets must be a 1-D tensor of {len(x)} class indices >= 0 "
+                f"(one per input), got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}"
+            )
         n += 1
-        yield b[0], b[1]
+        yield x, y
     if n == 0:
         raise ConfigError(f"{method}: no batches given; pass an iterable of (inputs, targets) pairs")

@@ -68,7 +68,7 @@ def snip(
     *,
     loss_fn: LossFn = F.cross_entropy,
     scope: str = "global",
-    train_mode: bool = True,
+    train_mode: bool = False,
     names: Iterable[str] | None = None,
     mask: Mapping[str, torch.Tensor] | None = None,
     include_first: bool = True,
@@ -76,7 +76,9 @@ def snip(
 ) -> Mask:
     """SNIP (Lee et al. 2019): score ``|w * dL/dw|`` with ``dL/dw`` summed over ``batches``
     (the gradient of the summed batch losses, as the GraSP authors' SNIP code accumulates
-    it), on a copy of the masked model; keep the top ``1 - sparsity``."""
+    it), on a copy of the masked model; keep the top ``1 - sparsity``. BatchNorm is in
+    eval mode while scoring (running statistics, as snip-public, Synaptic-Flow and
+    ElasticLTH do); ``train_mode=True`` uses batch statistics instead."""
     method = "snip"
     _core.check_scope(scope, method)
     sparsity = _core.check_unit(sparsity, "sparsity", method)
@@ -103,12 +105,12 @@ def grasp_scores(
     *,
     temperature: float = 200.0,
     loss_fn: LossFn = F.cross_entropy,
-    train_mode: bool = True,
+    train_mode: bool = False,
 ) -> dict[str, torch.Tensor]:
     """GraSP's ``S = -w ⊙ (H g)`` for the tensors of ``current``: ``g`` the gradient of the
     summed batch losses on logits divided by ``temperature`` (zero where pruned), ``H g`` by
     double backprop, both on a masked copy. High ``S``: removing the weight hurts gradient
-    flow least; :func:`grasp` prunes those."""
+    flow least; :func:`grasp` prunes those. BatchNorm in eval mode unless ``train_mode``."""
     names_ = list(current)
     data = list(_core.batches_of(batches, "grasp"))  # iterated twice
     net = _core.scoring_copy(model, current)
@@ -143,7 +145,7 @@ def grasp(
     temperature: float = 200.0,
     loss_fn: LossFn = F.cross_entropy,
     scope: str = "global",
-    train_mode: bool = True,
+    train_mode: bool = False,
     names: Iterable[str] | None = None,
     mask: Mapping[str, torch.Tensor] | None = None,
     include_first: bool = True,
@@ -152,7 +154,9 @@ def grasp(
     """GraSP (Wang et al. 2020): score ``S = -w ⊙ (H g)`` (:func:`grasp_scores`) and remove
     the weights with the HIGHEST scores, keeping the ``1 - sparsity`` lowest, as in the
     authors' code (``topk`` of the scores are pruned). The authors' re-initialisation of
-    linear layers before scoring is not done: the model's weights are scored as given."""
+    linear layers before scoring is not done: the model's weights are scored as given.
+    BatchNorm is in eval mode while scoring (the reference code's default);
+    ``train_mode=True`` scores with batch statistics."""
     method = "grasp"
     _core.check_scope(scope, method)
     sparsity = _core.check_unit(sparsity, "sparsity", method)
@@ -189,6 +193,10 @@ def synflow(
     names_, current, extra = _core.resolve_model(
         model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method
     )
+    if input_shape is not None and (not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 0 < d < 2**31 for d in input_shape)):
+        raise ConfigError(f"{method}: input_shape must be positive integers without the batch dimension, "
+                          f"such as (3, 32, 32); got {input_shape!r}")
     shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
     net = _core.scoring_copy(model, {})
     net.double().eval()

@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import math
+import platform
 import os
-import shutil
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -37,10 +38,11 @@ from torch import nn
 from .. import masks as _masks
 from ..errors import ConfigError, StrategyError
 from .cache import StepCache, StepRecord, load_tensors, save_tensors, step_id, write_json
-from .schema import MASK_BASELINES, ModelSpec, Recipe, TargetSpec
+from .schema import BASELINES, MASK_BASELINES, ModelSpec, Recipe, TargetSpec
 
 RESULTS = "results.json"
 STEPS_DIR = "steps"
+LOCK_FILE = ".lock"
 
 Log = Callable[[str], None]
 ProgressFactory = Callable[[str], ContextManager[Callable[[int, int, dict], None]]]
@@ -116,10 +118,50 @@ def _load_dataset(name: str, root: str | None, split: str, limit: int | None, se
     return load_dataset(name, root=root, split=split, limit=limit, seed=seed)
 
 
+def split_validation(ds: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """``(train, val)``: a seeded random ``fraction`` of ``ds`` held out as the
+    validation split (at least one image on each side), the rest for training."""
+    n = len(ds)
+    n_val = min(n - 1, max(1, round(n * fraction)))
+    if n < 2 or not hasattr(ds, "subset"):
+        raise ConfigError(
+            f"dataset.val_fraction={fraction}: cannot hold out a validation split from {type(ds).__name__} "
+            f"with {n} image(s); use an in-memory dataset with at least 2 images or val_fraction: 0"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))
+    return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed for ``purpose`` (e.g. ``"reinit"``) that differs from ``seed`` and from every
+    other run seed's, reproducibly: the first 31 bits of sha256(purpose:seed)."""
+    return int(hashlib.sha256(f"{purpose}:{seed}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def environment() -> dict[str, Any]:
+    """What changes the numbers besides the recipe: torch version and CPU thread count
+    (on CPU, results are bit-exact only for the same machine, torch and thread count)."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+
+
+ACCURACY_SPLITS = {
+    "test_acc": "the dataset's test split (never used to choose anything)",
+    "val_acc": "validation split: dataset.val_fraction of the training set, held out from training (None without one)",
+}
+"""Which split each accuracy of results.json comes from."""
+
+
 @dataclass
 class _Data:
     train: Any
     test: Any
+    val: Any = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -147,6 +189,7 @@ class RetrainRequest:
     weights_file: str
     start_step: int
     label: str
+    init_seed: int | None = None
 
 
 def _cores() -> list[int]:
@@ -176,11 +219,11 @@ def _init_worker(counter: Any, n: int, threads: int, gpus: int) -> None:
 _WORKER_RUNNERS: dict[str, "Runner"] = {}
 
 
-def _worker_job(recipe: Recipe, out: str, fleet: str, what: str, kw: dict[str, Any]) -> int:
+def _worker_job(recipe: Recipe, out: str, cache: str, fleet: str, what: str, kw: dict[str, Any]) -> int:
     """Run one job in a worker process; returns the number of steps it executed."""
-    runner = _WORKER_RUNNERS.get(out)
+    runner = _WORKER_RUNNERS.get(cache)
     if runner is None:
-        runner = _WORKER_RUNNERS[out] = Runner(recipe, out, fleet=fleet, workers=1)
+        runner = _WORKER_RUNNERS[cache] = Runner(recipe, out, cache=cache, fleet=fleet, workers=1)
     before = runner.executed
     if what == "retrain":
         runner.retrain_many([kw["req"]])
@@ -214,15 +257,17 @@ class Runner:
     """Executes one validated :class:`Recipe` into ``out`` (see module docstring)."""
 
     def __init__(self, recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
-                 fleet: str = "auto", workers: int | None = None):
+                 cache: str | Path | None = None, wait: bool = False, fleet: str = "auto", workers: int | None = None):
         if fleet not in FLEET_MODES:
             raise ConfigError(f"fleet={fleet!r}: use one of {FLEET_MODES}")
-        if workers is not None and workers < 1:
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ConfigError(f"workers={workers}: use a number >= 1, or None to choose automatically")
         self.recipe = recipe
         self.out = Path(out)
-        self.cache = StepCache(self.out / STEPS_DIR)
         self.rank, self.world = _world()
+        self.cache = StepCache(Path(cache) if cache is not None else self.out / STEPS_DIR,
+                               warn=None if self.rank == 0 else (lambda msg: None))
+        self.wait = wait
         self.log = log if (log is not None and self.rank == 0) else (lambda s: None)
         self.progress = progress
         self.fleet = fleet
@@ -243,7 +288,10 @@ class Runner:
             ds = self.recipe.dataset
             train = _load_dataset(ds.name, ds.root, "train", ds.train_limit, ds.seed)
             test = _load_dataset(ds.name, ds.root, "test", ds.test_limit, ds.seed)
-            self._data = _Data(train, test)
+            val = None
+            if ds.val_fraction:
+                train, val = split_validation(train, ds.val_fraction, ds.seed)
+            self._data = _Data(train, test, val)
         return self._data
 
     def _dataset_settings(self) -> dict[str, Any]:
@@ -265,36 +313,39 @@ class Runner:
         the rest wait. Only rank 0 writes files and the marker."""
         ids = {k: v.id for k, v in inputs.items() if v is not None}
         sid = step_id(kind, settings, ids)
-        lock = self.cache.lock(sid) if self.world == 1 else contextlib.nullcontext()
-        with lock:
-            return self._step_locked(sid, kind, settings, ids, fn, collective=collective, label=label)
-
-    def _step_locked(self, sid: str, kind: str, settings: dict[str, Any], ids: dict[str, str],
-                     fn: Callable[[Path], dict[str, Any]], *, collective: bool, label: str) -> StepRecord:
-        done = self.cache.done(sid)
+        done = self.cache.done(sid) if self.writer else False
         if self.world > 1:
             done = _broadcast(done)
         if done:
-            self.skipped += 1
-            self.log(f"[skip] {sid} {label}")
-            return self.cache.load(sid)
-        self.log(f"[run ] {sid} {label}")
-        t0 = time.perf_counter()
-        rec: StepRecord | None = None
-        if collective or self.writer:
-            d = self.cache.dir(sid)
-            if self.writer:
-                if d.exists():  # left by a killed run: start the step from a clean folder
-                    shutil.rmtree(d)
-                d.mkdir(parents=True)
-            result = fn(d)
-            result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
-            if self.writer:
-                rec = self.cache.finish(sid, kind, settings, ids, result)
-        if self.world > 1:
-            _barrier()
+            return self._skip(sid, label)
+        # The per-step lock: another run sharing this cache (--cache) may be computing the
+        # step; wait for it, then take its result instead of computing it twice.
+        lock = self.cache.lock(sid, poll=lambda pid: self.log(f"[wait] {sid} is being computed by PID {pid}")) \
+            if self.writer else contextlib.nullcontext()
+        with lock:
+            done = self.cache.done(sid) if self.writer else False
+            if self.world > 1:
+                done = _broadcast(done)
+            if done:
+                return self._skip(sid, label)
+            self.log(f"[run ] {sid} {label}")
+            t0 = time.perf_counter()
+            rec: StepRecord | None = None
+            if collective or self.writer:
+                d = self.cache.prepare(sid) if self.writer else self.cache.dir(sid)  # clean folder: no leftovers
+                result = fn(d)
+                result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
+                if self.writer:
+                    rec = self.cache.finish(sid, kind, settings, ids, result)
+            if self.world > 1:
+                _barrier()
         self.executed += 1
         return rec if rec is not None else self.cache.load(sid)
+
+    def _skip(self, sid: str, label: str) -> StepRecord:
+        self.skipped += 1
+        self.log(f"[skip] {sid} {label}")
+        return self.cache.load(sid)
 
     def _train(
         self,
@@ -312,10 +363,16 @@ class Runner:
         d = self.data()
         bar = self.progress(label) if self.progress is not None and self.writer else contextlib.nullcontext(None)
         with bar as cb:
-            return train(
+            res = train(
                 model, d.train, d.test, cfg, mask=dict(mask) if mask is not None else None,
                 rewind_step=rewind_step, start_step=start_step, progress=cb,
             )
+        res.val_loss, res.val_acc = None, None  # type: ignore[attr-defined]
+        if d.val is not None:  # ``model`` now holds the trained weights, masked entries zero
+            from ..train import evaluate
+
+            res.val_loss, res.val_acc = evaluate(model, d.val, device=cfg.device)  # type: ignore[attr-defined]
+        return res
 
     def _config(self, seed: int):
         """The recipe's :class:`~elastigraph.train.TrainConfig` for ``seed``."""
@@ -325,6 +382,7 @@ class Runner:
         return TrainConfig(**self.recipe.train.settings(), seed=seed, **device)
 
     def _build(self, spec: ModelSpec, seed: int) -> nn.Module:
+        """``spec`` with the initialisation drawn from torch's generator seeded with ``seed``."""
         torch.manual_seed(seed)
         in_chans, num_classes = self.data().shape
         return spec.build(in_chans=in_chans, num_classes=num_classes, img_size=self.data().image_size)
@@ -336,6 +394,7 @@ class Runner:
             "train": self.recipe.train.settings(),
             "seed": seed,
             "device": self.recipe.device,
+            "threads": torch.get_num_threads(),  # CPU results differ between thread counts
         }
 
     # ----- stages
@@ -404,11 +463,13 @@ class Runner:
         return dense, levels
 
     def transfer(self, target: TargetSpec, seed: int, level: StepRecord, src_dense: StepRecord) -> StepRecord:
-        """Move the source's level mask and its rewind weights onto ``target``."""
+        """Move the source's level mask and its rewind weights onto ``target``; keeps the
+        mask, the weights, the plan and ``blocks.json`` (per target block: stage, block,
+        source block and its parameter names; the permuted baseline reads the copies there)."""
         settings = {
             "source": self.recipe.source.label, "target": target.model.label,
             "strategy": target.strategy, "mapping": target.mapping, "seed": seed,
-            "dataset": self._dataset_settings(),
+            "dataset": self._dataset_settings(), "format": 2,
         }
 
         def fn(d: Path) -> dict[str, Any]:
@@ -424,12 +485,16 @@ class Runner:
             _masks.save_mask(ticket.mask, d / "mask.safetensors")
             save_tensors(d / "weights.safetensors", ticket.weights)
             write_json(d / "plan.json", ticket.plan.to_dict())
+            write_json(d / "blocks.json", [
+                {"stage": st, "dst_block": j, "src_block": i, "params": list(names)} for st, j, i, names in ticket.blocks
+            ])
             return {
                 "sparsity": _masks.sparsity(ticket.mask),
                 "source_sparsity": _masks.sparsity(src_mask),
                 "mapping": ticket.plan.mapping_string(),
                 "layers": layer_density(ticket.mask),
                 "source_layers": layer_density(src_mask),
+                "copied": copied_tensors(ticket.blocks),
             }
 
         return self.step(
@@ -438,15 +503,19 @@ class Runner:
         )
 
     def mask_baseline(self, method: str, target: TargetSpec, seed: int, sparsity: float, weights: StepRecord | None) -> StepRecord:
-        """A ``method`` mask (random/snip/grasp/synflow) for ``target`` at ``sparsity``,
-        scored on the target's rewind weights (``weights``) or its initialisation."""
+        """A ``method`` mask (a key of :data:`MASK_BASELINES`: random-global, magnitude, snip,
+        grasp, synflow) for ``target`` at global ``sparsity``, scored on the target's rewind
+        weights (``weights``) or its initialisation."""
         bs = self.recipe.baseline_settings
+        data_based = method in ("snip", "grasp")
         settings = {
             "method": method, "target": target.model.label, "seed": seed, "sparsity": round(sparsity, 10),
-            "batches": bs.batches if method in ("snip", "grasp") else None,
+            "batches": bs.batches if data_based else None,
             "iterations": bs.synflow_iterations if method == "synflow" else None,
-            "dataset": self._dataset_settings() if method in ("snip", "grasp") else None,
-            "batch_size": self.recipe.train.batch_size if method in ("snip", "grasp") else None,
+            "dataset": self._dataset_settings() if data_based else None,
+            "batch_size": self.recipe.train.batch_size if data_based else None,
+            "bn_train_mode": bs.bn_train_mode if data_based and bs.bn_train_mode else None,
+            "threads": torch.get_num_threads() if method in ("snip", "grasp", "synflow") else None,
             **self.recipe.prune.prunable(),
         }
 
@@ -466,33 +535,66 @@ class Runner:
         torch.manual_seed(seed)
         bs = self.recipe.baseline_settings
         kw = self.recipe.prune.prunable()  # the same tensors as the IMP tickets
-        if method == "random":
+        if method == "random-global":
             return prune.random(model, sparsity, seed=seed, **kw)
+        if method == "magnitude":
+            return prune.magnitude(model, sparsity=sparsity, **kw)
         if method == "synflow":
             d = self.data()
             x = d.train.x[:1]
             return prune.synflow(model, sparsity, iterations=bs.synflow_iterations, input_shape=tuple(x.shape[1:]), **kw)
         batches = normalized_batches(self.data().train, bs.batches, self.recipe.train.batch_size or 128, seed)
         if method == "snip":
-            return prune.snip(model, batches, sparsity, **kw)
+            return prune.snip(model, batches, sparsity, train_mode=bs.bn_train_mode, **kw)
         if method == "grasp":
-            return prune.grasp(model, batches, sparsity, **kw)
+            return prune.grasp(model, batches, sparsity, train_mode=bs.bn_train_mode, **kw)
         raise StrategyError(f"unknown baseline {method!r}; known: {list(MASK_BASELINES)}")
+
+    def shuffled_mask(self, method: str, target: TargetSpec, seed: int, ticket: StepRecord) -> StepRecord | None:
+        """The transferred ticket's mask shuffled within each tensor (``prune.shuffle``, the
+        authors' ``shuffle_state_dict``): every tensor (``method="random"``, ElasticLTH
+        ``randomly_prune --strategy layerwise``) or only the copied blocks' tensors
+        (``"permuted"``, ElasticLTH ``permute_copy``). ``None`` when ``permuted`` has no
+        copied block to shuffle (a squeeze, or a same-depth target)."""
+        names = None
+        if method == "permuted":
+            names = ticket.result.get("copied")
+            if names is None:
+                names = copied_tensors(_read_json(ticket.file("blocks.json")))
+            if not names:
+                return None
+        settings = {"method": method, "target": target.model.label, "seed": seed}
+
+        def fn(d: Path) -> dict[str, Any]:
+            from .. import prune
+
+            mask = _masks.load_mask(ticket.file("mask.safetensors"))
+            chosen = [n for n in names if n in mask] if names is not None else list(mask)
+            new = prune.shuffle(mask, seed=seed, names=chosen)
+            _masks.save_mask(new, d / "mask.safetensors")
+            return {"sparsity": _masks.sparsity(new), "layers": layer_density(new), "shuffled": chosen}
+
+        return self.step("mask", settings, {"ticket": ticket}, fn, label=f"{method} {target.name} seed={seed}")
 
     def retrain(
         self, spec: ModelSpec, seed: int, *, mask_step: StepRecord, weights_step: StepRecord | None,
-        weights_file: str, start_step: int, label: str,
+        weights_file: str, start_step: int, label: str, init_seed: int | None = None,
     ) -> StepRecord:
-        """Train ``spec`` under ``mask_step``'s mask from ``weights_step``'s weights (or
-        the seeded initialisation when ``None``), the LR schedule resumed at ``start_step``."""
-        return self.retrain_many([RetrainRequest(spec, seed, mask_step, weights_step, weights_file, start_step, label)])[0]
+        """Train ``spec`` under ``mask_step``'s mask from ``weights_step``'s weights (or a
+        fresh initialisation drawn with ``init_seed``, default ``seed``, when ``None``), the
+        LR schedule resumed at ``start_step``; data order always follows ``seed``."""
+        return self.retrain_many([RetrainRequest(spec, seed, mask_step, weights_step, weights_file, start_step, label,
+                                                 init_seed)])[0]
 
     def _retrain_key(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, StepRecord | None]]:
         settings = {**self._train_settings(req.spec, req.seed), "start_step": req.start_step, "weights_file": req.weights_file}
+        if req.init_seed is not None and req.weights_step is None:
+            settings["init_seed"] = req.init_seed
         return "retrain", settings, {"mask": req.mask_step, "weights": req.weights_step}
 
     def _retrain_model(self, req: RetrainRequest) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        model = self._build(req.spec, req.seed)
+        fresh = req.init_seed is not None and req.weights_step is None
+        model = self._build(req.spec, req.init_seed if fresh else req.seed)
         if req.weights_step is not None:
             model.load_state_dict(load_tensors(req.weights_step.file(req.weights_file)))
         return model, _masks.load_mask(req.mask_step.file("mask.safetensors"))
@@ -573,10 +675,7 @@ class Runner:
             label = f"fleet of {len(pending)}: {reqs[pending[0]].label} + {len(pending) - 1} more"
             for i in pending:
                 self.log(f"[run ] {sids[i]} {reqs[i].label} (fleet of {len(pending)})")
-                d = self.cache.dir(sids[i])
-                if d.exists():
-                    shutil.rmtree(d)
-                d.mkdir(parents=True)
+                self.cache.prepare(sids[i])
             t0 = time.perf_counter()
             bar = self.progress(label) if self.progress is not None else contextlib.nullcontext(None)
             with bar as cb:
@@ -645,12 +744,80 @@ class Runner:
             self._pool = None
 
     def _submit(self, what: str, **kw: Any) -> Future:
-        return self._pool.submit(_worker_job, self.recipe, str(self.out), self.fleet, what, kw)
+        return self._pool.submit(_worker_job, self.recipe, str(self.out), str(self.cache.root), self.fleet, what, kw)
+
+    def imp_matched(
+        self, spec: ModelSpec, seed: int, sparsity_of: StepRecord, role: str, name: str,
+    ) -> StepRecord:
+        """The target's IMP ticket at the exact global sparsity of ``sparsity_of``'s mask (the
+        transferred ticket): take the deepest IMP level ``L`` that is not sparser (level 0 =
+        the dense run), prune its *trained* weights by global magnitude, among the weights
+        its mask keeps, down to exactly the same kept count, rewind the survivors and
+        retrain -- one more IMP round with the fraction that hits the sparsity. When level
+        ``L`` already has that count, it is the answer (no extra step)."""
+        p = self.recipe.prune
+        goal = _masks.load_mask(sparsity_of.file("mask.safetensors"))
+        keep = sum(int(t.sum()) for t in goal.values())
+        total = sum(t.numel() for t in goal.values())
+        kept = [total]  # IMP's exact kept counts per level (prune._core.select, round half up)
+        while len(kept) <= 200 and kept[-1] > keep:
+            kept.append(int(math.floor(kept[-1] * (1.0 - p.fraction) + 0.5)))
+        level = max(i for i, k in enumerate(kept) if k >= keep)
+        dense, levels = self.imp_levels(spec, seed, level, role, name)
+        prev = levels[level - 1] if level else dense
+        if kept[level] == keep:
+            return prev
+        sparsity = 1.0 - keep / total
+        settings = {**self._train_settings(spec, seed), "from_level": level, "keep": keep, "rewind_step": p.rewind_step,
+                    **p.prunable()}
+
+        def fn(d: Path) -> dict[str, Any]:
+            from .. import prune
+
+            model = self._build(spec, seed)
+            model.load_state_dict(load_tensors(prev.file("final.safetensors")))
+            prev_mask = _masks.load_mask(prev.file("mask.safetensors")) if level else None
+            mask = prune.magnitude(model, sparsity=sparsity, mask=prev_mask, **p.prunable())
+            got = sum(int(t.sum()) for t in mask.values())
+            if got != keep or set(mask) != set(goal):
+                raise ConfigError(
+                    f"recipe {self.recipe.name!r}: the sparsity-matched IMP ticket of {name} keeps {got} weights in "
+                    f"{len(mask)} tensors, the transferred ticket {keep} in {len(goal)}: their prunable sets differ"
+                )
+            model.load_state_dict(load_tensors(dense.file("rewind.safetensors")))
+            res = self._train(model, seed=seed, mask=mask, start_step=p.rewind_step,
+                              label=f"{role} {name} IMP matched to {100 * sparsity:.2f}%")
+            if self.writer:
+                _masks.save_mask(mask, d / "mask.safetensors")
+                save_tensors(d / "final.safetensors", res.final_state)
+            return {**_train_result(res, sparsity=_masks.sparsity(mask)), "layers": layer_density(mask),
+                    "from_level": level}
+
+        return self.step(
+            "imp-matched", settings, {"prev": prev, "dense": dense}, fn, collective=True,
+            label=f"{role} {name} IMP matched to {100 * sparsity:.2f}% seed={seed}",
+        )
 
     # ----- the protocol
 
     def run(self) -> RunSummary:
-        """Run every seed of the recipe; write ``results.json``, CSV and plots (rank 0)."""
+        """Run every seed of the recipe; write ``results.json``, CSV and plots (rank 0).
+        Rank 0 holds the output folder's lock (``OUT/.lock``) for the whole run: a second
+        run on the same folder is refused naming this one's PID, or waits (``wait=True``)."""
+        if not self.writer:
+            return self._run()
+        from .cache import FolderLock, remove_temp_files
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(self.out / LOCK_FILE, f"output folder {str(self.out)!r}")
+        lock.acquire(wait=self.wait, on_wait=lambda pid: self.log(f"[wait] {self.out} is in use by PID {pid}"))
+        try:
+            remove_temp_files(self.out)  # left by a run killed while writing results/plots
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> RunSummary:
         if self.world > 1:
             _ensure_process_group(self.recipe.device)
         r = self.recipe
@@ -674,11 +841,19 @@ class Runner:
             self._stop_pool()
         summary = RunSummary(self.out, self.executed, self.skipped, records)
         if self.writer:
+            data = self.data()
+            env = {**environment(), "devices": sorted({str(x["device"]) for x in records if x.get("device")})}
             results = {
                 "recipe": r.name,
                 "source": r.source_name,
                 "targets": [t.name for t in r.targets],
                 "seeds": r.seeds,
+                "environment": env,
+                "accuracy_splits": {
+                    **ACCURACY_SPLITS,
+                    "sizes": {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,
+                              "test": len(data.test)},
+                },
                 "records": records,
                 "layer_density": layers,
             }
@@ -715,17 +890,21 @@ class Runner:
         base = set(r.baselines)
         if "imp" in base:
             self.imp_levels(target.model, seed, top, "target", target.name)
-        elif bool(base & {"dense"}) or (bool(base & set(MASK_BASELINES)) and r.baseline_settings.weights == "rewind"):
+        elif bool(base & {"dense"}) or (bool(base & {"random", "random-global", *MASK_BASELINES})
+                                         and r.baseline_settings.weights == "rewind"):
             self.dense(target.model, seed, "target", target.name)
 
     def _target(
         self, target: TargetSpec, seed: int, levels: list[int], top: int,
         src_dense: StepRecord, src_levels: list[StepRecord], layers: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
+        """Transfer every level's ticket to ``target``, retrain it, and run each baseline of
+        the recipe against it (one ``_baseline`` call per baseline and level)."""
         r = self.recipe
         k = r.prune.rewind_step
         base = set(r.baselines)
-        need_dense = bool(base & {"dense", "imp"}) or (bool(base & set(MASK_BASELINES)) and r.baseline_settings.weights == "rewind")
+        rewind_based = {"random", "random-global", *MASK_BASELINES}
+        need_dense = bool(base & {"dense", "imp"}) or (bool(base & rewind_based) and r.baseline_settings.weights == "rewind")
         tgt_dense, tgt_levels = None, []
         if "imp" in base:
             tgt_dense, tgt_levels = self.imp_levels(target.model, seed, top, "target", target.name)
@@ -742,15 +921,12 @@ class Runner:
             # retrain_many, which trains them as a fleet or in parallel where that pays
             requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors", k,
                                        f"retrain transferred {name} level={lv} seed={seed}")]
-            methods = [b for b in r.baselines if b in MASK_BASELINES]
-            use_rewind = r.baseline_settings.weights == "rewind"
-            for method in methods:
-                mb = self.mask_baseline(method, target, seed, tr.result["sparsity"], tgt_dense if use_rewind else None)
-                requests.append(RetrainRequest(
-                    target.model, seed, mb, tgt_dense if use_rewind else None, "rewind.safetensors",
-                    k if use_rewind else 0, f"retrain {method} {name} level={lv} seed={seed}",
-                ))
-            rt, *rbs = self.retrain_many(requests)
+            methods = [b for b in r.baselines if b not in ("imp", "dense")]
+            pending = [self._baseline_request(m, target, seed, lv, tr, tgt_dense) for m in methods]
+            requests += [q for q in pending if isinstance(q, RetrainRequest)]
+            trained = iter(self.retrain_many(requests))
+            rt = next(trained)
+            rbs = [next(trained) if isinstance(q, RetrainRequest) else q for q in pending]
             out.append(_record(seed, "target", target.model.label, name, lv, "transfer", rt))
             entry: dict[str, Any] = {
                 "seed": seed, "target": name, "level": lv,
@@ -761,9 +937,69 @@ class Runner:
                 out.append(_record(seed, "target", target.model.label, name, lv, "imp", imp))
                 entry["imp"] = imp.result["layers"]
             for method, rb in zip(methods, rbs):
-                out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
+                if rb is not None:
+                    out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
             layers.append(entry)
         return out
+
+    def _baseline(
+        self, method: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord, tgt_dense: StepRecord | None,
+    ) -> StepRecord | None:
+        """The trained ``method`` baseline (see :meth:`_baseline_request`), trained alone."""
+        q = self._baseline_request(method, target, seed, lv, tr, tgt_dense)
+        return self.retrain_many([q])[0] if isinstance(q, RetrainRequest) else q
+
+    def _baseline_request(
+        self, method: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord, tgt_dense: StepRecord | None,
+    ) -> "RetrainRequest | StepRecord | None":
+        """The trained ``method`` baseline for the transferred ticket ``tr`` (level ``lv``):
+        its step record, or ``None`` where the baseline does not apply (``permuted``
+        without copied blocks)."""
+        r = self.recipe
+        k = r.prune.rewind_step
+        name = target.name
+        label = f"retrain {method} {name} level={lv} seed={seed}"
+        use_rewind = r.baseline_settings.weights == "rewind"
+        if method == "imp-matched":
+            return self.imp_matched(target.model, seed, tr, "target", name)
+        if method == "reinit":  # the ticket's mask, a fresh initialisation, trained from step 0
+            return RetrainRequest(target.model, seed, tr, None, "", 0, label, derived_seed(seed, "reinit"))
+        if method == "permuted":  # the ticket's own (transferred) weights, copies' masks shuffled
+            mb = self.shuffled_mask(method, target, seed, tr)
+            if mb is None:
+                self.log(f"[note] permuted {name} level={lv}: no copied blocks (not a stretch); skipped")
+                return None
+            return RetrainRequest(target.model, seed, mb, tr, "weights.safetensors", k, label)
+        if method == "random":
+            mb = self.shuffled_mask(method, target, seed, tr)
+        elif method in MASK_BASELINES:
+            mb = self.mask_baseline(method, target, seed, tr.result["sparsity"], tgt_dense if use_rewind else None)
+        else:
+            raise StrategyError(f"unknown baseline {method!r}; known: {list(BASELINES)}")
+        assert mb is not None
+        return RetrainRequest(target.model, seed, mb, tgt_dense if use_rewind else None, "rewind.safetensors",
+                              k if use_rewind else 0, label)
+
+
+def copied_tensors(blocks: Any) -> list[str]:
+    """Parameter names of the target blocks that are copies: a target block whose source
+    block already fed an earlier target block of its stage (the authors' ``permute_copy``
+    shuffles the same ones: every target position of a source block after the first).
+    ``blocks``: :attr:`elastigraph.transfer.Ticket.blocks` rows or their ``blocks.json`` dicts."""
+    seen: set[tuple[int, int]] = set()
+    out: list[str] = []
+    for row in blocks:
+        st, j, i, names = (row["stage"], row["dst_block"], row["src_block"], row["params"]) if isinstance(row, Mapping) else row
+        if (st, i) in seen:
+            out += list(names)
+        seen.add((st, i))
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(Path(path).read_text())
 
 
 def _num(x: Any) -> float | None:
@@ -779,6 +1015,8 @@ def _train_result(res: Any, *, sparsity: float) -> dict[str, Any]:
         "sparsity": float(sparsity),
         "images_per_s": _num(res.images_per_s),
         "device": str(res.device),
+        "val_acc": _num(getattr(res, "val_acc", None)),
+        "val_loss": _num(getattr(res, "val_loss", None)),
     }
 
 
@@ -795,18 +1033,29 @@ def _record(seed: int, role: str, model: str, name: str, level: int, method: str
         "sparsity": round(float(res["sparsity"]), 6),
         "test_acc": res["test_acc"],
         "test_loss": res["test_loss"],
+        "val_acc": res.get("val_acc"),
         "steps": int(res["steps"]),
+        "device": res.get("device"),
         "step": rec.id,
     }
 
 
 def run_recipe(
     recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
-    fleet: str = "auto", workers: int | None = None,
+    cache: str | Path | None = None, wait: bool = False, fleet: str = "auto", workers: int | None = None,
 ) -> RunSummary:
-    """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`).
+    """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`). ``cache``:
+    a step cache folder shared with other runs (default ``out/steps``); ``wait``: queue
+    behind another run holding ``out`` instead of failing. ``fleet``: ``"auto"`` (fleets
+    on CUDA), ``"on"`` or ``"off"``; ``workers``: parallel worker processes (``None``: one
+    per GPU or core when the trainings are long enough to pay for them; ``1``: none)."""
+    if not isinstance(recipe, Recipe):
+        from ..errors import RecipeError
 
-    ``fleet``: ``"auto"`` (fleets on CUDA), ``"on"`` or ``"off"``; ``workers``: parallel
-    worker processes (``None``: one per GPU or core when the trainings are long enough
-    to pay for them; ``1``: everything in this process)."""
-    return Runner(copy.deepcopy(recipe), out, log=log, progress=progress, fleet=fleet, workers=workers).run()
+        raise RecipeError(f"run_recipe needs a Recipe (load_recipe(path_or_dict)), got {type(recipe).__name__}")
+    if isinstance(out, bool) or not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"run_recipe out must be a folder path, got {out!r}")
+    if cache is not None and (isinstance(cache, bool) or not isinstance(cache, (str, os.PathLike))):
+        raise ConfigError(f"run_recipe cache must be a folder path, got {cache!r}")
+    return Runner(copy.deepcopy(recipe), out, log=log, progress=progress, cache=cache, wait=wait,
+                  fleet=fleet, workers=workers).run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from os import PathLike
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
@@ -19,11 +20,121 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ElastigraphError, ModelNameError, RecipeError
 
-BASELINES = ("imp", "random", "snip", "grasp", "synflow", "dense")
-"""Baseline names a recipe may list; all but ``dense`` produce a mask at the transferred
-ticket's sparsity (``imp``: the target's own IMP ticket at the same level)."""
+BASELINES = ("imp", "imp-matched", "reinit", "random", "random-global", "magnitude", "permuted",
+             "snip", "grasp", "synflow", "dense")
+"""Baseline names a recipe may list (docs/elth.md, "Baselines of the E-LTH protocol"); each
+runs at every transferred level and is compared with the transferred ticket:
 
-MASK_BASELINES = ("random", "snip", "grasp", "synflow")
+- ``imp``: the target's own IMP ticket at the same level (level-matched);
+- ``imp-matched``: the target's IMP ticket pruned on to the transferred ticket's exact
+  global sparsity (sparsity-matched; see ``Runner.imp_matched``);
+- ``reinit``: the transferred mask, freshly initialised weights (another seed), trained
+  from step 0 (ElasticLTH ``randomly_reinitialize``);
+- ``random``: the transferred mask shuffled within each tensor, exact per-tensor counts
+  (ElasticLTH ``randomly_prune --strategy layerwise``);
+- ``random-global``: uniform random over all prunable weights at the same global sparsity;
+- ``magnitude``: one-shot global magnitude pruning of the target's rewind-point weights
+  (ElasticLTH ``prune_early --strategy sparse_global``);
+- ``permuted``: the transferred ticket with the copied blocks' masks shuffled within
+  each tensor (ElasticLTH ``permute_copy``; stretches only);
+- ``snip``, ``grasp``, ``synflow``: pruning at init at the same global sparsity;
+- ``dense``: the unpruned target (level 0)."""
+
+MASK_BASELINES = {"random-global": "random", "magnitude": "magnitude", "snip": "snip", "grasp": "grasp",
+                  "synflow": "synflow"}
+"""Baselines scored by a pruning method at the transferred ticket's global sparsity:
+baseline name -> :func:`elastigraph.prune.by_name` name."""
+
+# --------------------------------------------------------------------------- YAML
+
+MAX_YAML_DEPTH = 50
+"""Deepest nesting of mappings/lists a recipe, ``--set`` value or model override may have."""
+MAX_YAML_NODES = 100_000
+"""Most values a YAML document may hold once its aliases are expanded (a "billion
+laughs" document is a few hundred bytes that expand to 10**9 values)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build objects) that also refuses duplicate keys,
+    nesting deeper than :data:`MAX_YAML_DEPTH` and documents whose alias expansion holds
+    more than :data:`MAX_YAML_NODES` values -- before anything is built from them."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"nesting deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.YAMLError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                         "(each key may appear once per mapping)")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: Any) -> int:
+    """Number of values in the composed ``node`` with every alias expanded, counted
+    without expanding (shared sub-trees are counted once and multiplied); stops early
+    past :data:`MAX_YAML_NODES`."""
+    memo: dict[int, int] = {}
+    order: list[Any] = []
+    stack = [(node, False)]
+    while stack:  # iterative post-order: depth is bounded anyway, recursion is not needed
+        n, done = stack.pop()
+        if id(n) in memo:
+            continue
+        kids = [c for kv in n.value for c in (kv if isinstance(kv, tuple) else (kv,))] if isinstance(
+            n, (yaml.SequenceNode, yaml.MappingNode)) else []
+        if done:
+            memo[id(n)] = min(MAX_YAML_NODES + 1, 1 + sum(memo[id(c)] for c in kids))
+            continue
+        stack.append((n, True))
+        stack.extend((c, False) for c in kids if id(c) not in memo)
+    return memo[id(node)]
+
+
+def _one_line(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: the problem and where (PyYAML's own text spans lines)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{e.problem}{where}"
+    return " ".join(str(e).split())
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse one YAML document with :class:`_BoundedLoader`; any problem -> ``ValueError``
+    whose message starts with ``what`` (callers wrap it in their own named error)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what}: expected YAML text, got {type(text).__name__}")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"expands to more than {MAX_YAML_NODES:,} values (aliases nested too deep?)")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what}: not valid YAML: {_one_line(e)}") from None
+    except RecursionError:  # pragma: no cover - the depth bound comes first
+        raise ValueError(f"{what}: nesting too deep") from None
+    finally:
+        loader.dispose()
 
 
 # --------------------------------------------------------------------------- model specs
@@ -47,11 +158,79 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
                     f"model spec {spec!r}: override {part!r} is not of the form key=value "
                     "(e.g. 'timm:vit_tiny_patch16_224?depth=6&img_size=32')"
                 )
+            if key in overrides:
+                raise ModelNameError(f"model spec {spec!r}: override {key!r} is given twice")
+            if key in RESERVED_OVERRIDES:
+                raise ModelNameError(f"model spec {spec!r}: {key!r} cannot be overridden in the model string; "
+                                     f"{RESERVED_OVERRIDES[key]}")
             try:
-                overrides[key] = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError as e:
-                raise ModelNameError(f"model spec {spec!r}: value of {key!r} is not a YAML scalar or list: {raw!r}") from e
+                overrides[key] = load_yaml(raw, f"value of {key!r}") if raw.strip() else None
+            except ValueError as e:
+                raise ModelNameError(f"model spec {spec!r}: {e} (expected a YAML scalar or list such as 6 "
+                                     "or [2,2,4,2])") from None
+            err = _override_too_large(key, overrides[key])
+            if err:
+                raise ModelNameError(f"model spec {spec!r}: {err}")
     return name, overrides
+
+
+MAX_OVERRIDE_INT = 100_000
+"""Largest integer a model override may hold (widths, depths, sizes): bigger values only
+make models that cannot be built in any memory, or loops that do not end."""
+
+
+def _largest_int(v: Any) -> int:
+    if isinstance(v, bool):
+        return 0
+    if isinstance(v, int):
+        return abs(v)
+    if isinstance(v, (list, tuple)):
+        return max((_largest_int(x) for x in v), default=0)
+    if isinstance(v, dict):
+        return max((_largest_int(x) for x in v.values()), default=0)
+    return 0
+
+
+MAX_DEPTH_OVERRIDE = 1000
+"""Most blocks a depth override (``depth``, ``depths``, ``layers``, ...) may ask for in
+total: building a model is linear in its blocks (a 1000-block ViT takes ~30 s on the
+meta device) and no model studied here comes near."""
+
+
+def _sum_ints(v: Any) -> int:
+    if isinstance(v, bool):
+        return 0
+    if isinstance(v, int):
+        return abs(v)
+    if isinstance(v, (list, tuple)):
+        return sum(_sum_ints(x) for x in v)
+    return 0
+
+
+def _override_too_large(key: str, value: Any) -> str | None:
+    """Why a model override asks for an unbuildable size, or None."""
+    if _largest_int(value) > MAX_OVERRIDE_INT:
+        return (f"override {key}={value!r} holds an integer above {MAX_OVERRIDE_INT:,}; no model of the zoo "
+                "takes sizes that large")
+    if re.search(r"depth|layers|blocks", key) and _sum_ints(value) > MAX_DEPTH_OVERRIDE:
+        return f"override {key}={value!r} asks for more than {MAX_DEPTH_OVERRIDE:,} blocks"
+    return None
+
+
+def max_parameters() -> int:
+    """Largest model (parameters + buffers) a model string may build: 2**31 entries (8 GiB
+    in float32), or the ``ELASTIGRAPH_MAX_PARAMETERS`` environment variable."""
+    import os
+
+    raw = os.environ.get("ELASTIGRAPH_MAX_PARAMETERS", "")
+    return int(raw) if raw.isdigit() else 2**31
+
+
+RESERVED_OVERRIDES = {
+    "in_chans": "input channels follow the dataset (CLI: --dataset or --in-chans)",
+    "num_classes": "the class count follows the dataset (CLI: --dataset or --num-classes)",
+}
+"""Constructor arguments elastigraph sets itself, so a model string may not."""
 
 
 def format_model_spec(name: str, overrides: Mapping[str, Any]) -> str:
@@ -84,6 +263,17 @@ class ModelSpec(BaseModel):
             return {"name": name, "overrides": overrides}
         return v
 
+    @field_validator("overrides")
+    @classmethod
+    def _not_reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if key in RESERVED_OVERRIDES:
+                raise ValueError(f"{key!r} cannot be overridden: {RESERVED_OVERRIDES[key]}")
+            err = _override_too_large(key, value)
+            if err:
+                raise ValueError(err)
+        return v
+
     @property
     def label(self) -> str:
         """Canonical one-string form, used in tables, file names and step hashes."""
@@ -102,6 +292,17 @@ class ModelSpec(BaseModel):
         overrides = copy.deepcopy(self.overrides)
         if img_size is not None:
             overrides.setdefault("img_size", img_size)
+        if device is None or torch.device(device).type != "meta":
+            # size first, on the meta device (no memory): a model string must not be able to
+            # take the machine's memory (cifar_resnet_20?width=100000 is 10**12 weights)
+            with torch.device("meta"):
+                probe = create(self.name, in_chans=in_chans, num_classes=num_classes, **copy.deepcopy(overrides))
+            n = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
+            if n > max_parameters():
+                raise ModelNameError(
+                    f"model {self.label!r} has {n:,} parameters and buffers, more than the limit of "
+                    f"{max_parameters():,} (set ELASTIGRAPH_MAX_PARAMETERS to raise it)"
+                )
         with torch.device(device) if device is not None else contextlib.nullcontext():
             return create(self.name, in_chans=in_chans, num_classes=num_classes, **overrides)
 
@@ -121,6 +322,10 @@ class DatasetSpec(_Section):
     train_limit: int | None = Field(default=None, ge=1)
     test_limit: int | None = Field(default=None, ge=1)
     seed: int = 0
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of the training set (after ``train_limit``) held out as a validation split:
+    never trained on, every trained network's accuracy on it is recorded (``val_acc``);
+    choose hyper-parameters on it, never on the test split. 0 = no validation split."""
 
 
 class PruneSpec(_Section):
@@ -211,6 +416,9 @@ class BaselineSettings(_Section):
     weights: Literal["rewind", "init"] = "rewind"
     batches: int = Field(default=1, ge=1)
     synflow_iterations: int = Field(default=100, ge=1)
+    bn_train_mode: bool = False
+    """SNIP/GraSP score with BatchNorm in train mode (batch statistics); the default, eval
+    mode, is what the original code does."""
 
 
 class Recipe(_Section):
@@ -225,7 +433,7 @@ class Recipe(_Section):
     prune: PruneSpec = Field(default_factory=PruneSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     targets: list[TargetSpec] = Field(min_length=1)
-    baselines: list[Literal["imp", "random", "snip", "grasp", "synflow", "dense"]] = Field(default_factory=list)
+    baselines: list[Literal[BASELINES]] = Field(default_factory=list)  # type: ignore[valid-type]
     baseline_settings: BaselineSettings = Field(default_factory=BaselineSettings)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: str | None = None
@@ -235,6 +443,14 @@ class Recipe(_Section):
     @property
     def source_name(self) -> str:
         return self.source_label or self.source.label
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_path(cls, v: str) -> str:
+        if v.startswith("."):
+            raise ValueError(f"{v!r} starts with '.'; the name becomes a folder under runs/, so use letters, "
+                             "digits, '_', '-' or '.' not in front (e.g. 'my-recipe')")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -280,9 +496,10 @@ def apply_set(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     if not eq or not path.strip():
         raise RecipeError(f"--set {assignment!r}: expected dotted.path=value, e.g. dataset.name=cifar10")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise RecipeError(f"--set {assignment!r}: value {raw!r} is not a YAML scalar, list or mapping") from None
+        value = load_yaml(raw, "value") if raw.strip() else None
+    except ValueError as e:
+        raise RecipeError(f"--set {assignment!r}: {e} (expected a YAML scalar, list or mapping; quote text "
+                          "that starts with [ or {: --set 'targets.0.label=\"[x]\"')") from None
     out = copy.deepcopy(data)
     node: Any = out
     keys = path.strip().split(".")
@@ -406,7 +623,7 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     ds = data.get("dataset") or {}
     shape: tuple[int, int, tuple[int, ...]] | None = None
-    if isinstance(ds, Mapping):
+    if isinstance(ds, Mapping) and isinstance(ds.get("name", ""), str) and isinstance(ds.get("root", ""), (str, type(None))):
         try:
             shape = dataset_input(ds.get("name", "fashion_mnist"), ds.get("root"))
         except ElastigraphError as e:
@@ -420,7 +637,13 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         except ValidationError:
             return None  # reported by the schema pass
         try:
-            return spec.build(in_chans=shape[0], num_classes=shape[1], img_size=image_size(shape[2]), device="meta")
+            net = spec.build(in_chans=shape[0], num_classes=shape[1], img_size=image_size(shape[2]), device="meta")
+            n = sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+            if n > max_parameters():
+                problems.append((path, f"{spec.label!r} has {n:,} parameters and buffers, more than the limit of "
+                                       f"{max_parameters():,} (set ELASTIGRAPH_MAX_PARAMETERS to raise it)"))
+                return None
+            return net
         except ElastigraphError as e:
             problems.append((path, str(e)))
         except Exception as e:  # a constructor rejecting an override: TypeError, AssertionError ...
@@ -446,10 +669,50 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(baselines, list):
         for i, b in enumerate(baselines):
             if b in MASK_BASELINES:
-                err = _check_prune_method(b)
+                err = _check_prune_method(MASK_BASELINES[b])
                 if err:
                     problems.append((f"baselines[{i}]", err))
     return problems
+
+
+def _train_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """The training settings as :class:`~elastigraph.train.TrainConfig` checks them (the
+    one place hyper-parameters, seeds and the device are validated), by recipe path."""
+    from ..train.loop import MAX_SEED, TrainConfig
+
+    problems: list[tuple[str, str]] = []
+    base = TrainConfig.__new__(TrainConfig)  # fields only: no __post_init__ until filled
+    for f, v in TrainConfig().__dict__.items():
+        setattr(base, f, v)
+    for k, v in recipe.train.settings().items():
+        setattr(base, k, v)
+    if recipe.device is not None:
+        base.device = recipe.device
+    for field, msg in base.problems():
+        if field != "seed":
+            problems.append(("device" if field == "device" else f"train.{field}", msg))
+    for i, seed in enumerate(recipe.seeds):
+        if not 0 <= seed <= MAX_SEED:
+            problems.append((f"seeds[{i}]", f"{seed} is outside [0, {MAX_SEED}]"))
+    if not 0 <= recipe.dataset.seed <= MAX_SEED:
+        problems.append(("dataset.seed", f"{recipe.dataset.seed} is outside [0, {MAX_SEED}]"))
+    return problems
+
+
+def _smoke_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Structural problems of the recipe as ``--smoke`` would run it (so that ``--check``
+    validates every section, the ``smoke`` overrides included)."""
+    own = data.get("smoke")
+    if own is None:
+        return []
+    if not isinstance(own, Mapping):
+        return [("smoke", "must be a mapping of overrides (same layout as the recipe)")]
+    merged = deep_merge(deep_merge(data, DEFAULT_SMOKE), own)
+    try:
+        r = Recipe.model_validate(merged)
+    except ValidationError as e:
+        return [(f"smoke: {p}", m) for p, m in _pydantic_problems(e)]
+    return [(f"smoke: {p}", m) for p, m in _train_problems(r)]
 
 
 def validate_recipe(data: Mapping[str, Any], *, source: str = "recipe") -> Recipe:
@@ -463,6 +726,8 @@ def validate_recipe(data: Mapping[str, Any], *, source: str = "recipe") -> Recip
         recipe = Recipe.model_validate(dict(data))
     except ValidationError as e:
         problems += _pydantic_problems(e)
+    if recipe is not None:
+        problems += _train_problems(recipe)
     problems += _semantic_problems(data)
     if problems:
         seen: dict[tuple[str, str], None] = dict.fromkeys(problems)
@@ -470,6 +735,10 @@ def validate_recipe(data: Mapping[str, Any], *, source: str = "recipe") -> Recip
         raise RecipeError(f"{source}: {len(seen)} invalid field(s):\n{lines}")
     assert recipe is not None
     return recipe
+
+
+MAX_RECIPE_BYTES = 1 << 20
+"""Largest recipe file read (recipes are a few KiB)."""
 
 
 def load_recipe(
@@ -484,14 +753,24 @@ def load_recipe(
     keeps the first seed only."""
     if isinstance(path, Mapping):
         data, label = copy.deepcopy(dict(path)), "recipe"
+    elif isinstance(path, bool) or not isinstance(path, (str, PathLike)):
+        raise RecipeError(f"load_recipe needs a recipe file path or a dict, got {type(path).__name__}")
     else:
         p = Path(path)
+        if p.is_dir():
+            raise RecipeError(f"recipe {str(p)!r} is a folder; give a recipe YAML file (see recipes/)")
         if not p.is_file():
             raise FileNotFoundError(f"recipe file {str(p)!r} does not exist")
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{p}: {p.stat().st_size:,} bytes is too large for a recipe (limit {MAX_RECIPE_BYTES:,})")
         try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{p}: not valid YAML: {e}") from None
+            text = p.read_text()
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"{p}: not UTF-8 text ({e})") from None
+        try:
+            data = load_yaml(text, str(p))
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
         label = str(p)
         if not isinstance(data, dict):
             raise RecipeError(f"{p}: a recipe must be a YAML mapping, got {type(data).__name__}")
@@ -503,6 +782,16 @@ def load_recipe(
         seeds = data.get("seeds")
         if "seeds" not in own and isinstance(seeds, list) and seeds:
             data["seeds"] = seeds[:1]
+    if isinstance(overrides, (str, bytes)):
+        raise RecipeError(f"overrides must be a list of 'dotted.path=value' strings, got the string {overrides!r}")
     for s in overrides:
+        if not isinstance(s, str):
+            raise RecipeError(f"override {s!r} is not a 'dotted.path=value' string")
         data = apply_set(data, s)
-    return validate_recipe(data, source=label)
+    recipe = validate_recipe(data, source=label)
+    if not smoke:
+        problems = dict.fromkeys(_smoke_problems(data))
+        if problems:
+            lines = "\n".join(f"  {p}: {m}" for p, m in problems)
+            raise RecipeError(f"{label}: {len(problems)} invalid field(s):\n{lines}")
+    return recipe

@@ -13,6 +13,7 @@ import gzip
 import io
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -61,6 +62,10 @@ class ArrayDataset:
             raise DatasetError(
                 f"{self.spec.name}: y must be int64 of shape ({self.x.shape[0]},), got {self.y.dtype} {tuple(self.y.shape)}"
             )
+        if tuple(self.x.shape[1:2]) != (self.spec.in_chans,):
+            raise DatasetError(f"{self.spec.name}: images have {self.x.shape[1]} channel(s) but the spec says "
+                               f"{self.spec.in_chans}")
+        _check_labels(self.y, self.spec)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -122,6 +127,16 @@ class FolderDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- helpers
 
 
+def _check_labels(y: torch.Tensor, spec: DataSpec) -> None:
+    """Labels must index the ``spec.num_classes`` outputs: checked at load, not mid-training."""
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):
+        bad = y[(y < 0) | (y >= spec.num_classes)]
+        raise DatasetError(
+            f"{spec.name}: {len(bad)} label(s) outside 0..{spec.num_classes - 1} (e.g. {bad[:3].tolist()}); "
+            f"the dataset has {spec.num_classes} classes -- are the label files from the same dataset?"
+        )
+
+
 def balanced_subset(y: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
     """Indices of ``limit`` rows chosen round-robin over classes in a seeded random
     order (as balanced as the class counts allow), sorted ascending."""
@@ -142,16 +157,28 @@ def balanced_subset(y: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
     return torch.sort(chosen).values
 
 
+MAX_IDX_BYTES = 1 << 30
+"""Largest idx file read (Fashion-MNIST's largest is 47 MB unpacked); a gzip bomb stops here."""
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Parse an idx file (optionally gzipped): big-endian magic, dims, then the data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read(MAX_IDX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as e:  # truncated/corrupt gzip, unreadable file
+        raise DatasetError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged or "
+                           "truncated: download/copy it again") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise DatasetError(f"{path} holds more than {MAX_IDX_BYTES:,} bytes: not an idx file of this dataset")
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DatasetError(f"{path} is not an idx file (bad magic number)")
     dtype_code, ndim = data[2], data[3]
     if dtype_code != 0x08:
         raise DatasetError(f"{path}: idx element type {dtype_code:#x} is not unsigned byte")
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: idx header is truncated")
     dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
@@ -189,7 +216,7 @@ def _fashion_mnist(root: str | None, split: str) -> ArrayDataset:
         found[kind] = p
     x = _read_idx(found["images"])
     y = _read_idx(found["labels"])
-    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or 0 in x.shape:
         raise DatasetError(f"Fashion-MNIST files disagree: images {x.shape} in {found['images']}, labels {y.shape}")
     spec = DataSpec("fashion_mnist", 1, 10, int(x.shape[1]), _FASHION_MEAN, _FASHION_STD)
     return ArrayDataset(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), spec)
@@ -232,6 +259,49 @@ def _load_cifar_batch(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
+_CIFAR_ROW = 3 * 32 * 32
+_CIFAR_MAX_ROWS = 60_000
+
+
+def _cifar_labels(raw: Any, path: Path) -> np.ndarray:
+    """A batch's labels as int64, checked to be a flat list/array of at most 60 000 ints
+    before numpy sees it (a few hundred bytes of pickle can hold a list nested 1e9 deep)."""
+    if isinstance(raw, np.ndarray):
+        if raw.ndim != 1 or raw.dtype.kind not in "iu" or len(raw) > _CIFAR_MAX_ROWS:
+            raise DatasetError(f"{path}: labels must be a flat integer array of <= {_CIFAR_MAX_ROWS} entries, "
+                               f"got {raw.dtype} {raw.shape}")
+        return raw.astype(np.int64)
+    if not isinstance(raw, list) or len(raw) > _CIFAR_MAX_ROWS or not all(
+            type(v) is int for v in raw):
+        raise DatasetError(f"{path}: labels must be a list of at most {_CIFAR_MAX_ROWS} integers")
+    return np.asarray(raw, dtype=np.int64)
+
+
+def _cifar_images(raw: Any, n: int, path: Path) -> np.ndarray:
+    """A batch's images as uint8 ``(n, 3, 32, 32)``; the declared shape is checked against
+    the label count before anything is converted or allocated."""
+    want = (n, _CIFAR_ROW)
+    if isinstance(raw, np.ndarray):
+        if raw.dtype != np.uint8 or raw.shape != want:
+            raise DatasetError(f"{path}: 'data' must be uint8 of shape {want}, got {raw.dtype} {raw.shape}")
+        return raw.reshape(-1, 3, 32, 32)
+    if not isinstance(raw, list) or len(raw) != n:
+        raise DatasetError(f"{path}: 'data' must be a uint8 array of shape {want}, got a {type(raw).__name__}"
+                           + (f" of length {len(raw)}" if isinstance(raw, list) else ""))
+    out = np.empty(want, dtype=np.uint8)
+    for i, row in enumerate(raw):
+        try:
+            if isinstance(row, (bytes, bytearray)) and len(row) == _CIFAR_ROW:
+                out[i] = np.frombuffer(row, dtype=np.uint8)
+            elif isinstance(row, list) and len(row) == _CIFAR_ROW:
+                out[i] = np.fromiter(row, dtype=np.uint8, count=_CIFAR_ROW)
+            else:
+                raise TypeError(f"row {i} is a {type(row).__name__} of the wrong length")
+        except (TypeError, ValueError, OverflowError) as e:
+            raise DatasetError(f"{path}: 'data' row {i} is not {_CIFAR_ROW} byte values ({e})") from None
+    return out.reshape(-1, 3, 32, 32)
+
+
 def _cifar(name: str, root: str | None, split: str) -> ArrayDataset:
     ten = name == "cifar10"
     folder = "cifar-10-batches-py" if ten else "cifar-100-python"
@@ -263,8 +333,9 @@ def _cifar(name: str, root: str | None, split: str) -> ArrayDataset:
         b = _load_cifar_batch(d / f)
         if "data" not in b or label_key not in b:
             raise DatasetError(f"{d / f}: missing 'data' or '{label_key}' (keys: {sorted(b)[:6]})")
-        xs.append(np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(b[label_key], dtype=np.int64))
+        y = _cifar_labels(b[label_key], d / f)
+        xs.append(_cifar_images(b["data"], len(y), d / f))
+        ys.append(y)
     x, y = np.concatenate(xs), np.concatenate(ys)
     spec = (
         DataSpec("cifar10", 3, 10, 32, _CIFAR10_MEAN, _CIFAR10_STD)
@@ -340,6 +411,12 @@ def load_dataset(
     """Load ``name`` (``fashion_mnist``, ``cifar10``, ``cifar100``, ``synthetic``,
     ``imagefolder:<path>``) from local files; ``limit`` keeps a seeded, class-balanced
     subset of that many images (smoke runs). ``image_size`` only applies to imagefolder."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"dataset name must be a string such as 'fashion_mnist' or 'cifar10', got {name!r}")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise DatasetError(f"dataset {name!r}: root must be a folder path, got {type(root).__name__}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise DatasetError(f"dataset {name!r}: limit must be an integer number of images, got {limit!r}")
     if split == "val":
         split = "test"
     if split not in ("train", "test"):

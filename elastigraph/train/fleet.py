@@ -105,7 +105,8 @@ def train_fleet(
 
     The configs may differ only in ``seed``; ``rewind_step``/``start_step`` are shared.
     Members are the same architecture (same state_dict keys and shapes). ``progress``
-    gets the mean over members of ``train_loss``/``test_acc``."""
+    gets the mean over members of ``train_loss``/``test_acc``. Each result's
+    ``images_per_s`` is the fleet's aggregate (all members' images per second)."""
     t0 = time.perf_counter()
     k = len(models)
     if k == 0:
@@ -284,7 +285,7 @@ def train_fleet(
             test_acc=float(last.get("test_acc", float("nan"))), test_loss=float(last.get("test_loss", float("nan"))),
             steps=total - start_step, wall_s=wall,
             images_per_s=(total - start_step) * batch * k / train_s if train_s > 0 else float("nan"),
-            device=f"{device} (fleet of {k})", config=cfgs[i].to_dict(),
+            device=str(device), config=cfgs[i].to_dict(),
         ))
     return results
 

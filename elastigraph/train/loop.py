@@ -30,6 +30,32 @@ Progress = Callable[[int, int, dict], None]
 """``progress(step, total, metrics)``: called after every optimizer step (rank 0 only)."""
 
 _SCHEDULES = ("step", "cosine", "constant")
+MAX_SEED = 2**32 - 1
+"""Largest seed accepted anywhere (seeds are mixed into 64-bit generator seeds)."""
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def device_problem(name: Any) -> str | None:
+    """None if ``name`` is a device training can run on ('auto', 'cpu', 'cuda', 'cuda:1',
+    ...), else why not (checked before any work; availability is checked at train time)."""
+    if not isinstance(name, str):
+        return f"{name!r} is not a device name such as 'auto', 'cpu' or 'cuda:0'"
+    if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        return f"{name!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1')"
+    if dev.type not in _DEVICE_TYPES:
+        return f"{name!r}: training needs real memory; use one of 'auto', 'cpu', 'cuda[:N]' (not {dev.type!r})"
+    return None
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` if it is an integer in ``[0, MAX_SEED]``, else :class:`ConfigError`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what}={seed!r} must be an integer in [0, {MAX_SEED}]")
+    return seed
 _OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -62,32 +88,65 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(float(m) for m in self.milestones)
-        bad = []
-        if self.optimizer not in _OPTIMIZERS:
-            bad.append(f"optimizer={self.optimizer!r} (use one of {_OPTIMIZERS})")
-        if self.schedule not in _SCHEDULES:
-            bad.append(f"schedule={self.schedule!r} (use one of {_SCHEDULES})")
-        if self.steps is not None and self.steps < 1:
-            bad.append(f"steps={self.steps} (must be >= 1, or None to use epochs)")
-        if self.steps is None and not self.epochs > 0:
-            bad.append(f"epochs={self.epochs} (must be > 0)")
-        if self.batch_size < 1:
-            bad.append(f"batch_size={self.batch_size} (must be >= 1)")
-        if not self.lr >= 0 or self.momentum < 0 or self.weight_decay < 0:
-            bad.append(f"lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay} (must be >= 0)")
-        if self.nesterov and self.momentum <= 0:
-            bad.append("nesterov=True needs momentum > 0")
-        if any(not 0 < m <= 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            bad.append(f"milestones={self.milestones} (ascending fractions of training in (0, 1])")
-        if self.warmup_steps < 0:
-            bad.append(f"warmup_steps={self.warmup_steps} (must be >= 0)")
-        if not 0 <= self.label_smoothing < 1:
-            bad.append(f"label_smoothing={self.label_smoothing} (must be in [0, 1))")
-        if self.eval_every is not None and self.eval_every < 1:
-            bad.append(f"eval_every={self.eval_every} (must be >= 1, or None for the end only)")
+        bad = self.problems()
         if bad:
-            raise ConfigError("invalid TrainConfig: " + "; ".join(bad))
+            raise ConfigError("invalid TrainConfig: " + "; ".join(f"{k}={m}" for k, m in bad))
+        self.milestones = tuple(float(m) for m in self.milestones)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every invalid field as ``(field, what is wrong and what would work)``; the one
+        place hyper-parameters are checked (recipes report these under ``train.<field>``).
+        Types, ranges and finiteness (NaN/inf never train), seed range, device string."""
+        bad: list[tuple[str, str]] = []
+
+        def number(name: str, *, lo: float | None = None, lo_open: bool = False, hi: float | None = None,
+                   hi_open: bool = False, integer: bool = False, optional: bool = False) -> bool:
+            v = getattr(self, name)
+            if v is None and optional:
+                return True
+            ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+            if isinstance(v, bool) or not ok_type:
+                bad.append((name, f"{v!r} is not {'an integer' if integer else 'a number'}"))
+                return False
+            if not integer and not math.isfinite(v):
+                bad.append((name, f"{v!r} is not a finite number"))
+                return False
+            if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and (v >= hi if hi_open else v > hi):
+                rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}"
+                bad.append((name, f"{v!r} is outside {rng}"))
+                return False
+            return True
+
+        if self.optimizer not in _OPTIMIZERS:
+            bad.append(("optimizer", f"{self.optimizer!r} is not one of {_OPTIMIZERS}"))
+        if self.schedule not in _SCHEDULES:
+            bad.append(("schedule", f"{self.schedule!r} is not one of {_SCHEDULES}"))
+        number("steps", lo=1, integer=True, optional=True)
+        number("epochs", lo=0, lo_open=True, optional=self.steps is not None)  # checked even when steps win
+        number("batch_size", lo=1, integer=True)
+        number("lr", lo=0)
+        number("momentum", lo=0, hi=1, hi_open=True)
+        number("weight_decay", lo=0)
+        number("gamma", lo=0, lo_open=True)
+        number("warmup_steps", lo=0, integer=True)
+        number("label_smoothing", lo=0, hi=1, hi_open=True)
+        number("eval_every", lo=1, integer=True, optional=True)
+        number("seed", lo=0, hi=MAX_SEED, integer=True)
+        for name in ("nesterov", "augment", "amp", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                bad.append((name, f"{getattr(self, name)!r} is not true/false"))
+        if self.nesterov is True and isinstance(self.momentum, (int, float)) and not self.momentum > 0:
+            bad.append(("nesterov", "True needs momentum > 0"))
+        ms = self.milestones
+        if isinstance(ms, (str, bytes)) or not isinstance(ms, (list, tuple)):
+            bad.append(("milestones", f"{ms!r} is not a list of fractions"))
+        elif any(isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1 for m in ms) \
+                or list(ms) != sorted(ms):
+            bad.append(("milestones", f"{list(ms)} must be ascending fractions of training in (0, 1]"))
+        err = device_problem(self.device)
+        if err:
+            bad.append(("device", err))
+        return bad
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (milestones as a list)."""
@@ -309,6 +368,15 @@ def evaluate(model: nn.Module, test_set: ArrayDataset | FolderDataset, *, device
              batch_size: int = 1024, mask: Mapping[str, Tensor] | None = None) -> tuple[float, float]:
     """(test loss, test accuracy) of ``model`` (under ``mask`` if given) without changing
     it: evaluation runs on a copy."""
+    if not isinstance(test_set, (ArrayDataset, FolderDataset)):
+        raise DatasetError(f"test_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(test_set).__name__}")
+    err = device_problem(device)
+    if err:
+        raise ConfigError(f"evaluate device: {err}")
+    if not isinstance(model, nn.Module):
+        from ..errors import ModelTypeError
+
+        raise ModelTypeError(f"evaluate needs an nn.Module, got {type(model).__name__}")
     dev = _resolve_device(device, _dist.DistContext())
     net = _masks.copy_model(model).to(dev)
     if mask is not None:
@@ -342,6 +410,27 @@ def rich_progress(description: str = "training", *, console=None) -> Iterator[Pr
 # --------------------------------------------------------------------------- train
 
 
+def _check_train_args(model: Any, train_set: Any, test_set: Any, cfg: Any, start_step: Any, rewind_step: Any) -> None:
+    """Types of :func:`train`'s arguments, checked before any work (named errors)."""
+    from ..errors import ModelTypeError
+
+    if not isinstance(model, nn.Module):
+        raise ModelTypeError(f"train needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"cfg must be a TrainConfig (e.g. TrainConfig(steps=100, lr=0.1)), got {type(cfg).__name__}")
+    if not isinstance(train_set, (ArrayDataset, FolderDataset)):
+        raise DatasetError(f"train_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(train_set).__name__}")
+    if test_set is not None and not isinstance(test_set, (ArrayDataset, FolderDataset)):
+        raise DatasetError(f"test_set must be an ArrayDataset, FolderDataset or None, got {type(test_set).__name__}")
+    if isinstance(start_step, bool) or not isinstance(start_step, int):
+        raise ConfigError(f"start_step must be an integer step, got {start_step!r}")
+    if rewind_step is not None and (isinstance(rewind_step, bool) or not isinstance(rewind_step, int)):
+        raise ConfigError(f"rewind_step must be an integer step or None, got {rewind_step!r}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ModelTypeError(f"{type(model).__name__} has parameters on the meta device (no values); build it on "
+                             "the CPU or load a state dict with model.to_empty(device=...) + load_state_dict")
+
+
 def train(
     model: nn.Module,
     train_set: ArrayDataset | FolderDataset,
@@ -366,11 +455,10 @@ def train(
     and metrics (timings are each rank's own).
     """
     t0 = time.perf_counter()
+    _check_train_args(model, train_set, test_set, cfg, start_step, rewind_step)
     ctx = _dist.from_env()
     device = _resolve_device(cfg.device, ctx)
     _dist.init(ctx, device)
-    if not isinstance(train_set, (ArrayDataset, FolderDataset)):
-        raise DatasetError(f"train_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(train_set).__name__}")
     if len(train_set) == 0:
         raise DatasetError(f"train_set {train_set.spec.name!r} is empty")
     total = total_steps(cfg, len(train_set))
@@ -498,4 +586,4 @@ def train(
     )
 
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
+__all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]

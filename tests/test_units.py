@@ -1,0 +1,587 @@
+"""How the graph is cut into units, segments and stages, and the plan check that keeps a
+transfer from ever being silently wrong (issues 10 and 13). Every model here is tiny.
+
+``check_blocks`` is the independent judge: it reads which source tensor each target
+weight *is* (the ticket holds the source's tensors themselves) and checks, by names the
+test knows, that every target block came whole from one source block of its stage, each
+tensor from the same place, and that everything else came from the same name."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import timm
+import torchvision
+
+import elastigraph as eg
+from elastigraph import masks
+from elastigraph.errors import SegmentMismatchError
+from elastigraph.graph import match as match_mod
+from elastigraph.transfer import transfer
+
+
+def rand_mask(model, density=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.rand(v.shape, generator=g) < density for k, v in masks.full_mask(model).items()}
+
+
+def sources_of(src_model, ticket):
+    """Target state_dict key -> the source key whose tensor it holds (by storage)."""
+    by_ptr = {}
+    for k, v in src_model.state_dict().items():
+        by_ptr.setdefault((v.data_ptr(), tuple(v.shape)), k)
+    return {k: by_ptr[(v.data_ptr(), tuple(v.shape))] for k, v in ticket.weights.items()}
+
+
+def check_blocks(src_model, dst_model, ticket, pattern, parity=False):
+    """Assert the ticket's wiring: names matching ``pattern`` (groups: stage, block, rest)
+    come from one source block of the same stage, tensor by tensor; all others by name.
+    Returns {(stage, target block): source block}."""
+    rx = re.compile(pattern)
+    src_of = sources_of(src_model, ticket)
+    missing = set(dst_model.state_dict()) - set(src_of)
+    assert missing <= set(ticket.unmapped), "every target tensor gets a source or is reported unmapped"
+    assert not missing & set(dict(dst_model.named_parameters())), "every parameter gets a source"
+    blocks: dict[tuple[str, int], int] = {}
+    for d, s in src_of.items():
+        md, ms = rx.match(d), rx.match(s)
+        if md is None:
+            assert s == d, f"fixed tensor {d} filled from {s}"
+            continue
+        assert ms is not None, f"block tensor {d} filled from non-block tensor {s}"
+        assert (ms["stage"], ms["rest"]) == (md["stage"], md["rest"]), f"{d} filled from {s}"
+        key = (md["stage"], int(md["block"]))
+        assert blocks.setdefault(key, int(ms["block"])) == int(ms["block"]), f"{key} stitched from two blocks"
+        if parity:
+            assert int(ms["block"]) % 2 == int(md["block"]) % 2, f"{d} from {s}: wrong kind of block"
+    # masks travel with their tensors
+    for k, v in ticket.mask.items():
+        assert torch.equal(v, ticket.src_mask[src_of[k]])
+    return blocks
+
+
+# ---------------------------------------------------------------- issue 13 §1: unit phase
+
+
+class Mlp(nn.Module):
+    def __init__(s, d):
+        super().__init__()
+        s.fc1, s.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(s, x):
+        return x + s.fc2(torch.relu(s.fc1(x)))
+
+
+class Attn(nn.Module):
+    def __init__(s, d):
+        super().__init__()
+        s.qkv, s.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(s, x):
+        q, k, v = s.qkv(x).chunk(3, -1)
+        return x + s.proj((q @ k.transpose(-1, -2)).softmax(-1) @ v)
+
+
+class Block(nn.Module):
+    def __init__(s, d):
+        super().__init__()
+        s.attn, s.mlp = Attn(d), Mlp(d)
+
+    def forward(s, x):
+        return s.mlp(s.attn(x))
+
+
+class Down(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.reduce = nn.Sequential(nn.Linear(16, 24))
+        s.mlp = Mlp(24)
+
+    def forward(s, x):
+        return s.mlp(s.reduce(x))
+
+
+class LevitLike(nn.Module):
+    """A downsample ending in the same MLP residual the blocks end in (LeViT)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.down, s.head = nn.Linear(8, 16), Down(), nn.Linear(24, 4)
+        s.blocks = nn.Sequential(*[Block(24) for _ in range(n)])
+
+    def forward(s, x):
+        return s.head(s.blocks(s.down(s.stem(x))))
+
+
+BLOCKS = r"^(?P<stage>blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"
+
+
+@pytest.mark.parametrize("n,m", [(2, 3), (3, 2), (2, 5)])
+def test_unit_phase_follows_the_module_hierarchy(n, m):
+    torch.manual_seed(0)
+    src, dst = LevitLike(n), LevitLike(m)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 5, 8))
+    assert t.plan.stages[0].src_blocks == [f"blocks.{i}" for i in range(n)]
+    got = check_blocks(src, dst, t, BLOCKS)
+    assert [got[("blocks", j)] for j in range(m)] == t.plan.stages[0].sources
+
+
+def test_stitched_blocks_are_refused_by_verification():
+    """Force the phase the period alone would pick (MLP of block i + attention of i+1):
+    the plan check must refuse it, naming the block."""
+    src, dst = LevitLike(2), LevitLike(3)
+    sg, dg = eg.analyze(src, (2, 5, 8)), eg.analyze(dst, (2, 5, 8))
+    mt = match_mod.match(sg, dg)
+    sm = mt.stages[0]
+    shift = lambda mg, units: [match_mod._make_unit(mg.graph, mg.regions, u.start - 1, u.stop - 1) for u in units]
+    sm.src_units, sm.dst_units = shift(sg, sm.src_units), shift(dg, sm.dst_units)
+    with pytest.raises(SegmentMismatchError, match=r"block down\.mlp\.fc1\.\.blocks\.0\.attn\.proj .* is not one "
+                                                   r"block: it takes only part of module `down`"):
+        match_mod.verify(sg, dg, mt, [[0, 1], [0, 1, 1]])
+
+
+class Res(nn.Module):
+    def __init__(s, d=16):
+        super().__init__()
+        s.fc = nn.Linear(d, d)
+
+    def forward(s, x):
+        return x + s.fc(x)
+
+
+class TwoStages(nn.Module):
+    """Two stages of identical blocks with nothing between them (VOLO's network.2/3)."""
+
+    def __init__(s, n1, n2):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.s1 = nn.Sequential(*[Res() for _ in range(n1)])
+        s.s2 = nn.Sequential(*[Res() for _ in range(n2)])
+
+    def forward(s, x):
+        return s.head(s.s2(s.s1(s.stem(x))))
+
+
+TWO = r"^(?P<stage>s\d)\.(?P<block>\d+)\.(?P<rest>.*)$"
+
+
+@pytest.mark.parametrize("a,b", [((2, 2), (2, 4)), ((3, 2), (2, 3)), ((1, 2), (1, 3))])
+def test_module_stages_split_segments(a, b):
+    torch.manual_seed(0)
+    src, dst = TwoStages(*a), TwoStages(*b)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    assert [(s.label, len(s.src_blocks), len(s.dst_blocks)) for s in t.plan.stages] == [
+        ("s1", a[0], b[0]), ("s2", a[1], b[1])]
+    check_blocks(src, dst, t, TWO)
+
+
+def test_stage_mixing_plan_is_refused(monkeypatch):
+    """Without the split, the merged segment mixes stages: the plan check refuses."""
+    monkeypatch.setattr(match_mod, "_tokenize", lambda ids, patterns, key_of=None, whole=None: _merge(ids, patterns))
+    from elastigraph.graph import units
+    monkeypatch.setattr(units, "stage_key", lambda g, regions, a, b: ())
+    src, dst = TwoStages(2, 2), TwoStages(2, 3)
+    with pytest.raises(SegmentMismatchError, match=r"would hold blocks of two modules: s1\.0 \(in `s1`\) and s2\.0"):
+        transfer(src, rand_mask(src), dst, example_input=(2, 8))
+
+
+_tokenize = match_mod._tokenize
+
+
+def _merge(ids, patterns):
+    return _tokenize(ids, patterns, None)
+
+
+# ------------------------------------------------- issue 10 §1: third-party classes as built
+
+
+def _levit(d):
+    return timm.models.levit.Levit(img_size=64, num_classes=4, embed_dim=(32, 48, 64), key_dim=8,
+                                   num_heads=(2, 2, 2), depth=d, attn_ratio=2., mlp_ratio=2.)
+
+
+def _volo(layers):
+    return timm.models.volo.VOLO(layers=layers, img_size=64, embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2),
+                                 stem_hidden_dim=16, num_classes=4)
+
+
+def _shvit(d):
+    return timm.models.shvit.SHViT(depth=d, embed_dim=(32, 48, 64), partial_dim=(8, 8, 8), qk_dim=(8, 8, 8),
+                                   num_classes=4)
+
+
+def _msra(d):
+    return timm.models.efficientvit_msra.EfficientVitMsra(
+        img_size=64, depth=d, embed_dim=(32, 48, 64), key_dim=(8, 8, 8), num_heads=(2, 2, 2),
+        window_size=(4, 4, 4), num_classes=4)
+
+
+def _maxvit(d):
+    return torchvision.models.MaxVit(input_size=(64, 64), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                                     block_layers=d, head_dim=8, stochastic_depth_prob=0.0, num_classes=4)
+
+
+THIRD_PARTY = {
+    "levit": (_levit, (2, 2, 2), (3, 3, 4), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "volo": (_volo, (1, 1, 2, 1), (1, 1, 3, 1), r"^(?P<stage>network\.\d+)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "shvit": (_shvit, (1, 2, 3), (1, 2, 2), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "efficientvit_msra": (_msra, (1, 2, 3), (1, 2, 2), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    "maxvit": (_maxvit, [2, 3], [2, 2], r"^(?P<stage>blocks\.\d+\.layers)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(THIRD_PARTY))
+@pytest.mark.parametrize("direction", ["stretch", "squeeze"])
+def test_third_party_transfers_are_right_or_refused(family, direction):
+    """The classes behind issue 10's silent wrong transfers, both ways: the ticket must
+    put every target block together from one source block (or refuse with a clear error)."""
+    make, a, b, pattern = THIRD_PARTY[family]
+    if (direction == "stretch") != (sum(b) > sum(a)):
+        a, b = b, a
+    torch.manual_seed(0)
+    src, dst = make(a), make(b)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 64, 64))
+    blocks = check_blocks(src, dst, t, pattern)
+    assert any(s.kind != "same" for s in t.plan.stages)
+    assert len(blocks) >= sum(b) - len(b)
+
+
+# ------------------------------------- issue 13 §2: shape side-values do not erase cut points
+
+
+class ShapeStage(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.blocks = nn.Sequential(*[Res() for _ in range(n)])
+
+    def forward(s, x):
+        B, C, H, W = x.shape
+        x = s.blocks(x.flatten(2).transpose(1, 2))
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+class ShapeNet(nn.Module):
+    """``B, C, H, W = x.shape`` before the blocks, ``reshape(B, C, H, W)`` after them (PVT-v2 ...)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.stage, s.head = nn.Conv2d(3, 16, 4, 4), ShapeStage(n), nn.Linear(16, 4)
+
+    def forward(s, x):
+        return s.head(s.stage(s.stem(x)).mean((2, 3)))
+
+
+class SideInputBlock(nn.Module):
+    """Blocks that read H and W computed once before the stage (PVT, Twins)."""
+
+    def __init__(s):
+        super().__init__()
+        s.fc = nn.Linear(16, 16)
+
+    def forward(s, x, H, W):
+        return x + s.fc(x).reshape(x.shape[0], H, W, -1).flatten(1, 2)
+
+
+class SideInputNet(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Conv2d(3, 16, 4, 4), nn.Linear(16, 4)
+        s.blocks = nn.ModuleList([SideInputBlock() for _ in range(n)])
+
+    def forward(s, x):
+        x = s.stem(x)
+        H, W = x.size(2), x.size(3)
+        x = x.flatten(2).transpose(1, 2)
+        for b in s.blocks:
+            x = b(x, H, W)
+        return s.head(x.mean(1))
+
+
+def test_shape_read_before_a_stage_keeps_its_blocks():
+    mg = eg.analyze(ShapeNet(4), (2, 3, 32, 32))
+    assert [(st.label, [u.label for u in st.segment.units]) for st in mg.stages] == [
+        ("stage.blocks", [f"stage.blocks.{i}" for i in range(4)])]
+
+
+@pytest.mark.parametrize("cls", [ShapeNet, SideInputNet])
+def test_shape_side_values_transfer(cls):
+    torch.manual_seed(0)
+    src, dst = cls(2), cls(4)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 32, 32))
+    assert t.plan.stages[0].sources == [0, 1, 1, 1]
+    check_blocks(src, dst, t, r"^(?P<stage>(stage\.)?blocks)\.(?P<block>\d+)\.(?P<rest>.*)$")
+    back = transfer(dst, rand_mask(dst), src, example_input=(2, 3, 32, 32))
+    assert back.plan.stages[0].sources == [0, 1]
+
+
+# ------------------------------------------ issue 13 §3: no tracer artefacts in signatures
+
+
+class AssertBlock(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.fc = nn.Linear(16, 16)
+
+    def forward(s, x):
+        torch._assert(x.dim() == 3, f"Expected (batch, seq, hidden) got {x.shape}")
+        return x + s.fc(x)
+
+
+class AssertNet(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.layers = nn.Sequential(*[AssertBlock() for _ in range(n)])
+
+    def forward(s, x):
+        return s.head(s.layers(s.stem(x)))
+
+
+def test_fstring_of_a_proxy_does_not_split_identical_blocks():
+    mg = eg.analyze(AssertNet(4), (2, 5, 8))
+    assert [[u.label for u in st.segment.units] for st in mg.stages] == [[f"layers.{i}" for i in range(4)]]
+    assert len({u.sig_id for u in mg.units}) == 1
+
+
+def _tv_vit(n):
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=n, num_heads=2, hidden_dim=16,
+                                                mlp_dim=32, num_classes=4)
+
+
+def test_torchvision_vit_3_to_5_final_norm_is_not_a_block():
+    """issue 10 §2: the encoder's final LayerNorm does not make the last layer special."""
+    torch.manual_seed(0)
+    src, dst = _tv_vit(3), _tv_vit(5)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 32, 32))
+    assert [(s.label, s.block0, s.sources) for s in t.plan.stages] == [("encoder.layers", None, [0, 1, 2, 1, 2])]
+    pat = r"^(?P<stage>encoder\.layers)\.encoder_layer_(?P<block>\d+)\.(?P<rest>.*)$"
+    check_blocks(src, dst, t, pat)
+    back = transfer(dst, rand_mask(dst), src, example_input=(2, 3, 32, 32))
+    assert back.plan.stages[0].sources == [0, 1, 2]
+    check_blocks(dst, src, back, pat)
+
+
+# ---------------------------------------- issue 10 §2: alternating and single-period stages
+
+
+def _swin(d):
+    return timm.models.swin_transformer.SwinTransformer(img_size=64, patch_size=4, window_size=4, embed_dim=16,
+                                                        depths=d, num_heads=(1, 2), num_classes=4)
+
+
+@pytest.mark.parametrize("a,b", [((2, 2), (4, 6)), ((4, 6), (2, 2)), ((2, 4), (4, 2))])
+def test_swin_alternating_blocks_move_in_pairs(a, b):
+    """Swin alternates regular and shifted-window blocks: a target block always comes from
+    a source block of its own kind, also when the source stage holds a single pair."""
+    torch.manual_seed(0)
+    src, dst = _swin(a), _swin(b)
+    assert src.layers[1].blocks[1].shift_size != src.layers[1].blocks[0].shift_size  # the stages alternate
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 64, 64))
+    got = check_blocks(src, dst, t, r"^(?P<stage>layers\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$", parity=True)
+    assert sorted(got) == [(f"layers.{s}.blocks", i) for s in range(2) for i in range(b[s])]
+
+
+class Pair(nn.Module):
+    """A stage whose unit is two different blocks (a conv block, then an MLP block)."""
+
+    def __init__(s, n):
+        super().__init__()
+        layers = []
+        for _ in range(n):
+            layers += [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU())]
+        s.stem, s.body, s.head = nn.Conv2d(3, 8, 3), nn.Sequential(*layers), nn.Linear(8, 4)
+
+    def forward(s, x):
+        return s.head(s.body(s.stem(x)).mean((2, 3)))
+
+
+def test_single_period_stage_is_stretched_by_repeating_it():
+    torch.manual_seed(0)
+    src, dst = Pair(1), Pair(3)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 16, 16))
+    assert t.plan.stages[0].sources == [0, 0, 0]
+    blocks = check_blocks(src, dst, t, r"^(?P<stage>body)\.(?P<block>\d+)\.(?P<rest>.*)$", parity=True)
+    assert blocks == {("body", j): j % 2 for j in range(6)}
+
+
+# ------------------------------------ issue 13 §6: refusals name the cause; their fixes work
+
+
+class CspLike(nn.Module):
+    """Half the channels bypass the blocks (CSPNet): a tensor flows around every block."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 32), nn.Linear(32, 4)
+        s.blocks = nn.Sequential(*[Res() for _ in range(n)])
+
+    def forward(s, x):
+        a, b = s.stem(x).chunk(2, -1)
+        return s.head(torch.cat([a, s.blocks(b)], -1))
+
+
+def test_blocks_bypassed_by_a_tensor_are_named_without_a_false_fix():
+    src, dst = CspLike(2), CspLike(3)
+    with pytest.raises(SegmentMismatchError) as e:
+        transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    msg = str(e.value)
+    assert "`blocks` (2 blocks, blocks.0 .. blocks.1) is one region of source CspLike" in msg
+    assert "a value computed before its first block is used after its last one (node `getitem`" in msg
+    assert "Use " not in msg and "leaf" not in msg  # no fix is suggested, since none would work
+
+
+class Alt(nn.Module):
+    """Blocks of two kinds alternating in one stage (Swin, RepViT with/without SE)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.blocks = nn.Sequential(*[AltBlock(i % 2 == 0) for i in range(n)])
+
+    def forward(s, x):
+        return s.head(s.blocks(s.stem(x)))
+
+
+class AltBlock(nn.Module):
+    def __init__(s, gate):
+        super().__init__()
+        s.fc = nn.Linear(16, 16)
+        s.gate = nn.Linear(16, 16) if gate else None
+
+    def forward(s, x):
+        y = s.fc(x)
+        if s.gate is not None:
+            y = y * torch.sigmoid(s.gate(x))
+        return x + y
+
+
+@pytest.mark.parametrize("make,a,bad,good,pattern", [
+    (Alt, 2, 3, 4, r"^(?P<stage>blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+    (lambda d: timm.models.repvit.RepVit(embed_dim=(16, 24), depth=d, num_classes=4, img_size=64),
+     (2, 2), (3, 2), (4, 2), r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"),
+])
+def test_alternating_kinds_error_and_its_fix(make, a, bad, good, pattern):
+    inp = (2, 8) if make is Alt else (2, 3, 64, 64)
+    torch.manual_seed(0)
+    src = make(a)
+    with pytest.raises(SegmentMismatchError, match=r"of the same kind as `(stages\.0\.)?blocks\.0`.* come in 2 kinds "
+                                                   r"that alternate.*differ by a multiple of 2"):
+        transfer(src, rand_mask(src), make(bad), example_input=inp)
+    dst = make(good)  # the suggested fix
+    t = transfer(src, rand_mask(src), dst, example_input=inp)
+    check_blocks(src, dst, t, pattern, parity=True)
+
+
+class Blk(nn.Module):
+    def __init__(s, din, dout):
+        super().__init__()
+        s.fc = nn.Linear(din, dout)
+        s.proj = nn.Linear(din, dout) if din != dout else None
+
+    def forward(s, x):
+        return (x if s.proj is None else s.proj(x)) + torch.relu(s.fc(x))
+
+
+class Staged(nn.Module):
+    """A stage of n1 identical blocks, then one whose block 0 changes the width (ResNet)."""
+
+    def __init__(s, n1, n2):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(24, 4)
+        s.s1 = nn.Sequential(*[Res(16) for _ in range(n1)])
+        s.s2 = nn.Sequential(Blk(16, 24), *[Blk(24, 24) for _ in range(n2)])
+
+    def forward(s, x):
+        return s.head(s.s2(s.s1(s.stem(x))))
+
+
+STAGED = r"^(?P<stage>s\d)\.(?P<block>\d+)\.(?P<rest>.*)$"
+
+
+def test_block0_only_stage_error_and_its_fixes():
+    src = Staged(2, 0)
+    with pytest.raises(SegmentMismatchError, match=r"single block \(block 0 = s2\.0, which changes the shape\).*"
+                                                   r"Use a source with at least 2 blocks in that stage"):
+        transfer(src, rand_mask(src), Staged(2, 2), example_input=(2, 8))
+    for a, b in ((1, 3), (2, 0)):  # the fixes it names: 2 blocks in the source, or squeezing to 1
+        src, dst = Staged(2, a), Staged(2, b)
+        t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+        assert len(t.plan.stages[-1].dst_blocks) == b + 1
+        check_blocks(src, dst, t, STAGED)
+
+
+def test_stage_missing_from_the_source_error_and_its_fix():
+    src = Staged(0, 2)
+    with pytest.raises(SegmentMismatchError, match=r"the target has 2 block\(s\) here \(s1\.0, s1\.1\) and the "
+                                                   r"source has none.*Use a source that has at least one such block"):
+        transfer(src, rand_mask(src), Staged(2, 2), example_input=(2, 8))
+    src, dst = Staged(1, 2), Staged(2, 2)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    check_blocks(src, dst, t, STAGED)
+
+
+def test_verification_refuses_fixed_parts_that_do_not_pair_one_to_one():
+    src, dst = Staged(2, 2), Staged(2, 2)
+    sg, dg = eg.analyze(src, (2, 8)), eg.analyze(dst, (2, 8))
+    mt = match_mod.match(sg, dg)
+    good = list(mt.fixed)
+    mt.fixed = [(a, good[-1][1]) if k == 0 else (a, b) for k, (a, b) in enumerate(good)]  # stem <- head
+    srcs = [list(range(len(s.dst_labels))) for s in mt.stages]
+    with pytest.raises(SegmentMismatchError, match="would be filled from .* which is not the same computation"):
+        match_mod.verify(sg, dg, mt, srcs)
+    head = next(k for k, (a, b) in enumerate(good) if "head" in dg.regions[b].modules)
+    mt.fixed = good[:head] + good[head + 1:]  # the head left out
+    with pytest.raises(SegmentMismatchError, match=r"region \d+ \(head.*gets no source"):
+        match_mod.verify(sg, dg, mt, srcs)
+
+
+SINGLE_PERIOD = {
+    "efficientformer": (lambda d: timm.models.efficientformer.EfficientFormer(
+        depths=d, embed_dims=(16, 24, 32, 48), num_vit=1, num_classes=4), (1, 1, 1, 2), (2, 2, 3, 3), (1, 3, 224, 224)),
+    "edgenext": (lambda d: timm.models.edgenext.EdgeNeXt(dims=(16, 24, 32, 48), depths=d, heads=(2,) * 4, num_classes=4),
+                 (2, 2, 2, 2), (3, 3, 4, 3), (2, 3, 64, 64)),
+    "swiftformer": (lambda d: timm.create_model("swiftformer_xs", layers=d, embed_dims=[16, 24, 32, 48], num_classes=4),
+                    (2, 2, 2, 2), (3, 3, 4, 3), (2, 3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SINGLE_PERIOD))
+def test_third_party_single_period_stages(family):
+    """issue 10 §2: stages whose source holds one block of their repeating kind (the
+    last block of these stages is of another kind) stretch by repeating it."""
+    make, a, b, inp = SINGLE_PERIOD[family]
+    for x, y in ((a, b), (b, a)):
+        torch.manual_seed(0)
+        src, dst = make(x), make(y)
+        t = transfer(src, rand_mask(src), dst, example_input=inp)
+        check_blocks(src, dst, t, r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$")
+        assert sum(len(s.dst_blocks) for s in t.plan.stages) >= sum(y) - len(y)
+
+
+class GammaStage(nn.Module):
+    """Per-block scales kept by the stage in a ParameterList (a container, not a block)."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.blocks = nn.ModuleList([Res() for _ in range(n)])
+        s.gammas = nn.ParameterList([nn.Parameter(torch.full((16,), 0.5)) for _ in range(n)])
+
+    def forward(s, x):
+        x = s.stem(x)
+        for b, gamma in zip(s.blocks, s.gammas):
+            x = x + gamma * b.fc(x)
+        return s.head(x)
+
+
+def test_units_may_take_entries_of_a_parameter_list():
+    torch.manual_seed(0)
+    src, dst = GammaStage(2), GammaStage(3)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    src_of = sources_of(src, t)
+    assert [src_of[f"gammas.{j}"] for j in range(3)] == ["gammas.0", "gammas.1", "gammas.1"]
+    assert [src_of[f"blocks.{j}.fc.weight"] for j in range(3)] == [f"blocks.{i}.fc.weight" for i in (0, 1, 1)]
