@@ -33,6 +33,9 @@ PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_BUDGET:-400}
 T_START=$(date +%s)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# a private inductor cache: an entry left half-written by a killed compile elsewhere made
+# a dry run here fail with "file too short"
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor}
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 if [ -z "${FASHION_MNIST_ROOT:-}" ] && [ -d "$ROOT/.data/fashion-mnist" ]; then
   export FASHION_MNIST_ROOT=$ROOT/.data/fashion-mnist
