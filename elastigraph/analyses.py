@@ -156,6 +156,21 @@ def linear_mode_connectivity(
     )
 
 
+def write_lmc_csv(rows: Sequence[Mapping[str, Any]], path: Any) -> None:
+    """One line per LMC measurement: seed, target, level, method, sparsity, endpoint
+    accuracies, barrier (fraction) and the accuracy at every alpha."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["seed", "target", "level", "method", "sparsity", "acc_a", "acc_b", "barrier", "barrier_mean",
+                    "test_acc_by_alpha"])
+        for r in rows:
+            w.writerow([r["seed"], r["target"], r["level"], r["method"], f"{r['sparsity']:.6f}",
+                        f"{r['endpoint_acc'][0]:.6f}", f"{r['endpoint_acc'][1]:.6f}", f"{r['barrier']:.6f}",
+                        f"{r['barrier_mean']:.6f}", " ".join(f"{a:.4f}" for a in r["test_acc"])])
+
+
 def plot_lmc(rows: Sequence[Mapping[str, Any]], path: Any) -> None:
     """Write the LMC figure: left, test error along the path (one line per target and
     ticket kind at the highest level, mean over seeds); right, the error barrier against
@@ -197,4 +212,4 @@ def plot_lmc(rows: Sequence[Mapping[str, Any]], path: Any) -> None:
 
 
 __all__ = ["LMCResult", "linear_mode_connectivity", "interpolation_curve", "interpolate_state", "error_barrier",
-           "alphas_for", "plot_lmc"]
+           "alphas_for", "plot_lmc", "write_lmc_csv"]
