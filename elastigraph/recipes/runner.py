@@ -522,7 +522,9 @@ class Runner:
         tickets = []
         if "transfer" in r.lmc.tickets:
             tickets.append(("transfer", tr, tr, "weights.safetensors", 0 if target.start_at_step_zero else k))
-        if "imp" in r.lmc.tickets and imp is not None and tgt_dense is not None:
+        done = {(x["seed"], x["model"], x["level"]) for x in self.lmc_rows if x["method"] == "imp"}
+        if ("imp" in r.lmc.tickets and imp is not None and tgt_dense is not None
+                and (seed, target.model.label, lv) not in done):  # a second target of one model: measured once
             tickets.append(("imp", imp, tgt_dense, "rewind.safetensors", k))
         for method, mask_step, weights_step, weights_file, start in tickets:
             rec = self.lmc(target.model, seed, mask_step=mask_step, weights_step=weights_step,
