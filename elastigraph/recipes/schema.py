@@ -280,7 +280,7 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _lmc_levels(self) -> "Recipe":
-        if self.lmc.levels is not None:
+        if "lmc" in self.analyses and self.lmc.levels is not None:
             bad = sorted(set(self.lmc.levels) - set(self.prune.transfer_levels()))
             if bad:
                 raise ValueError(f"lmc.levels {bad} are not transferred levels {self.prune.transfer_levels()}")
