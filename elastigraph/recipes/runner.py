@@ -483,7 +483,8 @@ class Runner:
             tr = self.transfer(target, seed, src_level, src_dense)
             rt = self.retrain(
                 target.model, seed, mask_step=tr, weights_step=tr, weights_file="weights.safetensors",
-                start_step=0 if target.start_at_step_zero else k, label=f"retrain transferred {name} level={lv} seed={seed}",
+                start_step=0 if target.start_at_step_zero else k,
+                label=f"retrain transferred {name} level={lv} seed={seed}",
             )
             out.append(_record(seed, "target", target.model.label, name, lv, "transfer", rt))
             entry: dict[str, Any] = {
