@@ -4,14 +4,14 @@
     ticket = eg.transfer(src_model, src_mask, dst_model)   # stretch or squeeze a ticket
     ticket.apply(dst_model)                                 # rewound weights + mask
 
-Subpackages: ``graph`` (tracing, units, segments), ``masks`` (the mask type, files,
-reports), ``prune`` (IMP, random, SNIP, GraSP, SynFlow), ``train`` (masked training,
+Subpackages: ``graph`` (tracing, units, segments), ``analyses`` (linear mode
+connectivity), ``masks`` (the mask type, files, reports), ``prune`` (IMP, random, SNIP, GraSP, SynFlow), ``train`` (masked training,
 datasets), ``models`` (the zoo), ``recipes`` (experiments), ``cli``.
 """
 
 __version__ = "0.1.0"
 
-from . import errors, masks, models, prune  # noqa: F401
+from . import analyses, errors, masks, models, prune  # noqa: F401
 from .graph import ModelGraph, analyze
 from .masks import Mask, load_lth_mask, load_mask, read_mask, save_mask, sparsity_report
 from .transfer import Plan, StagePlan, Ticket, transfer
@@ -19,5 +19,5 @@ from .transfer import Plan, StagePlan, Ticket, transfer
 __all__ = [
     "transfer", "analyze", "Ticket", "Plan", "StagePlan", "ModelGraph",
     "Mask", "save_mask", "load_mask", "read_mask", "load_lth_mask", "sparsity_report",
-    "errors", "masks", "models", "prune",
+    "errors", "masks", "models", "prune", "analyses",
 ]

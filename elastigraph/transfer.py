@@ -383,6 +383,8 @@ class Ticket:
     src_mask: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     blocks: list[tuple[int, int, int, list[str]]] = field(default_factory=list, repr=False)
     unmapped: list[str] = field(default_factory=list)
+    reinit: list[str] = field(default_factory=list)
+    """Target tensors re-initialised instead of transferred (``head="reinit"``)."""
 
     def sparsity(self) -> dict[str, float]:
         """Global sparsity of the source mask and of the transferred mask. The transfer keeps
@@ -511,6 +513,8 @@ def transfer(
     mapping: str | Plan | None = None,
     example_input: Any = None,
     leaf_modules: Sequence[type] = (),
+    head: str = "keep",
+    seed: int = 0,
 ) -> Ticket:
     """Transfer a ticket (``src_mask`` + ``src_model``'s weights, its rewind point) onto
     ``dst_model``, a deeper or shallower model of the same family.
@@ -519,7 +523,19 @@ def transfer(
     parameters, or ``None`` to read masks installed with ``torch.nn.utils.prune``.
     ``strategy``: see :func:`strategies` (default: append + keep-first);
     ``mapping``: the paper's block-mapping string (``"0:0;1:1,2;2:3,4"``, stages joined by
-    ``|``) or a :class:`Plan`. Neither model is modified."""
+    ``|``) or a :class:`Plan`. Neither model is modified.
+
+    ``head``: ``"keep"`` (default) transfers the head like any fixed part, so heads of
+    different shapes (another class count) are a :class:`SegmentMismatchError`;
+    ``"reinit"`` is for a target trained on another task (E-LTH Table 6): the target's
+    head keeps its own (fresh) weights and gets a random mask, seeded by ``seed``, with
+    the density of the source ticket's head (see :func:`transfer_reinit_head`)."""
+    if head == "reinit":
+        return transfer_reinit_head(src_model, src_mask, dst_model, strategy=strategy, mapping=mapping,
+                                    example_input=example_input, leaf_modules=leaf_modules, seed=seed)
+    if head != "keep":
+        raise StrategyError(f"head={head!r}: use 'keep' (transfer the head; default) or 'reinit' (a new random head "
+                            "mask at the ticket's head density, for a target trained on another task)")
     for what, m in (("src_model", src_model), ("dst_model", dst_model)):
         if not isinstance(m, nn.Module):
             raise ModelTypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
@@ -540,7 +556,14 @@ def transfer(
     # the target sees exactly the source's input, so that activation shapes compare
     shared = example_input if example_input is not None else [torch.Size(s) for s in src.traced.input_shapes]
     dst = analyze(dst_model, shared, leaf_modules=leaf_modules, name=dst_label)
-    mt = match(src, dst)
+    try:
+        mt = match(src, dst)
+    except SegmentMismatchError as e:
+        sh, dh = head_tensors(src), head_tensors(dst)
+        if [s_ for _, s_ in sh] != [s_ for _, s_ in dh]:
+            raise SegmentMismatchError(f"{e} The heads differ ({sh} vs {dh}): for a target trained on another task, "
+                                       "pass head='reinit' to give it a new head at the ticket's head density.") from None
+        raise
     strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping)
     # never silently wrong: every target block from one whole source block of its stage
     verify(src, dst, mt, [sp.sources for sp in stage_plans])
@@ -590,5 +613,80 @@ def transfer(
     return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped)
 
 
-__all__ = ["transfer", "Ticket", "Plan", "StagePlan", "strategies", "parse_mapping", "stretch_append", "stretch_after_run",
+# ---------------------------------------------------------------------------- another task
+
+
+def head_tensors(mg: ModelGraph) -> list[tuple[str, tuple]]:
+    """The head of a traced model: the parameters of its last region that has any (the
+    output layer; ``[(name, shape), ...]``)."""
+    for r in reversed(mg.regions):
+        if r.params:
+            return list(r.params)
+    return []
+
+
+def transfer_reinit_head(
+    src_model: nn.Module,
+    src_mask: Mapping[str, torch.Tensor] | None,
+    dst_model: nn.Module,
+    *,
+    strategy: str | None = None,
+    mapping: str | Plan | None = None,
+    example_input: Any = None,
+    leaf_modules: Sequence[type] = (),
+    seed: int = 0,
+) -> Ticket:
+    """:func:`transfer` for a target trained on another task: everything but the head is
+    transferred as usual; the target's head (:func:`head_tensors`, of any shape) keeps
+    ``dst_model``'s own weights, and each of its masked tensors gets a random mask
+    (``seed``) keeping ``round(d * numel)`` entries, ``d`` being the density of the
+    source head tensor at the same position. ``Ticket.reinit`` lists those tensors."""
+    import copy
+
+    if not isinstance(dst_model, nn.Module) or not isinstance(src_model, nn.Module):
+        raise ModelTypeError("src_model and dst_model must be nn.Modules")
+    src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"
+    src_g = analyze(src_model, example_input, leaf_modules=leaf_modules, name=src_label)
+    shared = example_input if example_input is not None else [torch.Size(s) for s in src_g.traced.input_shapes]
+    dst_g = analyze(dst_model, shared, leaf_modules=leaf_modules, name=dst_label)
+    sh, dh = head_tensors(src_g), head_tensors(dst_g)
+    if not sh or len(sh) != len(dh) or any(len(a[1]) != len(b[1]) for a, b in zip(sh, dh)):
+        raise SegmentMismatchError(f"head='reinit': the heads of {src_label} ({sh}) and {dst_label} ({dh}) are not "
+                                   "layers of one kind (same tensors, same ranks); only their sizes may differ")
+    # a stand-in target whose head has the source's shapes, so the rest can be matched
+    proxy = copy.deepcopy(dst_model)
+    for (dn, dshape), (_, sshape) in zip(dh, sh):
+        mod_name, _, attr = dn.rpartition(".")
+        mod = proxy.get_submodule(mod_name)
+        old = getattr(mod, attr)
+        setattr(mod, attr, nn.Parameter(torch.zeros(sshape, dtype=old.dtype, device=old.device),
+                                        requires_grad=old.requires_grad))
+        # sizes the module records (Linear.out_features, Conv.out_channels) enter the
+        # graph signatures: give them the source's values too
+        resize = {d: s_ for d, s_ in zip(dshape, sshape) if d != s_}
+        for k, v in list(vars(mod).items()):
+            if type(v) is int and v in resize:
+                setattr(mod, k, resize[v])
+    t = transfer(src_model, src_mask, proxy, strategy=strategy, mapping=mapping, example_input=shared,
+                 leaf_modules=leaf_modules)
+    head_names = {n for n, _ in dh}
+    state = _masks.plain_state(dst_model.state_dict(), fold_mask=False)
+    weights = {k: (state[k].detach() if k in head_names else v) for k, v in t.weights.items()}
+    g = torch.Generator().manual_seed(seed)
+    mask = dict(t.mask)
+    for (dn, dshape), (sn, _) in zip(dh, sh):
+        if dn not in mask:
+            continue
+        n = math.prod(dshape)
+        keep = round(_masks.density({sn: t.src_mask[sn]}) * n)
+        m = torch.zeros(n, dtype=torch.bool)
+        m[torch.randperm(n, generator=g)[:keep]] = True
+        mask[dn] = m.view(dshape)
+    plan = t.plan
+    plan.dst = dst_label
+    return Ticket(mask=mask, weights=weights, plan=plan, src_mask=t.src_mask, blocks=t.blocks,
+                  unmapped=t.unmapped, reinit=[n for n, _ in dh])
+
+
+__all__ = ["transfer", "transfer_reinit_head", "head_tensors", "Ticket", "Plan", "StagePlan", "strategies", "parse_mapping", "stretch_append", "stretch_after_run",
            "stretch_interpolate", "squeeze_keep_first", "squeeze_even", "DEFAULT_STRATEGY"]

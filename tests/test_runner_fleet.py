@@ -103,3 +103,16 @@ def test_step_lock_makes_a_second_holder_wait(tmp_path):
     assert order == ["first done", "second in"]
     with cache.lock("retrain-other"):  # other steps are not blocked
         pass
+
+
+def test_fleet_steps_report_validation_accuracy_like_alone_ones(tmp_path):
+    recipe = load_recipe({**TINY, "seeds": [0], "dataset": {**TINY["dataset"], "val_fraction": 0.25}})
+    run_recipe(recipe, tmp_path / "fleet", fleet="on", workers=1)
+    run_recipe(recipe, tmp_path / "alone", fleet="off", workers=1)
+    fleet, alone = _markers(tmp_path / "fleet"), _markers(tmp_path / "alone")
+    assert set(fleet) == set(alone)
+    members = [sid for sid, m in fleet.items() if "fleet" in m["result"]]
+    assert members
+    for sid in members:
+        assert fleet[sid]["result"]["val_acc"] is not None
+        assert abs(fleet[sid]["result"]["val_acc"] - alone[sid]["result"]["val_acc"]) <= 1 / 16

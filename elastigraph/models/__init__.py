@@ -21,6 +21,7 @@ from ..errors import ModelNameError
 from .cifar_mobilenet import cifar_mobilenet_v2
 from .cifar_resnet import CifarResNet
 from .cifar_vgg import CifarVGG
+from .mlp import MLP, mlp
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
 MAX_NAME_DEPTH = 6002
@@ -47,6 +48,18 @@ def _cifar_resnet(depth: str, *, in_chans: int, num_classes: int, **kw: Any) -> 
 @register(r"cifar_vgg_(\d+)")
 def _cifar_vgg(depth: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
     return CifarVGG(int(depth), num_classes=num_classes, in_chans=in_chans, **kw)
+
+
+@register(r"mlp_(\d+(?:_\d+)*)")
+def _mlp_widths(widths: str, *, in_chans: int, num_classes: int, img_size: int = 28, **kw: Any) -> nn.Module:
+    """``mlp_300_100``: one hidden layer per number (open_lth's ``mnist_lenet_300_100``)."""
+    return MLP([int(w) for w in widths.split("_")], num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+
+
+@register(r"mlp")
+def _mlp(*, in_chans: int, num_classes: int, img_size: int = 28, **kw: Any) -> nn.Module:
+    """``mlp?depth=3&width=300``: ``depth`` hidden layers of ``width`` units."""
+    return mlp(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
 
 
 @register(r"cifar_mobilenet_v2")
@@ -217,7 +230,10 @@ def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: 
                 raise ModelNameError(f"{name!r}: depth {max(int(g) for g in m.groups() if g.isdigit()):,} is beyond "
                                      f"{MAX_NAME_DEPTH:,} (the deepest CIFAR ResNet published has 1202 layers)")
             if m:
-                overrides.pop("img_size", None)  # built-in models are input-size agnostic
+                img_size = overrides.pop("img_size", None)
+                # most built-in models are input-size agnostic; the MLPs take the image size
+                if img_size is not None and "img_size" in inspect.signature(fn).parameters:
+                    overrides["img_size"] = img_size
                 try:
                     return fn(*m.groups(), in_chans=in_chans, num_classes=num_classes, **overrides)
                 except TypeError as e:
@@ -233,4 +249,4 @@ def available() -> list[str]:
     return sorted(_BUILTIN)
 
 
-__all__ = ["create", "register", "available", "CifarResNet", "CifarVGG", "cifar_mobilenet_v2"]
+__all__ = ["create", "register", "available", "CifarResNet", "CifarVGG", "cifar_mobilenet_v2", "MLP", "mlp"]

@@ -276,6 +276,7 @@ class Runner:
         self.skipped = 0
         self._data: _Data | None = None
         self._pool: Any = None
+        self.lmc_rows: list[dict[str, Any]] = []
 
     # ----- plumbing
 
@@ -471,12 +472,15 @@ class Runner:
             "strategy": target.strategy, "mapping": target.mapping, "seed": seed,
             "dataset": self._dataset_settings(), "format": 2,
         }
+        if target.start_at_step_zero:  # only when set: older runs keep their step ids
+            settings["start_at_step_zero"] = True
 
         def fn(d: Path) -> dict[str, Any]:
             from ..transfer import transfer
 
-            src = self._build(self.recipe.source, seed)
-            src.load_state_dict(load_tensors(src_dense.file("rewind.safetensors")))
+            src = self._build(self.recipe.source, seed)  # the seeded init = the dense run's step 0
+            if not target.start_at_step_zero:
+                src.load_state_dict(load_tensors(src_dense.file("rewind.safetensors")))
             src_mask = _masks.load_mask(level.file("mask.safetensors"))
             dst = self._build(target.model, seed)
             x = self.data().train.x
@@ -682,6 +686,12 @@ class Runner:
                 results = train_fleet([m for m, _ in built], self.data().train, self.data().test, cfgs,
                                       masks=[mk for _, mk in built], start_step=reqs[pending[0]].start_step, progress=cb)
             wall = round(time.perf_counter() - t0, 3)
+            for (model, _), res in zip(built, results):  # as _train: validation accuracy when split off
+                res.val_loss, res.val_acc = None, None  # type: ignore[attr-defined]
+                if self.data().val is not None:  # each model holds its trained weights, masked entries zero
+                    from ..train import evaluate
+
+                    res.val_loss, res.val_acc = evaluate(model, self.data().val, device=cfgs[0].device)  # type: ignore[attr-defined]
             for i, (_, mk), res in zip(pending, built, results):
                 d = self.cache.dir(sids[i])
                 save_tensors(d / "final.safetensors", res.final_state)
@@ -857,11 +867,18 @@ class Runner:
                 "records": records,
                 "layer_density": layers,
             }
+            if r.analyses:
+                results["lmc"] = self.lmc_rows
             write_json(self.out / RESULTS, results)
             summary.results_path = self.out / RESULTS
             from ..report import write_report
 
             write_report(self.out)
+            if self.lmc_rows:
+                from ..analyses import plot_lmc, write_lmc_csv
+
+                write_lmc_csv(self.lmc_rows, self.out / "lmc.csv")
+                plot_lmc(self.lmc_rows, self.out / "lmc.png")
         return summary
 
     def _run_seed(self, seed: int, levels: list[int], top: int, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -919,7 +936,8 @@ class Runner:
             tr = self.transfer(target, seed, src_level, src_dense)
             # the level's retrains (transferred ticket + mask baselines) go through one
             # retrain_many, which trains them as a fleet or in parallel where that pays
-            requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors", k,
+            requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors",
+                                       0 if target.start_at_step_zero else k,
                                        f"retrain transferred {name} level={lv} seed={seed}")]
             methods = [b for b in r.baselines if b not in ("imp", "dense")]
             pending = [self._baseline_request(m, target, seed, lv, tr, tgt_dense) for m in methods]
@@ -940,6 +958,8 @@ class Runner:
                 if rb is not None:
                     out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
             layers.append(entry)
+            if r.analyses:
+                self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if tgt_levels else None, tgt_dense)
         return out
 
     def _baseline(
@@ -979,6 +999,59 @@ class Runner:
         assert mb is not None
         return RetrainRequest(target.model, seed, mb, tgt_dense if use_rewind else None, "rewind.safetensors",
                               k if use_rewind else 0, label)
+
+    # ----- analyses (recipe ``analyses:``; results under ``results.json["lmc"]``)
+
+    def _analyses(
+        self, target: TargetSpec, seed: int, lv: int, tr: StepRecord, imp: StepRecord | None, tgt_dense: StepRecord | None,
+    ) -> None:
+        """The recipe's analyses of level ``lv``: linear mode connectivity of the
+        transferred ticket and of the target's own IMP ticket (when ``imp`` runs)."""
+        r = self.recipe
+        if "lmc" not in r.analyses or (r.lmc.levels is not None and lv not in r.lmc.levels):
+            return
+        k = r.prune.rewind_step
+        tickets = []
+        if "transfer" in r.lmc.tickets:
+            tickets.append(("transfer", tr, tr, "weights.safetensors", 0 if target.start_at_step_zero else k))
+        done = {(x["seed"], x["model"], x["level"]) for x in self.lmc_rows if x["method"] == "imp"}
+        if ("imp" in r.lmc.tickets and imp is not None and tgt_dense is not None
+                and (seed, target.model.label, lv) not in done):  # a second target of one model: measured once
+            tickets.append(("imp", imp, tgt_dense, "rewind.safetensors", k))
+        for method, mask_step, weights_step, weights_file, start in tickets:
+            rec = self.lmc(target.model, seed, mask_step=mask_step, weights_step=weights_step,
+                           weights_file=weights_file, start_step=start,
+                           label=f"lmc {method} {target.name} level={lv} seed={seed}")
+            self.lmc_rows.append({"seed": seed, "target": target.name, "model": target.model.label, "level": lv,
+                                  "method": method, "step": rec.id,
+                                  **{k_: v for k_, v in rec.result.items() if k_ not in ("wall_s", "device")}})
+
+    def lmc(
+        self, spec: ModelSpec, seed: int, *, mask_step: StepRecord, weights_step: StepRecord, weights_file: str,
+        start_step: int, label: str,
+    ) -> StepRecord:
+        """Linear mode connectivity of one ticket (:func:`elastigraph.analyses.linear_mode_connectivity`):
+        two trainings from ``weights_step``'s weights under ``mask_step``'s mask with the
+        recipe's two data seeds, the interpolation evaluated at ``lmc.points`` points."""
+        s = self.recipe.lmc
+        settings = {**self._train_settings(spec, seed), "start_step": start_step, "weights_file": weights_file,
+                    "points": s.points, "data_seeds": list(s.data_seeds)}
+
+        def fn(d: Path) -> dict[str, Any]:
+            from ..analyses import linear_mode_connectivity
+
+            model = self._build(spec, seed)
+            model.load_state_dict(load_tensors(weights_step.file(weights_file)))
+            mask = _masks.load_mask(mask_step.file("mask.safetensors"))
+            data = self.data()
+            res = linear_mode_connectivity(model, data.train, data.test, self._config(seed), mask=mask,
+                                           start_step=start_step, data_seeds=s.data_seeds, points=s.points)
+            if self.writer:
+                for tag, st in zip("ab", res.states or ()):
+                    save_tensors(d / f"final_{tag}.safetensors", st)
+            return {**res.to_dict(), "sparsity": _masks.sparsity(mask)}
+
+        return self.step("lmc", settings, {"mask": mask_step, "weights": weights_step}, fn, collective=True, label=label)
 
 
 def copied_tensors(blocks: Any) -> list[str]:

@@ -397,6 +397,10 @@ class TargetSpec(_Section):
     strategy: str | None = None
     mapping: str | None = None
     label: str | None = None
+    start_at_step_zero: bool = False
+    """Transfer the source ticket with the source's step-0 (initial) weights and retrain
+    from step 0, instead of its rewind-step weights (ElasticLTH ``start_at_step_zero``;
+    the source IMP itself still rewinds to ``prune.rewind_step``)."""
 
     @model_validator(mode="after")
     def _one_of(self) -> "TargetSpec":
@@ -421,6 +425,30 @@ class BaselineSettings(_Section):
     mode, is what the original code does."""
 
 
+ANALYSES = ("lmc",)
+"""Analyses a recipe may list (``analyses: [lmc]``): ``lmc`` = linear mode connectivity
+of the transferred ticket and of the target's own IMP ticket (paper Fig. 8)."""
+
+
+class LMCSettings(_Section):
+    """Linear mode connectivity (``analyses: [lmc]``): the two data-order seeds, the
+    number of interpolation points, the transfer levels measured (default: all), and
+    which tickets (the transferred one; the target's own IMP ticket when ``imp`` is a
+    baseline)."""
+
+    points: int = Field(default=11, ge=3, le=101)
+    data_seeds: list[int] = Field(default_factory=lambda: [10_001, 10_002], min_length=2, max_length=2)
+    levels: list[int] | None = None
+    tickets: list[Literal["transfer", "imp"]] = Field(default_factory=lambda: ["transfer", "imp"], min_length=1)
+
+    @field_validator("data_seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if v[0] == v[1]:
+            raise ValueError(f"the two data seeds must differ, got {v}")
+        return v
+
+
 class Recipe(_Section):
     """A whole experiment (see ``recipes/*.yaml``)."""
 
@@ -437,6 +465,8 @@ class Recipe(_Section):
     baseline_settings: BaselineSettings = Field(default_factory=BaselineSettings)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: str | None = None
+    analyses: list[Literal["lmc"]] = Field(default_factory=list)
+    lmc: LMCSettings = Field(default_factory=LMCSettings)
     smoke: dict[str, Any] = Field(default_factory=dict)
     """Overrides merged into the recipe by ``--smoke`` (same layout as the recipe)."""
 
@@ -464,12 +494,21 @@ class Recipe(_Section):
     def _unique_baselines(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
 
+    @model_validator(mode="after")
+    def _lmc_levels(self) -> "Recipe":
+        if "lmc" in self.analyses and self.lmc.levels is not None:
+            bad = sorted(set(self.lmc.levels) - set(self.prune.transfer_levels()))
+            if bad:
+                raise ValueError(f"lmc.levels {bad} are not transferred levels {self.prune.transfer_levels()}")
+        return self
+
 
 DEFAULT_SMOKE: dict[str, Any] = {
     "dataset": {"train_limit": 32, "test_limit": 16},
     "train": {"steps": 2, "epochs": None, "batch_size": 8, "eval_every": None},
     "prune": {"rounds": 1, "rewind_step": 1, "levels": None},
     "baseline_settings": {"synflow_iterations": 2},
+    "lmc": {"levels": None, "points": 3},
 }
 """Used by ``--smoke`` below the recipe's own ``smoke`` section: a few dozen images, two
 steps, one IMP level, the first seed only."""

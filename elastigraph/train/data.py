@@ -399,6 +399,59 @@ def synthetic(
     return ArrayDataset(x.round().clamp(0, 255).to(torch.uint8), y.to(torch.int64), spec)
 
 
+def parse_classes(text: str, where: str = "dataset") -> list[int]:
+    """``'0-4'`` -> [0, 1, 2, 3, 4]; ``'0,2,7-9'`` -> [0, 2, 7, 8, 9] (order kept)."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        a, dash, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b) if dash else int(a)
+        except ValueError:
+            raise DatasetError(f"{where}: classes={text!r} is not a list of class ids or ranges such as '0-4' or "
+                               "'0,2,7-9'") from None
+        if lo > hi:
+            raise DatasetError(f"{where}: class range {part.strip()!r} runs backwards; write it as {hi}-{lo}")
+        out += range(lo, hi + 1)
+    if len(set(out)) != len(out):
+        raise DatasetError(f"{where}: classes={text!r} names a class twice")
+    return out
+
+
+def split_dataset_name(name: str) -> tuple[str, dict[str, str]]:
+    """``'fashion_mnist?classes=0-4'`` -> ``('fashion_mnist', {'classes': '0-4'})``. Only
+    ``classes`` is known; ``imagefolder:<path>`` names keep any ``?`` in the path."""
+    if "?" not in name or name.startswith("imagefolder"):
+        return name, {}
+    base, _, query = name.partition("?")
+    opts: dict[str, str] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq or key.strip() != "classes":
+            raise DatasetError(f"dataset {name!r}: unknown option {part!r}; the only option is classes=<ids>, "
+                               "e.g. 'fashion_mnist?classes=0-4'")
+        opts["classes"] = value.strip()
+    return base, opts
+
+
+def select_classes(ds: ArrayDataset | FolderDataset, classes: Sequence[int], name: str) -> ArrayDataset | FolderDataset:
+    """The rows of ``ds`` whose label is in ``classes``, relabelled ``classes[i] -> i`` so
+    that a model of ``len(classes)`` outputs trains on them (a class-split task)."""
+    k = ds.spec.num_classes
+    bad = [c for c in classes if not 0 <= c < k]
+    if bad:
+        raise DatasetError(f"dataset {name!r}: classes {bad} do not exist ({ds.spec.name} has classes 0-{k - 1})")
+    if len(classes) < 2:
+        raise DatasetError(f"dataset {name!r}: a task needs at least 2 classes, got {list(classes)}")
+    lut = torch.full((k,), -1, dtype=torch.int64)
+    lut[torch.tensor(list(classes))] = torch.arange(len(classes))
+    new_y = lut[ds.y]
+    keep = torch.nonzero(new_y >= 0).flatten()
+    spec = DataSpec(name, ds.spec.in_chans, len(classes), ds.spec.image_size, ds.spec.mean, ds.spec.std)
+    if isinstance(ds, FolderDataset):
+        return FolderDataset(ds.root, spec, [(ds.samples[int(i)][0], int(new_y[i])) for i in keep])
+    return ArrayDataset(ds.x[keep].clone(), new_y[keep].clone(), spec)
+
+
 def load_dataset(
     name: str,
     *,
@@ -410,13 +463,17 @@ def load_dataset(
 ) -> ArrayDataset | FolderDataset:
     """Load ``name`` (``fashion_mnist``, ``cifar10``, ``cifar100``, ``synthetic``,
     ``imagefolder:<path>``) from local files; ``limit`` keeps a seeded, class-balanced
-    subset of that many images (smoke runs). ``image_size`` only applies to imagefolder."""
+    subset of that many images (smoke runs). ``image_size`` only applies to imagefolder.
+    ``name?classes=0-4`` keeps those classes only, relabelled 0..k-1 (a class-split task;
+    ``limit`` then counts images of the split)."""
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset name must be a string such as 'fashion_mnist' or 'cifar10', got {name!r}")
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise DatasetError(f"dataset {name!r}: root must be a folder path, got {type(root).__name__}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise DatasetError(f"dataset {name!r}: limit must be an integer number of images, got {limit!r}")
+    full_name = name
+    name, opts = split_dataset_name(name)
     if split == "val":
         split = "test"
     if split not in ("train", "test"):
@@ -428,7 +485,8 @@ def load_dataset(
     elif name in ("cifar10", "cifar100"):
         ds = _cifar(name, root, split)
     elif name == "synthetic":
-        ds = synthetic(limit or (2048 if split == "train" else 512), seed=seed, split=split)
+        n = limit if "classes" not in opts else None  # a class split takes its limit from the split
+        ds = synthetic(n or (2048 if split == "train" else 512), seed=seed, split=split)
     elif name.startswith("imagefolder:") or name == "imagefolder":
         path = name.partition(":")[2] or root
         if not path:
@@ -438,9 +496,12 @@ def load_dataset(
         raise DatasetError(
             f"unknown dataset {name!r}; known: fashion_mnist, cifar10, cifar100, synthetic, imagefolder:<path>"
         )
+    if "classes" in opts:
+        ds = select_classes(ds, parse_classes(opts["classes"], f"dataset {full_name!r}"), full_name)
     if limit is not None and limit < len(ds):
         ds = ds.subset(balanced_subset(ds.y, limit, seed))
     return ds
 
 
-__all__ = ["DataSpec", "ArrayDataset", "FolderDataset", "load_dataset", "synthetic", "balanced_subset"]
+__all__ = ["DataSpec", "ArrayDataset", "FolderDataset", "load_dataset", "synthetic", "balanced_subset",
+           "select_classes", "parse_classes", "split_dataset_name"]
