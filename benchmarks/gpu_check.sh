@@ -119,8 +119,9 @@ if [ "$MODE" = cpu ]; then
   T_TEST=240 T_SPEED=120 T_COMPILE=240 T_FLEET=240 T_RECIPE=180
 else
   SPEED="--steps 100 --warmup 20 --repeats 3"
-  FLEET="--ks 1 2 4 8 16 --widths 8 16 --steps 20 --warmup 3 --process-max-k 4"
-  FLEET_C="--ks 1 16 --widths 8 --steps 20 --warmup 3 --modes fleet sequential"
+  # fleets train in fp32 (see docs/benchmarks.md): compare them with fp32 single runs
+  FLEET="--no-amp --ks 1 2 4 8 16 --widths 8 16 --steps 20 --warmup 3 --process-max-k 4"
+  FLEET_C="--no-amp --ks 1 16 --widths 8 --steps 20 --warmup 3 --modes fleet sequential"
   RECIPE_SET=(--set "seeds=[0]" --set prune.rounds=2)
   T_TEST=180 T_SPEED=60 T_COMPILE=120 T_FLEET=170 T_RECIPE=110
 fi

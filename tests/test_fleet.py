@@ -149,6 +149,8 @@ def test_cuda_fleet_fp32_equals_alone(data, arch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_cuda_fleet_bf16_and_compile_train_and_keep_masks(data):
+    """A fleet asked for bf16 trains in fp32 (autocast under vmap breaks BatchNorm's
+    backward in torch 2.11), compiled or not, and keeps pruned weights zero."""
     tr, te = data
     mem = members("resnet", 4)
     for compile_ in (False, True):
@@ -159,20 +161,23 @@ def test_cuda_fleet_bf16_and_compile_train_and_keep_masks(data):
             assert all(torch.isfinite(v.float()).all() for v in r.final_state.values())
             for n, m in mk.items():
                 assert r.final_state[n][~m].abs().max().item() == 0.0
-        # bf16 rounding differs between the grouped and the single kernels: close, not equal
+        # the fleet trained in fp32, the single run in bf16: close, not equal
         assert abs(res[0].test_loss - alone.test_loss) < 0.1
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("amp,channels_last", [(False, False), (False, True), (True, True)])
-def test_cuda_loop_matches_cpu_in_fp32_and_runs_bf16_channels_last(data, amp, channels_last):
+def test_cuda_loop_matches_cpu_in_fp32_and_runs_bf16_channels_last(data, amp, channels_last, monkeypatch):
     """fp32 on CUDA (NCHW or channels_last, data held on the GPU) follows the CPU run
     closely; bf16 autocast trains and keeps pruned weights zero; the model comes back to
     the CPU in the contiguous format."""
     tr, te = data
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 means fp32 here (cuDNN defaults to TF32)
     (m, mk), = members("resnet", 1)
-    cfg = dict(steps=3, batch_size=32, lr=0.02, seed=3)
+    # no augmentation: crops and flips draw from the device's generator, so a CPU and a
+    # CUDA run of one seed see different crops (found on the H200)
+    cfg = dict(steps=3, batch_size=32, lr=0.02, seed=3, augment=False)
     cpu = train(copy.deepcopy(m), tr, te, TrainConfig(**cfg, device="cpu"), mask=mk)
     model = copy.deepcopy(m)
     gpu_res = train(model, tr, te, TrainConfig(**cfg, device="cuda", amp=amp, channels_last=channels_last), mask=mk)

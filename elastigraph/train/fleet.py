@@ -45,6 +45,15 @@ from .loop import (
 _SHARED_EXEMPT = ("seed",)
 
 
+def _math_attention():
+    """``scaled_dot_product_attention`` limited to its math kernel (a context manager)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True)
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def fleet_key(cfg: TrainConfig) -> tuple:
     """What members of one fleet must share: every TrainConfig field but the seed."""
     d = cfg.to_dict()
@@ -137,7 +146,12 @@ def train_fleet(
         raise ConfigError(f"rewind_step={rewind_step} must lie in [start_step={start_step}, total steps={total}]")
     batch = min(cfg.batch_size, len(train_set))
     cuda = device.type == "cuda"
-    amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cfg.amp and cuda) else contextlib.nullcontext
+    # A fleet trains in fp32 (cuDNN's TF32 convolutions on CUDA), also when cfg.amp asks
+    # for bf16: under vmap, autocast's bf16 activations meet BatchNorm's fp32 running
+    # statistics in the batched backward ("Expected running_mean to have type BFloat16",
+    # torch 2.11, H200; measured by benchmarks/gpu_check.sh). Fleet-trained runner steps
+    # record ``fleet: K``.
+    amp_ctx = contextlib.nullcontext
 
     mks = _member_masks(models, masks)
     homes = [next(iter(m.parameters()), torch.empty(0)).device for m in models]
@@ -173,8 +187,14 @@ def train_fleet(
     def member_forward(p, b, x):
         return torch.func.functional_call(template, (p, b), (x,))
 
-    vforward = torch.func.vmap(member_forward, in_dims=(0, 0, 0), randomness="error")
-    fwd = torch.compile(vforward) if cfg.compile else vforward
+    def batched_forward(p, b, x):
+        # the fused attention kernels' backward rejects vmap's batched strides on CUDA
+        # ("LSE is not correctly aligned", torch 2.11): attention takes the math kernel
+        with _math_attention() if cuda else contextlib.nullcontext():
+            return vmapped(p, b, x)
+
+    vmapped = torch.func.vmap(member_forward, in_dims=(0, 0, 0), randomness="error")
+    fwd = torch.compile(batched_forward) if cfg.compile else batched_forward
 
     trainable = [v for v in params.values() if v.requires_grad]
     if cfg.optimizer == "adamw":
