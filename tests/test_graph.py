@@ -248,3 +248,27 @@ def test_tracing_leaves_no_attributes_on_the_model():
     assert set(m.__dict__) == before  # fx's _tensor_constant0 lives with the graph, not the model
     consts = [d for _, d in a.graph.nodes(data=True) if d["op"] == "get_attr"]
     assert [(d["target"], d["shape"]) for d in consts] == [("_tensor_constant0", (1,))]
+
+
+class _RootBranch(nn.Module):
+    """Data-dependent control flow in the model's own forward: neither torch.fx nor
+    torch.export can capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_untraceable_root_forward_does_not_suggest_marking_the_model_a_leaf():
+    """Issue 13 section 6: a suggested fix must be one that works; marking the whole
+    model a leaf leaves nothing to analyse."""
+    with pytest.raises(TraceError) as e:
+        analyze(_RootBranch(), (2, 4))
+    msg = str(e.value)
+    assert "the forward of _RootBranch" in msg
+    assert "leaf_modules=(_RootBranch,)" not in msg and "cannot help" in msg

@@ -151,11 +151,13 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
         where = tracer.failed_in or ("", type(model))
         qual, cls = where
         name = f"module {qual!r} ({cls.__name__})" if qual else f"the forward of {cls.__name__}"
-        raise TraceError(
-            f"torch.fx cannot trace {label}: it failed inside {name}: {type(e).__name__}: {e}. "
-            f"Mark that module type as a leaf with leaf_modules=({cls.__name__},) "
-            "(it is then treated as one opaque op), or make its forward traceable."
-        ) from e
+        # marking a submodule a leaf can help; marking the whole model one cannot (nothing
+        # would be left to analyse)
+        fix = (f"Mark that module type as a leaf with leaf_modules=({cls.__name__},) (it is then treated as one "
+               "opaque op), or make its forward traceable." if qual else
+               "The failure is in the model's own forward, so a leaf_modules entry cannot help; its forward "
+               "must be traceable, or capturable by torch.export with the inputs it needs (example_input).")
+        raise TraceError(f"torch.fx cannot trace {label}: it failed inside {name}: {type(e).__name__}: {e}. {fix}") from e
     finally:
         # fx stores tensor constants met while tracing as attributes of the root module;
         # move them off the user's model onto the graph
