@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from elastigraph.errors import ConfigError
 from elastigraph.recipes import load_recipe, run_recipe
@@ -116,3 +117,21 @@ def test_fleet_steps_report_validation_accuracy_like_alone_ones(tmp_path):
     for sid in members:
         assert fleet[sid]["result"]["val_acc"] is not None
         assert abs(fleet[sid]["result"]["val_acc"] - alone[sid]["result"]["val_acc"]) <= 1 / 16
+
+
+def test_workers_from_a_two_thread_parent_find_the_steps_they_ran(tmp_path, reference):
+    """The parent's thread count is split among the workers (2 threads -> 1 each), and the
+    thread count is part of a step's id: the parent must name a step with the count it
+    is trained with, or it looks for a step the worker stored under another id (the
+    README demo failed so: 'not a finished step (missing)')."""
+    recipe = load_recipe({**TINY, "seeds": [0]})
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_recipe(recipe, tmp_path, fleet="off", workers=2)
+        assert torch.get_num_threads() == 2  # restored after the pool
+    finally:
+        torch.set_num_threads(n)
+    ref = [r for r in _records(reference) if r["seed"] == 0]
+    assert _records(tmp_path) == ref  # 1 thread each, like the one-thread reference
+    assert json.loads((tmp_path / "results.json").read_text())["environment"]["threads"] == 1

@@ -744,6 +744,11 @@ class Runner:
         cuda = self._cuda()
         gpus = torch.cuda.device_count() if cuda else 0
         threads = max(1, torch.get_num_threads() // n)
+        # the thread count is part of every training step's key (CPU results depend on it):
+        # the parent computes steps' ids and trains some steps itself, so it uses the
+        # workers' count too -- a step's id and result do not depend on where it ran
+        self._parent_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
         self._pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
                                          initargs=(counter, n, threads, gpus))
         self.log(f"[info] {n} worker processes ({'one GPU each' if gpus else f'{threads} thread(s) each, pinned'})")
@@ -752,6 +757,9 @@ class Runner:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            if getattr(self, "_parent_threads", None):
+                torch.set_num_threads(self._parent_threads)
+                self._parent_threads = None
 
     def _submit(self, what: str, **kw: Any) -> Future:
         return self._pool.submit(_worker_job, self.recipe, str(self.out), str(self.cache.root), self.fleet, what, kw)
@@ -840,6 +848,7 @@ class Runner:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "recipe.json", r.model_dump(mode="json"))
         self._start_pool()
+        step_threads = torch.get_num_threads()  # what every step of this run trains with
         try:
             if self._pool is not None and len(r.seeds) > 1:  # whole seeds to the workers
                 jobs = [self._submit("seed", seed=seed) for seed in r.seeds]
@@ -852,7 +861,7 @@ class Runner:
         summary = RunSummary(self.out, self.executed, self.skipped, records)
         if self.writer:
             data = self.data()
-            env = {**environment(), "devices": sorted({str(x["device"]) for x in records if x.get("device")})}
+            env = {**environment(), "threads": step_threads, "devices": sorted({str(x["device"]) for x in records if x.get("device")})}
             results = {
                 "recipe": r.name,
                 "source": r.source_name,
