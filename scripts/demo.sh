@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job: one real E-LTH experiment on Fashion-MNIST, end to end, in
-# about 1-2 minutes on a 2-core CPU: a ResNet-20 ticket found by IMP (one 20% round,
+# about 2-3 minutes on a 2-core CPU: a ResNet-20 ticket found by IMP (one 20% round,
 # rewound to step 12) is stretched to ResNet-32, retrained, and compared with a random
 # mask at the same sparsity and the dense ResNet-32; then the report (tables, CSV, PNGs).
 # Usage: scripts/demo.sh [OUT_DIR]   (default runs/demo; a rerun reuses finished steps)
