@@ -39,7 +39,7 @@ from . import distributed as _dist
 from .data import ArrayDataset
 from .loop import (
     Progress, TrainConfig, TrainResult, _ArrayBatches, _evaluate, _Normalizer, _plain_keys, _resolve_device,
-    lr_at, steps_per_epoch, total_steps,
+    eval_due, lr_at, steps_per_epoch, total_steps,
 )
 
 _SHARED_EXEMPT = ("seed",)
@@ -269,7 +269,7 @@ def train_fleet(
                 loss_sum += losses.detach()
                 n_loss += 1
                 done = step + 1
-                is_eval = done == total or (cfg.eval_every is not None and done % cfg.eval_every == 0)
+                is_eval = eval_due(cfg, done, total)
                 if is_eval or done == rewind_step:
                     if cuda:
                         torch.cuda.synchronize(device)
@@ -295,10 +295,9 @@ def train_fleet(
     wall = time.perf_counter() - t0
     results = []
     for i in range(k):
-        final = member_state_cpu = {n: v for n, v in models[i].state_dict().items()}
+        sd = models[i].state_dict()
         rank = {key: j for j, key in enumerate(orders[i])}
-        final = {n: member_state_cpu[n].detach().to("cpu", copy=True).contiguous()
-                 for n in sorted(final, key=lambda q: rank.get(q, len(rank)))}
+        final = {n: sd[n].detach().to("cpu", copy=True).contiguous() for n in sorted(sd, key=lambda q: rank.get(q, len(rank)))}
         last = lasts[i]
         results.append(TrainResult(
             final_state=final, rewind_state=rewind_states[i], history=histories[i],

@@ -431,6 +431,14 @@ def _check_train_args(model: Any, train_set: Any, test_set: Any, cfg: Any, start
                              "the CPU or load a state dict with model.to_empty(device=...) + load_state_dict")
 
 
+
+def eval_due(cfg: TrainConfig, done: int, total: int) -> bool:
+    """Whether the run evaluates after ``done`` of ``total`` steps: every
+    ``cfg.eval_every`` steps and at the end (one rule for ``train`` and fleets, whose
+    histories must line up)."""
+    return done == total or (cfg.eval_every is not None and done % cfg.eval_every == 0)
+
+
 def train(
     model: nn.Module,
     train_set: ArrayDataset | FolderDataset,
@@ -543,7 +551,7 @@ def train(
                 loss_sum += loss.detach()
                 n_loss += 1
                 done = step + 1
-                is_eval = done == total or (cfg.eval_every is not None and done % cfg.eval_every == 0)
+                is_eval = eval_due(cfg, done, total)
                 if is_eval or done == rewind_step:
                     if cuda:
                         torch.cuda.synchronize(device)
