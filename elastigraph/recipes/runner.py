@@ -23,6 +23,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import json
 import math
 import platform
 import os
@@ -36,9 +37,9 @@ import torch
 from torch import nn
 
 from .. import masks as _masks
-from ..errors import ConfigError, StrategyError
+from ..errors import ConfigError, SegmentMismatchError, StrategyError
 from .cache import StepCache, StepRecord, load_tensors, save_tensors, step_id, write_json
-from .schema import BASELINES, MASK_BASELINES, ModelSpec, Recipe, TargetSpec
+from .schema import BASELINES, MASK_BASELINES, DatasetSpec, ModelSpec, Recipe, TargetSpec
 
 RESULTS = "results.json"
 STEPS_DIR = "steps"
@@ -190,6 +191,7 @@ class RetrainRequest:
     start_step: int
     label: str
     init_seed: int | None = None
+    dataset: DatasetSpec | None = None  # the target's task (None: the recipe's dataset)
 
 
 def _cores() -> list[int]:
@@ -274,7 +276,7 @@ class Runner:
         self.workers = workers
         self.executed = 0
         self.skipped = 0
-        self._data: _Data | None = None
+        self._data: dict[str, _Data] = {}
         self._pool: Any = None
         self.lmc_rows: list[dict[str, Any]] = []
 
@@ -284,19 +286,25 @@ class Runner:
     def writer(self) -> bool:
         return self.rank == 0
 
-    def data(self) -> _Data:
-        if self._data is None:
-            ds = self.recipe.dataset
+    def data(self, ds: DatasetSpec | None = None) -> _Data:
+        """The train/val/test splits of ``ds`` (default: the recipe's dataset; a target
+        with its own ``dataset`` trains and is evaluated on that one)."""
+        ds = ds or self.recipe.dataset
+        key = self._dataset_key(ds)
+        if key not in self._data:
             train = _load_dataset(ds.name, ds.root, "train", ds.train_limit, ds.seed)
             test = _load_dataset(ds.name, ds.root, "test", ds.test_limit, ds.seed)
             val = None
             if ds.val_fraction:
                 train, val = split_validation(train, ds.val_fraction, ds.seed)
-            self._data = _Data(train, test, val)
-        return self._data
+            self._data[key] = _Data(train, test, val)
+        return self._data[key]
 
-    def _dataset_settings(self) -> dict[str, Any]:
-        return self.recipe.dataset.model_dump()
+    def _dataset_settings(self, ds: DatasetSpec | None = None) -> dict[str, Any]:
+        return (ds or self.recipe.dataset).model_dump()
+
+    def _dataset_key(self, ds: DatasetSpec | None) -> str:
+        return json.dumps(self._dataset_settings(ds), sort_keys=True)
 
     def step(
         self,
@@ -357,11 +365,12 @@ class Runner:
         start_step: int,
         label: str,
         rewind_step: int | None = None,
+        ds: DatasetSpec | None = None,
     ):
         from ..train import train
 
         cfg = self._config(seed)
-        d = self.data()
+        d = self.data(ds)
         bar = self.progress(label) if self.progress is not None and self.writer else contextlib.nullcontext(None)
         with bar as cb:
             res = train(
@@ -382,16 +391,18 @@ class Runner:
         device = {"device": self.recipe.device} if self.recipe.device else {}
         return TrainConfig(**self.recipe.train.settings(), seed=seed, **device)
 
-    def _build(self, spec: ModelSpec, seed: int) -> nn.Module:
-        """``spec`` with the initialisation drawn from torch's generator seeded with ``seed``."""
+    def _build(self, spec: ModelSpec, seed: int, ds: DatasetSpec | None = None) -> nn.Module:
+        """``spec`` for ``ds``'s images and classes, with the initialisation drawn from
+        torch's generator seeded with ``seed``."""
         torch.manual_seed(seed)
-        in_chans, num_classes = self.data().shape
-        return spec.build(in_chans=in_chans, num_classes=num_classes, img_size=self.data().image_size)
+        data = self.data(ds)
+        in_chans, num_classes = data.shape
+        return spec.build(in_chans=in_chans, num_classes=num_classes, img_size=data.image_size)
 
-    def _train_settings(self, spec: ModelSpec, seed: int) -> dict[str, Any]:
+    def _train_settings(self, spec: ModelSpec, seed: int, ds: DatasetSpec | None = None) -> dict[str, Any]:
         return {
             "model": spec.label,
-            "dataset": self._dataset_settings(),
+            "dataset": self._dataset_settings(ds),
             "train": self.recipe.train.settings(),
             "seed": seed,
             "device": self.recipe.device,
@@ -400,23 +411,23 @@ class Runner:
 
     # ----- stages
 
-    def dense(self, spec: ModelSpec, seed: int, role: str, name: str) -> StepRecord:
+    def dense(self, spec: ModelSpec, seed: int, role: str, name: str, ds: DatasetSpec | None = None) -> StepRecord:
         """Level 0: dense training from the seeded initialisation; keeps the weights at
         the rewind step (``rewind.safetensors``) and the final ones (``final.safetensors``)."""
         k = self.recipe.prune.rewind_step
-        settings = {**self._train_settings(spec, seed), "rewind_step": k}
+        settings = {**self._train_settings(spec, seed, ds), "rewind_step": k}
 
         def fn(d: Path) -> dict[str, Any]:
             from ..train import total_steps
 
-            total = total_steps(self._config(seed), len(self.data().train))
+            total = total_steps(self._config(seed), len(self.data(ds).train))
             if k > total:
                 raise ConfigError(
                     f"recipe {self.recipe.name!r}: prune.rewind_step={k} lies beyond the {total} training steps; "
                     "lower prune.rewind_step or train longer (train.steps / train.epochs)"
                 )
-            model = self._build(spec, seed)
-            res = self._train(model, seed=seed, mask=None, start_step=0, rewind_step=k, label=f"{role} {name} dense")
+            model = self._build(spec, seed, ds)
+            res = self._train(model, seed=seed, mask=None, start_step=0, rewind_step=k, label=f"{role} {name} dense", ds=ds)
             if self.writer:
                 save_tensors(d / "rewind.safetensors", res.rewind_state)
                 save_tensors(d / "final.safetensors", res.final_state)
@@ -425,24 +436,25 @@ class Runner:
         return self.step("dense", settings, {}, fn, collective=True, label=f"{role} {name} dense seed={seed}")
 
     def imp_level(
-        self, spec: ModelSpec, seed: int, level: int, prev: StepRecord, dense: StepRecord, role: str, name: str
+        self, spec: ModelSpec, seed: int, level: int, prev: StepRecord, dense: StepRecord, role: str, name: str,
+        ds: DatasetSpec | None = None,
     ) -> StepRecord:
         """IMP level ``level``: prune ``fraction`` of the weights still alive in ``prev``'s
         final weights (global magnitude), rewind the survivors to ``dense``'s rewind
         weights and retrain under the new mask."""
         p = self.recipe.prune
-        settings = {**self._train_settings(spec, seed), "level": level, "fraction": p.fraction, "rewind_step": p.rewind_step,
+        settings = {**self._train_settings(spec, seed, ds), "level": level, "fraction": p.fraction, "rewind_step": p.rewind_step,
                     **p.prunable()}
 
         def fn(d: Path) -> dict[str, Any]:
             from .. import prune
 
-            model = self._build(spec, seed)
+            model = self._build(spec, seed, ds)
             model.load_state_dict(load_tensors(prev.file("final.safetensors")))
             prev_mask = _masks.load_mask(prev.file("mask.safetensors")) if level > 1 else None
             mask = prune.magnitude(model, fraction=p.fraction, mask=prev_mask, **p.prunable())
             model.load_state_dict(load_tensors(dense.file("rewind.safetensors")))
-            res = self._train(model, seed=seed, mask=mask, start_step=p.rewind_step, label=f"{role} {name} IMP level {level}")
+            res = self._train(model, seed=seed, mask=mask, start_step=p.rewind_step, label=f"{role} {name} IMP level {level}", ds=ds)
             if self.writer:
                 _masks.save_mask(mask, d / "mask.safetensors")
                 save_tensors(d / "final.safetensors", res.final_state)
@@ -453,13 +465,16 @@ class Runner:
             label=f"{role} {name} IMP level={level} seed={seed}",
         )
 
-    def imp_levels(self, spec: ModelSpec, seed: int, upto: int, role: str, name: str) -> tuple[StepRecord, list[StepRecord]]:
-        """The dense run and IMP levels 1..``upto`` of ``spec`` (index ``i`` = level ``i+1``)."""
-        dense = self.dense(spec, seed, role, name)
+    def imp_levels(
+        self, spec: ModelSpec, seed: int, upto: int, role: str, name: str, ds: DatasetSpec | None = None,
+    ) -> tuple[StepRecord, list[StepRecord]]:
+        """The dense run and IMP levels 1..``upto`` of ``spec`` on ``ds`` (default the
+        recipe's dataset; index ``i`` = level ``i+1``)."""
+        dense = self.dense(spec, seed, role, name, ds)
         levels: list[StepRecord] = []
         prev = dense
         for level in range(1, upto + 1):
-            prev = self.imp_level(spec, seed, level, prev, dense, role, name)
+            prev = self.imp_level(spec, seed, level, prev, dense, role, name, ds)
             levels.append(prev)
         return dense, levels
 
@@ -474,6 +489,10 @@ class Runner:
         }
         if target.start_at_step_zero:  # only when set: older runs keep their step ids
             settings["start_at_step_zero"] = True
+        if target.dataset is not None:  # another task: the target is built for its classes
+            settings["target_dataset"] = self._dataset_settings(target.dataset)
+        if target.head != "keep":
+            settings["head"] = target.head
 
         def fn(d: Path) -> dict[str, Any]:
             from ..transfer import transfer
@@ -482,10 +501,15 @@ class Runner:
             if not target.start_at_step_zero:
                 src.load_state_dict(load_tensors(src_dense.file("rewind.safetensors")))
             src_mask = _masks.load_mask(level.file("mask.safetensors"))
-            dst = self._build(target.model, seed)
+            dst = self._build(target.model, seed, target.dataset)
             x = self.data().train.x
-            ticket = transfer(src, src_mask, dst, strategy=target.strategy, mapping=target.mapping,
-                              example_input=(2, *x.shape[1:]))
+            try:
+                ticket = transfer(src, src_mask, dst, strategy=target.strategy, mapping=target.mapping,
+                                  example_input=(2, *x.shape[1:]), head=target.head, seed=derived_seed(seed, "head"))
+            except SegmentMismatchError as e:
+                if "head='reinit'" not in str(e):
+                    raise
+                raise SegmentMismatchError(f"{e} In a recipe: set `head: reinit` on target {target.name!r}.") from None
             _masks.save_mask(ticket.mask, d / "mask.safetensors")
             save_tensors(d / "weights.safetensors", ticket.weights)
             write_json(d / "plan.json", ticket.plan.to_dict())
@@ -499,6 +523,7 @@ class Runner:
                 "layers": layer_density(ticket.mask),
                 "source_layers": layer_density(src_mask),
                 "copied": copied_tensors(ticket.blocks),
+                "reinit_head": list(ticket.reinit),
             }
 
         return self.step(
@@ -516,7 +541,7 @@ class Runner:
             "method": method, "target": target.model.label, "seed": seed, "sparsity": round(sparsity, 10),
             "batches": bs.batches if data_based else None,
             "iterations": bs.synflow_iterations if method == "synflow" else None,
-            "dataset": self._dataset_settings() if data_based else None,
+            "dataset": self._dataset_settings(target.dataset) if data_based else None,
             "batch_size": self.recipe.train.batch_size if data_based else None,
             "bn_train_mode": bs.bn_train_mode if data_based and bs.bn_train_mode else None,
             "threads": torch.get_num_threads() if method in ("snip", "grasp", "synflow") else None,
@@ -524,16 +549,18 @@ class Runner:
         }
 
         def fn(d: Path) -> dict[str, Any]:
-            model = self._build(target.model, seed)
+            model = self._build(target.model, seed, target.dataset)
             if weights is not None:
                 model.load_state_dict(load_tensors(weights.file("rewind.safetensors")))
-            mask = self._score_mask(method, model, sparsity, seed)
+            mask = self._score_mask(method, model, sparsity, seed, target.dataset)
             _masks.save_mask(mask, d / "mask.safetensors")
             return {"sparsity": _masks.sparsity(mask), "layers": layer_density(mask)}
 
         return self.step("mask", settings, {"weights": weights}, fn, label=f"{method} {target.name} seed={seed}")
 
-    def _score_mask(self, method: str, model: nn.Module, sparsity: float, seed: int) -> dict[str, torch.Tensor]:
+    def _score_mask(
+        self, method: str, model: nn.Module, sparsity: float, seed: int, ds: DatasetSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
         from .. import prune
 
         torch.manual_seed(seed)
@@ -544,10 +571,9 @@ class Runner:
         if method == "magnitude":
             return prune.magnitude(model, sparsity=sparsity, **kw)
         if method == "synflow":
-            d = self.data()
-            x = d.train.x[:1]
+            x = self.data(ds).train.x[:1]
             return prune.synflow(model, sparsity, iterations=bs.synflow_iterations, input_shape=tuple(x.shape[1:]), **kw)
-        batches = normalized_batches(self.data().train, bs.batches, self.recipe.train.batch_size or 128, seed)
+        batches = normalized_batches(self.data(ds).train, bs.batches, self.recipe.train.batch_size or 128, seed)
         if method == "snip":
             return prune.snip(model, batches, sparsity, train_mode=bs.bn_train_mode, **kw)
         if method == "grasp":
@@ -582,23 +608,23 @@ class Runner:
 
     def retrain(
         self, spec: ModelSpec, seed: int, *, mask_step: StepRecord, weights_step: StepRecord | None,
-        weights_file: str, start_step: int, label: str, init_seed: int | None = None,
+        weights_file: str, start_step: int, label: str, init_seed: int | None = None, ds: DatasetSpec | None = None,
     ) -> StepRecord:
         """Train ``spec`` under ``mask_step``'s mask from ``weights_step``'s weights (or a
         fresh initialisation drawn with ``init_seed``, default ``seed``, when ``None``), the
         LR schedule resumed at ``start_step``; data order always follows ``seed``."""
         return self.retrain_many([RetrainRequest(spec, seed, mask_step, weights_step, weights_file, start_step, label,
-                                                 init_seed)])[0]
+                                                 init_seed, ds)])[0]
 
     def _retrain_key(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, StepRecord | None]]:
-        settings = {**self._train_settings(req.spec, req.seed), "start_step": req.start_step, "weights_file": req.weights_file}
+        settings = {**self._train_settings(req.spec, req.seed, req.dataset), "start_step": req.start_step, "weights_file": req.weights_file}
         if req.init_seed is not None and req.weights_step is None:
             settings["init_seed"] = req.init_seed
         return "retrain", settings, {"mask": req.mask_step, "weights": req.weights_step}
 
     def _retrain_model(self, req: RetrainRequest) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         fresh = req.init_seed is not None and req.weights_step is None
-        model = self._build(req.spec, req.init_seed if fresh else req.seed)
+        model = self._build(req.spec, req.init_seed if fresh else req.seed, req.dataset)
         if req.weights_step is not None:
             model.load_state_dict(load_tensors(req.weights_step.file(req.weights_file)))
         return model, _masks.load_mask(req.mask_step.file("mask.safetensors"))
@@ -608,7 +634,7 @@ class Runner:
 
         def fn(d: Path) -> dict[str, Any]:
             model, mask = self._retrain_model(req)
-            res = self._train(model, seed=req.seed, mask=mask, start_step=req.start_step, label=req.label)
+            res = self._train(model, seed=req.seed, mask=mask, start_step=req.start_step, label=req.label, ds=req.dataset)
             if self.writer:
                 save_tensors(d / "final.safetensors", res.final_state)
             return _train_result(res, sparsity=_masks.sparsity(mask))
@@ -628,7 +654,7 @@ class Runner:
             groups: dict[tuple, list[int]] = {}
             for i in todo:
                 r = requests[i]
-                groups.setdefault((r.spec.label, r.start_step), []).append(i)
+                groups.setdefault((r.spec.label, r.start_step, self._dataset_key(r.dataset)), []).append(i)
             todo = []
             for idx in groups.values():
                 recs = self._retrain_fleet([requests[i] for i in idx]) if len(idx) > 1 else None
@@ -672,7 +698,8 @@ class Runner:
                 return None
             built = [self._retrain_model(reqs[i]) for i in pending]
             cfgs = [self._config(reqs[i].seed) for i in pending]
-            why = can_fleet(built[0][0], cfgs[0], self.data().train)
+            data = self.data(reqs[pending[0]].dataset)  # a fleet shares one dataset (grouped by it)
+            why = can_fleet(built[0][0], cfgs[0], data.train)
             if why is not None:
                 self.log(f"[info] no fleet for {reqs[0].spec.label}: {why}")
                 return None
@@ -683,15 +710,15 @@ class Runner:
             t0 = time.perf_counter()
             bar = self.progress(label) if self.progress is not None else contextlib.nullcontext(None)
             with bar as cb:
-                results = train_fleet([m for m, _ in built], self.data().train, self.data().test, cfgs,
+                results = train_fleet([m for m, _ in built], data.train, data.test, cfgs,
                                       masks=[mk for _, mk in built], start_step=reqs[pending[0]].start_step, progress=cb)
             wall = round(time.perf_counter() - t0, 3)
             for (model, _), res in zip(built, results):  # as _train: validation accuracy when split off
                 res.val_loss, res.val_acc = None, None  # type: ignore[attr-defined]
-                if self.data().val is not None:  # each model holds its trained weights, masked entries zero
+                if data.val is not None:  # each model holds its trained weights, masked entries zero
                     from ..train import evaluate
 
-                    res.val_loss, res.val_acc = evaluate(model, self.data().val, device=cfgs[0].device)  # type: ignore[attr-defined]
+                    res.val_loss, res.val_acc = evaluate(model, data.val, device=cfgs[0].device)  # type: ignore[attr-defined]
             for i, (_, mk), res in zip(pending, built, results):
                 d = self.cache.dir(sids[i])
                 save_tensors(d / "final.safetensors", res.final_state)
@@ -765,7 +792,7 @@ class Runner:
         return self._pool.submit(_worker_job, self.recipe, str(self.out), str(self.cache.root), self.fleet, what, kw)
 
     def imp_matched(
-        self, spec: ModelSpec, seed: int, sparsity_of: StepRecord, role: str, name: str,
+        self, spec: ModelSpec, seed: int, sparsity_of: StepRecord, role: str, name: str, ds: DatasetSpec | None = None,
     ) -> StepRecord:
         """The target's IMP ticket at the exact global sparsity of ``sparsity_of``'s mask (the
         transferred ticket): take the deepest IMP level ``L`` that is not sparser (level 0 =
@@ -781,18 +808,18 @@ class Runner:
         while len(kept) <= 200 and kept[-1] > keep:
             kept.append(int(math.floor(kept[-1] * (1.0 - p.fraction) + 0.5)))
         level = max(i for i, k in enumerate(kept) if k >= keep)
-        dense, levels = self.imp_levels(spec, seed, level, role, name)
+        dense, levels = self.imp_levels(spec, seed, level, role, name, ds)
         prev = levels[level - 1] if level else dense
         if kept[level] == keep:
             return prev
         sparsity = 1.0 - keep / total
-        settings = {**self._train_settings(spec, seed), "from_level": level, "keep": keep, "rewind_step": p.rewind_step,
+        settings = {**self._train_settings(spec, seed, ds), "from_level": level, "keep": keep, "rewind_step": p.rewind_step,
                     **p.prunable()}
 
         def fn(d: Path) -> dict[str, Any]:
             from .. import prune
 
-            model = self._build(spec, seed)
+            model = self._build(spec, seed, ds)
             model.load_state_dict(load_tensors(prev.file("final.safetensors")))
             prev_mask = _masks.load_mask(prev.file("mask.safetensors")) if level else None
             mask = prune.magnitude(model, sparsity=sparsity, mask=prev_mask, **p.prunable())
@@ -804,7 +831,7 @@ class Runner:
                 )
             model.load_state_dict(load_tensors(dense.file("rewind.safetensors")))
             res = self._train(model, seed=seed, mask=mask, start_step=p.rewind_step,
-                              label=f"{role} {name} IMP matched to {100 * sparsity:.2f}%")
+                              label=f"{role} {name} IMP matched to {100 * sparsity:.2f}%", ds=ds)
             if self.writer:
                 _masks.save_mask(mask, d / "mask.safetensors")
                 save_tensors(d / "final.safetensors", res.final_state)
@@ -870,8 +897,10 @@ class Runner:
                 "environment": env,
                 "accuracy_splits": {
                     **ACCURACY_SPLITS,
-                    "sizes": {"train": len(data.train), "val": len(data.val) if data.val is not None else 0,
-                              "test": len(data.test)},
+                    "sizes": _sizes(data),
+                    **({"target_sizes": {t.name: {"dataset": t.dataset.name, **_sizes(self.data(t.dataset))}
+                                         for t in r.targets if t.dataset is not None}}
+                       if any(t.dataset is not None for t in r.targets) else {}),
                 },
                 "records": records,
                 "layer_density": layers,
@@ -915,10 +944,10 @@ class Runner:
         r = self.recipe
         base = set(r.baselines)
         if "imp" in base:
-            self.imp_levels(target.model, seed, top, "target", target.name)
+            self.imp_levels(target.model, seed, top, "target", target.name, target.dataset)
         elif bool(base & {"dense"}) or (bool(base & {"random", "random-global", *MASK_BASELINES})
                                          and r.baseline_settings.weights == "rewind"):
-            self.dense(target.model, seed, "target", target.name)
+            self.dense(target.model, seed, "target", target.name, target.dataset)
 
     def _target(
         self, target: TargetSpec, seed: int, levels: list[int], top: int,
@@ -933,9 +962,9 @@ class Runner:
         need_dense = bool(base & {"dense", "imp"}) or (bool(base & rewind_based) and r.baseline_settings.weights == "rewind")
         tgt_dense, tgt_levels = None, []
         if "imp" in base:
-            tgt_dense, tgt_levels = self.imp_levels(target.model, seed, top, "target", target.name)
+            tgt_dense, tgt_levels = self.imp_levels(target.model, seed, top, "target", target.name, target.dataset)
         elif need_dense:
-            tgt_dense = self.dense(target.model, seed, "target", target.name)
+            tgt_dense = self.dense(target.model, seed, "target", target.name, target.dataset)
         out: list[dict[str, Any]] = []
         name = target.name
         if "dense" in base and tgt_dense is not None:
@@ -947,7 +976,7 @@ class Runner:
             # retrain_many, which trains them as a fleet or in parallel where that pays
             requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors",
                                        0 if target.start_at_step_zero else k,
-                                       f"retrain transferred {name} level={lv} seed={seed}")]
+                                       f"retrain transferred {name} level={lv} seed={seed}", dataset=target.dataset)]
             methods = [b for b in r.baselines if b not in ("imp", "dense")]
             pending = [self._baseline_request(m, target, seed, lv, tr, tgt_dense) for m in methods]
             requests += [q for q in pending if isinstance(q, RetrainRequest)]
@@ -990,15 +1019,15 @@ class Runner:
         label = f"retrain {method} {name} level={lv} seed={seed}"
         use_rewind = r.baseline_settings.weights == "rewind"
         if method == "imp-matched":
-            return self.imp_matched(target.model, seed, tr, "target", name)
+            return self.imp_matched(target.model, seed, tr, "target", name, target.dataset)
         if method == "reinit":  # the ticket's mask, a fresh initialisation, trained from step 0
-            return RetrainRequest(target.model, seed, tr, None, "", 0, label, derived_seed(seed, "reinit"))
+            return RetrainRequest(target.model, seed, tr, None, "", 0, label, derived_seed(seed, "reinit"), target.dataset)
         if method == "permuted":  # the ticket's own (transferred) weights, copies' masks shuffled
             mb = self.shuffled_mask(method, target, seed, tr)
             if mb is None:
                 self.log(f"[note] permuted {name} level={lv}: no copied blocks (not a stretch); skipped")
                 return None
-            return RetrainRequest(target.model, seed, mb, tr, "weights.safetensors", k, label)
+            return RetrainRequest(target.model, seed, mb, tr, "weights.safetensors", k, label, dataset=target.dataset)
         if method == "random":
             mb = self.shuffled_mask(method, target, seed, tr)
         elif method in MASK_BASELINES:
@@ -1007,7 +1036,7 @@ class Runner:
             raise StrategyError(f"unknown baseline {method!r}; known: {list(BASELINES)}")
         assert mb is not None
         return RetrainRequest(target.model, seed, mb, tgt_dense if use_rewind else None, "rewind.safetensors",
-                              k if use_rewind else 0, label)
+                              k if use_rewind else 0, label, dataset=target.dataset)
 
     # ----- analyses (recipe ``analyses:``; results under ``results.json["lmc"]``)
 
@@ -1029,7 +1058,7 @@ class Runner:
             tickets.append(("imp", imp, tgt_dense, "rewind.safetensors", k))
         for method, mask_step, weights_step, weights_file, start in tickets:
             rec = self.lmc(target.model, seed, mask_step=mask_step, weights_step=weights_step,
-                           weights_file=weights_file, start_step=start,
+                           weights_file=weights_file, start_step=start, ds=target.dataset,
                            label=f"lmc {method} {target.name} level={lv} seed={seed}")
             self.lmc_rows.append({"seed": seed, "target": target.name, "model": target.model.label, "level": lv,
                                   "method": method, "step": rec.id,
@@ -1037,22 +1066,22 @@ class Runner:
 
     def lmc(
         self, spec: ModelSpec, seed: int, *, mask_step: StepRecord, weights_step: StepRecord, weights_file: str,
-        start_step: int, label: str,
+        start_step: int, label: str, ds: DatasetSpec | None = None,
     ) -> StepRecord:
         """Linear mode connectivity of one ticket (:func:`elastigraph.analyses.linear_mode_connectivity`):
         two trainings from ``weights_step``'s weights under ``mask_step``'s mask with the
         recipe's two data seeds, the interpolation evaluated at ``lmc.points`` points."""
         s = self.recipe.lmc
-        settings = {**self._train_settings(spec, seed), "start_step": start_step, "weights_file": weights_file,
+        settings = {**self._train_settings(spec, seed, ds), "start_step": start_step, "weights_file": weights_file,
                     "points": s.points, "data_seeds": list(s.data_seeds)}
 
         def fn(d: Path) -> dict[str, Any]:
             from ..analyses import linear_mode_connectivity
 
-            model = self._build(spec, seed)
+            model = self._build(spec, seed, ds)
             model.load_state_dict(load_tensors(weights_step.file(weights_file)))
             mask = _masks.load_mask(mask_step.file("mask.safetensors"))
-            data = self.data()
+            data = self.data(ds)
             res = linear_mode_connectivity(model, data.train, data.test, self._config(seed), mask=mask,
                                            start_step=start_step, data_seeds=s.data_seeds, points=s.points)
             if self.writer:
@@ -1076,6 +1105,10 @@ def copied_tensors(blocks: Any) -> list[str]:
             out += list(names)
         seen.add((st, i))
     return out
+
+
+def _sizes(data: _Data) -> dict[str, int]:
+    return {"train": len(data.train), "val": len(data.val) if data.val is not None else 0, "test": len(data.test)}
 
 
 def _read_json(path: Path) -> Any:

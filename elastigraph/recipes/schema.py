@@ -401,6 +401,15 @@ class TargetSpec(_Section):
     """Transfer the source ticket with the source's step-0 (initial) weights and retrain
     from step 0, instead of its rewind-step weights (ElasticLTH ``start_at_step_zero``;
     the source IMP itself still rewinds to ``prune.rewind_step``)."""
+    dataset: DatasetSpec | None = None
+    """Another task for this target (ElasticLTH ``change_depth_dataset``, paper Table 6):
+    the target, its own IMP ticket and every baseline train and are evaluated on this
+    dataset (e.g. ``{name: 'fashion_mnist?classes=5-9', val_fraction: 0.1}``) while the
+    source ticket comes from the recipe's. Default: the recipe's dataset."""
+    head: Literal["keep", "reinit"] = "keep"
+    """``reinit``: the target's head keeps its own fresh weights with a random mask at the
+    source head's density (``transfer(head="reinit")``; needed when the class counts
+    differ). ``keep`` (default) transfers the head and refuses heads of other shapes."""
 
     @model_validator(mode="after")
     def _one_of(self) -> "TargetSpec":
@@ -818,6 +827,12 @@ def load_recipe(
         if not isinstance(own, Mapping):
             raise RecipeError(f"{label}: 1 invalid field(s):\n  smoke: must be a mapping of overrides")
         data = deep_merge(deep_merge(data, DEFAULT_SMOKE), own)
+        # a target trained on its own dataset gets the smoke run's image limits too
+        limits = {k: v for k, v in data["dataset"].items() if k in ("train_limit", "test_limit")} \
+            if isinstance(data.get("dataset"), Mapping) else {}
+        for t in data.get("targets") or ():
+            if isinstance(t, dict) and isinstance(t.get("dataset"), Mapping):
+                t["dataset"] = deep_merge(t["dataset"], limits)
         seeds = data.get("seeds")
         if "seeds" not in own and isinstance(seeds, list) and seeds:
             data["seeds"] = seeds[:1]
