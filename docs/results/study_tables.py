@@ -196,10 +196,12 @@ def cost_section(runs: list[tuple[str, dict]], cache: Path) -> None:
     def marker(sid: str) -> Mapping[str, Any]:
         return json.loads((cache / sid / "done.json").read_text())
 
-    def chain(records, role, target, seed, upto):
-        rows = [r for r in records if r["role"] == role and r["target"] == target and int(r["seed"]) == seed
-                and r["method"] in ("dense", "imp") and int(r["level"]) <= upto]
-        return rows
+    def chain(sid: str) -> list[Mapping[str, Any]]:
+        """The markers of an IMP level and every level before it, down to the dense run."""
+        out = [marker(sid)]
+        while out[-1]["kind"] == "imp":
+            out.append(marker(out[-1]["inputs"]["prev"]))
+        return out
 
     print("### Cost of a target ticket: IMP on the target vs one source IMP + transfer\n")
     print("Optimizer steps are exact; wall-clock is the sum of the steps' `wall_s` (one thread "
@@ -216,20 +218,20 @@ def cost_section(runs: list[tuple[str, dict]], cache: Path) -> None:
             for lv in levels:
                 agg = defaultdict(list)
                 for seed in res["seeds"]:
-                    t_rows = chain(recs, "target", tgt, seed, lv)
-                    s_rows = chain(recs, "source", src, seed, lv)
-                    tr = [r for r in recs if r["role"] == "target" and r["target"] == tgt and int(r["seed"]) == seed
-                          and r["method"] == "transfer" and int(r["level"]) == lv]
-                    if len(t_rows) != lv + 1 or len(s_rows) != lv + 1 or not tr:
+                    def one(role, name, method):
+                        return [r for r in recs if r["role"] == role and r["target"] == name and int(r["seed"]) == seed
+                                and r["method"] == method and int(r["level"]) == lv]
+                    t_imp, s_imp, tr = one("target", tgt, "imp"), one("source", src, "imp"), one("target", tgt, "transfer")
+                    if not (t_imp and s_imp and tr):
                         continue
+                    t_chain, s_chain = chain(t_imp[0]["step"]), chain(s_imp[0]["step"])
                     retrain = marker(tr[0]["step"])
-                    transfer_sid = retrain["inputs"]["mask"]
-                    agg["t_steps"].append(sum(int(r["steps"]) for r in t_rows))
-                    agg["t_wall"].append(sum(marker(r["step"])["result"]["wall_s"] for r in t_rows))
-                    agg["s_steps"].append(sum(int(r["steps"]) for r in s_rows))
-                    agg["s_wall"].append(sum(marker(r["step"])["result"]["wall_s"] for r in s_rows))
+                    agg["t_steps"].append(sum(int(m["result"]["steps"]) for m in t_chain))
+                    agg["t_wall"].append(sum(m["result"]["wall_s"] for m in t_chain))
+                    agg["s_steps"].append(sum(int(m["result"]["steps"]) for m in s_chain))
+                    agg["s_wall"].append(sum(m["result"]["wall_s"] for m in s_chain))
                     agg["x_steps"].append(int(tr[0]["steps"]))
-                    agg["x_wall"].append(retrain["result"]["wall_s"] + marker(transfer_sid)["result"]["wall_s"])
+                    agg["x_wall"].append(retrain["result"]["wall_s"] + marker(retrain["inputs"]["mask"])["result"]["wall_s"])
                 if not agg:
                     continue
                 m = {k: sum(v) / len(v) for k, v in agg.items()}
