@@ -182,6 +182,35 @@ def compare(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+OFF_SCALE_POINTS = 15.0
+"""Accuracy plots keep their y-axis on the cells within this many points of the panel's
+best mean; cells further below (a collapsed baseline) are marked at the bottom edge and
+named, so that one failure does not flatten every other curve."""
+
+
+def _clip_outliers(ax: Any, rows: list[dict[str, Any]]) -> str:
+    """Clip the y-axis above far-off cells (see :data:`OFF_SCALE_POINTS`); returns a note
+    naming them ("" when none)."""
+    means = [100 * s["test_acc_mean"] for s in rows if not math.isnan(s["test_acc_mean"])]
+    if not means:
+        return ""
+    floor = max(means) - OFF_SCALE_POINTS
+    kept = [m for m in means if m >= floor]
+    if len(kept) == len(means):
+        return ""
+    lows = [100 * s["test_acc_ci_low"] if s["test_acc_ci_low"] is not None else 100 * s["test_acc_mean"]
+            for s in rows if not math.isnan(s["test_acc_mean"]) and 100 * s["test_acc_mean"] >= floor]
+    bottom = min(lows) - 1.0
+    top = ax.get_ylim()[1]
+    ax.set_ylim(bottom, top)
+    off = [s for s in rows if not math.isnan(s["test_acc_mean"]) and 100 * s["test_acc_mean"] < floor]
+    for s in off:
+        ax.annotate("", xy=(100 * s["sparsity"], bottom), xytext=(100 * s["sparsity"], bottom + 0.06 * (top - bottom)),
+                    arrowprops={"arrowstyle": "->", "color": "0.3"})
+    return "off scale (arrows): " + ", ".join(f"{s['method']} {100 * s['test_acc_mean']:.1f}% at {100 * s['sparsity']:.1f}%"
+                                              for s in off)
+
+
 def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
     """Test accuracy vs sparsity, one panel per model (source first), one line per method
     (mean over seeds, error bars and shading: its 95% t-interval; none for one seed);
@@ -215,7 +244,8 @@ def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
             line = ax.errorbar(xs, ys, yerr=[[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]],
                                marker="o", ms=3, capsize=2, lw=1, label=method)[0]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
-        ax.set_title(title, fontsize=9)
+        note = _clip_outliers(ax, rows)
+        ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)

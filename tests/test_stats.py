@@ -77,3 +77,35 @@ def test_report_summary_and_comparisons(tmp_path):
     text = paths["comparisons_csv"].read_text()
     assert text.splitlines()[0].startswith("target,level,a,b,kind") and "transfer better" in text
     assert "test_acc_ci_low" in paths["summary_csv"].read_text().splitlines()[0]
+
+
+def test_accuracy_plot_keeps_its_scale_when_one_baseline_collapses(tmp_path):
+    """A baseline at chance (10%) next to curves near 88% would flatten them: the panel
+    clips its y-axis above it and names it in the title instead."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for seed in range(3):
+        for method, acc in (("transfer", 0.88), ("random", 0.86), ("grasp", 0.10)):
+            rows.append({"seed": seed, "role": "target", "model": "m", "target": "T", "level": 1, "method": method,
+                         "sparsity": 0.6, "test_acc": acc + 0.001 * seed, "val_acc": None})
+    captured = {}
+    real = plt.close
+
+    def keep(fig=None):  # look at the figure before the report closes it
+        if fig is not None and hasattr(fig, "axes"):
+            captured["axes"] = fig.axes
+        return real(fig)
+
+    plt.close = keep
+    try:
+        report.plot_accuracy({"records": rows, "recipe": "r", "seeds": [0, 1, 2]}, tmp_path / "a.png")
+    finally:
+        plt.close = real
+    ax = captured["axes"][0]
+    assert ax.get_ylim()[0] > 80  # the collapsed baseline is off scale
+    assert "off scale" in ax.get_title() and "grasp 10.1%" in ax.get_title()
+    assert (tmp_path / "a.png").stat().st_size > 0
