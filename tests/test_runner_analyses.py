@@ -90,6 +90,20 @@ def test_start_at_step_zero_transfers_the_initial_weights(tmp_path):
     assert {r["method"]: r["steps"] for r in rk if r["role"] == "target"}["transfer"] == 2
 
 
+def test_permuted_baseline_of_a_step_zero_target_trains_as_the_ticket_does(tmp_path):
+    """The permuted copies start from the ticket's own (step-0) weights, so they must
+    train from step 0 too, or the comparison gives the baseline fewer steps."""
+    rec = {**{k: v for k, v in TINY_MLP.items() if k != "lmc"}, "analyses": [], "baselines": ["permuted", "reinit"],
+           "prune": {"rounds": 1, "fraction": 0.5, "rewind_step": 2},
+           "targets": [{"model": "mlp?depth=4&width=16", "label": "M4", "start_at_step_zero": True},
+                       {"model": "mlp?depth=4&width=16", "label": "M4-k"}]}
+    run_recipe(load_recipe(rec), tmp_path)
+    recs = json.loads((tmp_path / "results.json").read_text())["records"]
+    steps = {(r["target"], r["method"]): r["steps"] for r in recs if r["role"] == "target"}
+    assert steps[("M4", "transfer")] == steps[("M4", "permuted")] == 4
+    assert steps[("M4-k", "transfer")] == steps[("M4-k", "permuted")] == 2
+
+
 def test_rewind_step_zero_rewinds_imp_to_the_initialisation(tmp_path):
     rec = {**{k: v for k, v in TINY_MLP.items() if k != "lmc"}, "analyses": [], "baselines": [], "prune": {"rounds": 1, "fraction": 0.5, "rewind_step": 0}}
     run_recipe(load_recipe(rec), tmp_path)

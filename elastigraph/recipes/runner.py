@@ -1027,7 +1027,9 @@ class Runner:
             if mb is None:
                 self.log(f"[note] permuted {name} level={lv}: no copied blocks (not a stretch); skipped")
                 return None
-            return RetrainRequest(target.model, seed, mb, tr, "weights.safetensors", k, label, dataset=target.dataset)
+            # trained exactly as the ticket is: from step 0 when it moved step-0 weights
+            return RetrainRequest(target.model, seed, mb, tr, "weights.safetensors",
+                                  0 if target.start_at_step_zero else k, label, dataset=target.dataset)
         if method == "random":
             mb = self.shuffled_mask(method, target, seed, tr)
         elif method in MASK_BASELINES:
