@@ -142,6 +142,48 @@ def cells_section(run: str, res: Mapping[str, Any]) -> None:
     print()
 
 
+def headline_section(runs: list[tuple[str, dict]]) -> None:
+    """One row per transfer (target, level): the transferred ticket, its paired difference
+    to the target's own IMP ticket (level- and sparsity-matched), to the strongest other
+    baseline (highest mean) and to the permuted copies, and the dense target."""
+    print("### Headline\n")
+    print("Transfer − X in points over the same seeds: mean [95% interval] (p); Holm p corrects "
+          "within each run's table below.\n")
+    print("| source -> target | level | sparsity | transfer % | − own IMP, same level (its sparsity) | "
+          "− own IMP, same sparsity | − strongest other baseline | − permuted copies | dense target % |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for _, res in runs:
+        cells = by_cell(res["records"])
+        dense = {t: m.get("dense") for (role, t, lv), m in cells.items() if role == "target" and lv == 0}
+        for (role, target, level), methods in cells.items():
+            if role != "target" or "transfer" not in methods or target.endswith("-zero"):
+                continue
+            tr = methods["transfer"]
+            iv = mean_interval([float(r["test_acc"]) for r in tr.values()])
+            sp = sum(float(r["sparsity"]) for r in tr.values()) / len(tr)
+
+            def cell(m: str, show_sparsity: bool = False) -> str:
+                if m not in methods:
+                    return "–"
+                t = paired(tr, methods[m])
+                extra = ""
+                if show_sparsity:
+                    extra = f" ({100 * sum(float(r['sparsity']) for r in methods[m].values()) / len(methods[m]):.1f}%)"
+                return (f"{pct(t['diff_mean'], True)} {ci(t['diff_low'], t['diff_high'], True)} "
+                        f"(p {fp(t['p'])}){extra}")
+
+            others = [m for m in methods if m not in ("transfer", "imp", "imp-matched", "dense", "permuted")]
+            best = max(others, key=lambda m: sum(float(r["test_acc"]) for r in methods[m].values()) / len(methods[m]),
+                       default=None)
+            d = dense.get(target)
+            div = mean_interval([float(r["test_acc"]) for r in d.values()]) if d else None
+            print(f"| {res['source']} -> {target} | {level} | {100 * sp:.1f}% | {pct(iv.mean)} {ci(iv.low, iv.high)} | "
+                  f"{cell('imp', True)} | {cell('imp-matched')} | "
+                  f"{'–' if best is None else best + ': ' + cell(best)} | {cell('permuted')} | "
+                  f"{'–' if div is None else pct(div.mean)} |")
+    print()
+
+
 def rewind_section(run: str, res: Mapping[str, Any]) -> None:
     """Targets of one model that differ by start_at_step_zero (label suffix ``-zero``)."""
     cells = by_cell(res["records"])
@@ -248,6 +290,7 @@ def main() -> None:
     runs = [(r, load_results(r)) for r in args.runs]
     cache = args.cache or Path(args.runs[0]) / "steps"
     dense_section(runs)
+    headline_section(runs)
     for run, res in runs:
         cells_section(run, res)
         rewind_section(run, res)
