@@ -82,13 +82,18 @@ def header(res: Mapping[str, Any], run: str) -> str:
             f"{env.get('processor', '')}; images {sizes}")
 
 
-def dense_section(runs: list[tuple[str, dict]]) -> None:
+def dense_section(runs: list[tuple[str, dict]], cache: Path) -> None:
+    """Dense runs per (model, dataset); deeper vs shallower only on the same dataset."""
     print("### Dense networks: does depth pay?\n")
     dense: dict[str, dict[int, Mapping[str, Any]]] = {}
+    data_of: dict[str, str] = {}
     for _, res in runs:
         for r in res["records"]:
             if r["method"] == "dense" and r.get("test_acc") is not None:
-                dense.setdefault(r["model"], {})[int(r["seed"])] = r
+                ds = json.loads((cache / r["step"] / "done.json").read_text())["settings"]["dataset"]["name"]
+                key = f"{r['model']} on {ds}"
+                data_of[key] = ds
+                dense.setdefault(key, {})[int(r["seed"])] = r
     print("| model | n | test acc % (mean ± std) | 95% interval | val acc % |")
     print("|---|---|---|---|---|")
     for m, rows in dense.items():
@@ -103,6 +108,8 @@ def dense_section(runs: list[tuple[str, dict]]) -> None:
         for i in range(len(models)):
             for j in range(i + 1, len(models)):
                 a, b = models[j], models[i]
+                if data_of[a] != data_of[b]:
+                    continue
                 t = paired(dense[a], dense[b])
                 if t:
                     print(f"| {a} − {b} | {pct(t['diff_mean'], True)} | {ci(t['diff_low'], t['diff_high'], True)} | "
@@ -289,7 +296,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = [(r, load_results(r)) for r in args.runs]
     cache = args.cache or Path(args.runs[0]) / "steps"
-    dense_section(runs)
+    dense_section(runs, cache)
     headline_section(runs)
     for run, res in runs:
         cells_section(run, res)
