@@ -103,7 +103,7 @@ def dense_section(runs: list[tuple[str, dict]], cache: Path) -> None:
               f"{pct(sum(vals) / len(vals)) if vals else '–'} |")
     models = list(dense)
     if len(models) >= 2:
-        print("\n| deeper − shallower | diff (points) | 95% interval | n | p | verdict |")
+        print("\n| a − b (same dataset) | diff (points) | 95% interval | n | p | verdict |")
         print("|---|---|---|---|---|---|")
         for i in range(len(models)):
             for j in range(i + 1, len(models)):
@@ -188,6 +188,33 @@ def headline_section(runs: list[tuple[str, dict]]) -> None:
                   f"{cell('imp', True)} | {cell('imp-matched')} | "
                   f"{'–' if best is None else best + ': ' + cell(best)} | {cell('permuted')} | "
                   f"{'–' if div is None else pct(div.mean)} |")
+    print()
+
+
+def across_runs_section(runs: list[tuple[str, dict]]) -> None:
+    """The transferred tickets of one target and level from different runs (e.g. another
+    source task vs the same task), paired over seeds."""
+    found: dict[tuple[str, int], list[tuple[str, dict]]] = defaultdict(list)
+    for run, res in runs:
+        for (role, target, level), methods in by_cell(res["records"]).items():
+            if role == "target" and "transfer" in methods:
+                found[(target, level)].append((f"{res['source']} ({res['recipe']})", methods["transfer"]))
+    rows = [(k, v) for k, v in found.items() if len(v) > 1]
+    if not rows:
+        return
+    print("### One target, tickets from different sources\n")
+    print("| target | level | ticket a | ticket b | a % | b % | a − b | 95% interval | n | p | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (target, level), tickets in rows:
+        for i in range(len(tickets)):
+            for j in range(i + 1, len(tickets)):
+                (na, a), (nb, b) = tickets[i], tickets[j]
+                t = paired(a, b)
+                ia = mean_interval([float(r["test_acc"]) for r in a.values()])
+                ib = mean_interval([float(r["test_acc"]) for r in b.values()])
+                v = "no test" if t["p"] is None else verdict(t, "a", "b")
+                print(f"| {target} | {level} | {na} | {nb} | {pct(ia.mean)} | {pct(ib.mean)} | {pct(t['diff_mean'], True)} | "
+                      f"{ci(t['diff_low'], t['diff_high'], True)} | {t['n']} | {fp(t['p'])} | {v} |")
     print()
 
 
@@ -302,6 +329,7 @@ def main() -> None:
         cells_section(run, res)
         rewind_section(run, res)
         lmc_section(run, res)
+    across_runs_section(runs)
     cost_section(runs, cache)
 
 
