@@ -67,11 +67,8 @@ def by_cell(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, int], 
 
 
 def verdict(t: Mapping[str, Any], a: str, b: str) -> str:
-    if t["diff_low"] is not None and t["diff_low"] > 0:
-        return f"{a} better"
-    if t["diff_high"] is not None and t["diff_high"] < 0:
-        return f"{b} better"
-    return "no difference shown"
+    """``paired_test``'s verdict with the two sides named."""
+    return {"a better": f"{a} better", "b better": f"{b} better"}.get(t["verdict"], t["verdict"])
 
 
 def header(res: Mapping[str, Any], run: str) -> str:
