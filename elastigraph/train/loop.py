@@ -86,6 +86,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     device: str = "auto"
+    task: str = "classification"  # elastigraph.train.tasks: the loss and the metrics
 
     def __post_init__(self) -> None:
         bad = self.problems()
@@ -146,6 +147,10 @@ class TrainConfig:
         err = device_problem(self.device)
         if err:
             bad.append(("device", err))
+        from .tasks import task_names
+
+        if not isinstance(self.task, str) or self.task not in task_names():
+            bad.append(("task", f"{self.task!r} is not one of {task_names()}"))
         return bad
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +178,10 @@ class TrainResult:
     images_per_s: float
     device: str
     config: dict = field(default_factory=dict)
+    diverged: bool = False
+    """True when training stopped at a non-finite loss; the metrics are then NaN."""
+    diverged_at: int | None = None
+    """The global step whose loss was NaN or inf (``None`` unless ``diverged``)."""
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
