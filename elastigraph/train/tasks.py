@@ -64,6 +64,13 @@ class Task:
                 return m
         raise ConfigError(f"task {self.name!r} has no metric {name!r}; it has {[m.name for m in self.metrics]}")
 
+    @staticmethod
+    def output(out) -> Tensor:
+        """The tensor the loss and metrics read from a model's output: ``out`` itself, or
+        the ``logits`` of a Hugging Face ``ModelOutput``."""
+        logits = getattr(out, "logits", None)
+        return logits if isinstance(logits, Tensor) else out
+
     def loss(self, output: Tensor, target: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
         """The mean training loss of one batch (a scalar)."""
         raise NotImplementedError
@@ -92,9 +99,11 @@ class Classification(Task):
     sums = ("loss", "correct", "count")
 
     def loss(self, output: Tensor, target: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+        output = self.output(output)
         return F.cross_entropy(output.float(), target, label_smoothing=label_smoothing)
 
     def eval_sums(self, output: Tensor, target: Tensor) -> Tensor:
+        output = self.output(output)
         return torch.stack([
             F.cross_entropy(output.float(), target, reduction="sum").double(),
             (output.argmax(1) == target).sum().double(),
