@@ -439,13 +439,13 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print the per-method summary as JSON."),
 ) -> None:
     """Rewrite RUN_DIR's CSV files and plots from its results.json and print the summary."""
-    from .report import compare, load_results, summarize, summary_table, write_report
+    from .report import compare, load_results, metric_of, summarize, summary_table, write_report
 
     paths = write_report(run_dir)
     results = load_results(run_dir)
     if as_json:
-        _emit_json({"files": {k: str(v) for k, v in paths.items()}, "summary": summarize(results["records"]),
-                    "comparisons": compare(results["records"])})
+        _emit_json({"files": {k: str(v) for k, v in paths.items()}, "summary": summarize(results["records"], metric_of(results)),
+                    "comparisons": compare(results["records"], metric_of(results))})
         return
     console.print(summary_table(results))
     console.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False)

@@ -8,6 +8,12 @@ and sparsity-matched, and against the best other baseline), ``accuracy.png`` (te
 accuracy vs sparsity, every method, mean with its 95% interval) and ``layer_density.png``
 (per-layer density of the source, transferred and target-IMP tickets). A comparison
 calls one side better only when the interval of the paired difference excludes 0.
+
+Everything follows the run's task (``results.json["task"]``; classification when absent):
+its primary metric (accuracy, or bits per byte for language modelling), the metric's
+direction (which side of an interval is "better", which baseline is "best") and how it is
+shown (accuracy as a percentage). Field names carry the metric's key: ``test_acc_mean``,
+``test_bpb_mean``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import io
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -31,10 +38,64 @@ SUMMARY_FIELDS = ["role", "target", "method", "level", "sparsity", "test_acc_mea
 COMPARISON_FIELDS = ["target", "level", "a", "b", "kind", "a_sparsity", "b_sparsity", "a_mean", "b_mean", "diff_mean",
                      "diff_std", "n", "diff_low", "diff_high", "t", "p", "verdict"]
 METHOD_ORDER = ["dense", "transfer", "imp", "imp-matched", "reinit", "random", "random-global", "magnitude", "permuted",
-                "snip", "grasp", "synflow"]
-REFERENCES = ("imp", "imp-matched", "dense")
-"""Methods that are references for the transferred ticket, not baselines it should beat."""
+                "snip", "grasp", "synflow", "heal"]
+REFERENCES = ("imp", "imp-matched", "dense", "heal")
+"""Methods that are references for the transferred ticket, not baselines it should beat
+(``heal`` continues a trained ticket: another question, reported beside it)."""
 LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class ReportMetric:
+    """The metric a report shows: its field key (``acc``: ``test_acc``), label, direction
+    and display scale (accuracy: fraction shown x100 as %)."""
+
+    key: str = "acc"
+    label: str = "accuracy"
+    higher_is_better: bool = True
+    scale: float = 100.0
+    unit: str = "%"
+
+    def show(self, x: Any, digits: int = 2) -> str:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "-"
+        return f"{self.scale * x:.{digits if self.scale != 1 else 3}f}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.label}{f' {self.unit}' if self.unit else ''}"
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+ACCURACY = ReportMetric()
+
+
+def metric_of(results: Mapping[str, Any] | None) -> ReportMetric:
+    """The primary metric of a run (its ``task`` block; accuracy for runs without one)."""
+    task = (results or {}).get("task") if isinstance(results, Mapping) else None
+    try:
+        m = task["metrics"][0]
+        return ReportMetric(str(m["key"]), str(m["label"]), bool(m["higher_is_better"]), float(m["scale"]),
+                            str(m.get("unit", "")))
+    except (TypeError, KeyError, IndexError, ValueError):
+        if task is not None:
+            raise ReportError("results.json: 'task' must hold a 'metrics' list of {key, label, higher_is_better, "
+                              "scale}; rerun `elastigraph run` to rewrite it") from None
+        return ACCURACY
+
+
+def record_fields(m: ReportMetric = ACCURACY) -> list[str]:
+    return ["seed", "role", "model", "target", "level", "method", "sparsity", f"test_{m.key}", "test_loss",
+            f"val_{m.key}", "steps", "step"] if m.key != "loss" else RECORD_FIELDS
+
+
+def summary_fields(m: ReportMetric = ACCURACY) -> list[str]:
+    k = m.key
+    return ["role", "target", "method", "level", "sparsity", f"test_{k}_mean", f"test_{k}_std", "n",
+            f"test_{k}_ci_low", f"test_{k}_ci_high", f"val_{k}_mean"]
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
@@ -53,7 +114,7 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
         raise ReportError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ReportError(f"{path} has no 'records' list; is it an elastigraph results file?")
-    _check_records(data["records"], path)
+    _check_records(data["records"], path, metric_of(data))
     ld = data.get("layer_density", [])
     if not isinstance(ld, list) or not all(
         isinstance(e, dict) and isinstance(e.get("target"), str) and isinstance(e.get("level"), int)
@@ -69,22 +130,22 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
 
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "role": (str,), "target": (str,), "method": (str,), "level": (int,), "sparsity": (int, float),
-    "test_acc": (int, float, type(None)),
 }
 
 
-def _check_records(records: list[Any], path: Path) -> None:
+def _check_records(records: list[Any], path: Path, metric: ReportMetric = ACCURACY) -> None:
     """Every record holds the fields the report reads, with the right types (a damaged or
     hand-edited results.json is a ReportError naming the record, never a KeyError)."""
+    types = {**_RECORD_TYPES, f"test_{metric.key}": (int, float, type(None))}
     for i, r in enumerate(records):
         if not isinstance(r, dict):
             raise ReportError(f"{path}: records[{i}] is a {type(r).__name__}, expected an object; "
                               "rerun `elastigraph run` to rewrite results.json")
-        for key, types in _RECORD_TYPES.items():
+        for key, types_ in types.items():
             v = r.get(key)
-            if key not in r or isinstance(v, bool) or not isinstance(v, types):
+            if key not in r or isinstance(v, bool) or not isinstance(v, types_):
                 raise ReportError(f"{path}: records[{i}].{key} is {'missing' if key not in r else repr(v)}, "
-                                  f"expected {' or '.join(t.__name__ for t in types)}; rerun `elastigraph run` "
+                                  f"expected {' or '.join(t.__name__ for t in types_)}; rerun `elastigraph run` "
                                   "to rewrite results.json")
 
 
@@ -103,11 +164,12 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, sd
 
 
-def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, sample standard deviation and 95% t-interval of test accuracy over seeds, per
-    (role, target, method, level), and the mean validation accuracy where there is one;
-    sparsity is averaged too (it can drift by seed). Runs whose accuracy is missing (no
-    test set) count in ``n`` but not in the mean."""
+def summarize(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCURACY) -> list[dict[str, Any]]:
+    """Mean, sample standard deviation and 95% t-interval of the test ``metric`` over
+    seeds, per (role, target, method, level), and its mean on the validation split where
+    there is one; sparsity is averaged too (it can drift by seed). Runs whose metric is
+    missing (no test set) count in ``n`` but not in the mean."""
+    k = metric.key
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     first_seen: dict[str, int] = {}
     for r in records:
@@ -122,31 +184,33 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key in sorted(groups, key=order):
         rows = groups[key]
-        accs = [float(r["test_acc"]) for r in rows if r["test_acc"] is not None]
+        accs = [float(r[f"test_{k}"]) for r in rows if r.get(f"test_{k}") is not None]
         acc_m, acc_s = _mean_std(accs) if accs else (math.nan, math.nan)
         iv = mean_interval(accs, LEVEL)
-        vals = [float(r["val_acc"]) for r in rows if r.get("val_acc") is not None]
+        vals = [float(r[f"val_{k}"]) for r in rows if r.get(f"val_{k}") is not None]
         sp_m, _ = _mean_std([float(r["sparsity"]) for r in rows])
         out.append({
             "role": key[0], "target": key[1], "method": key[2], "level": key[3],
-            "sparsity": sp_m, "test_acc_mean": acc_m, "test_acc_std": acc_s, "n": len(rows),
-            "test_acc_ci_low": iv.low, "test_acc_ci_high": iv.high,
-            "val_acc_mean": _mean_std(vals)[0] if vals else None,
+            "sparsity": sp_m, f"test_{k}_mean": acc_m, f"test_{k}_std": acc_s, "n": len(rows),
+            f"test_{k}_ci_low": iv.low, f"test_{k}_ci_high": iv.high,
+            f"val_{k}_mean": _mean_std(vals)[0] if vals else None,
         })
     return out
 
 
-def compare(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def compare(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCURACY) -> list[dict[str, Any]]:
     """Paired t-tests across seeds, per target and level, of the transferred ticket
     (``a``) against: the target's IMP ticket at the same level (``kind="level-matched"``,
     sparsities may differ), its IMP ticket at the transferred sparsity (``imp-matched``,
     ``"sparsity-matched"``) and the best other baseline by mean test accuracy (``"best
     baseline"``). Only seeds present on both sides are paired. ``verdict`` names a
-    winner only when the 95% interval of the paired difference excludes 0."""
+    winner only when the 95% interval of the paired difference excludes 0, by the
+    metric's direction (``diff`` is always ``a - b``)."""
+    f = f"test_{metric.key}"
     cells: dict[tuple[str, int], dict[str, dict[int, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     order: dict[tuple[str, int], int] = {}
     for r in records:
-        if r["role"] != "target" or r.get("test_acc") is None:
+        if r["role"] != "target" or r.get(f) is None:
             continue
         key = (r["target"], int(r["level"]))
         order.setdefault(key, len(order))
@@ -157,7 +221,8 @@ def compare(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if "transfer" not in methods:
             continue
         others = [m for m in methods if m != "transfer" and m not in REFERENCES]
-        best = max(others, key=lambda m: _mean_std([float(r["test_acc"]) for r in methods[m].values()])[0], default=None)
+        pick = max if metric.higher_is_better else min
+        best = pick(others, key=lambda m: _mean_std([float(r[f]) for r in methods[m].values()])[0], default=None)
         plan = [("imp", "level-matched"), ("imp-matched", "sparsity-matched")]
         if best is not None:
             plan.append((best, "best baseline"))
@@ -169,14 +234,15 @@ def compare(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 continue
             ra = [methods["transfer"][s] for s in seeds]
             rb = [methods[b][s] for s in seeds]
-            test = paired_test([float(r["test_acc"]) for r in ra], [float(r["test_acc"]) for r in rb], LEVEL)
+            test = paired_test([float(r[f]) for r in ra], [float(r[f]) for r in rb], LEVEL,
+                               higher_is_better=metric.higher_is_better)
             verdict = {"a better": "transfer better", "b better": f"{b} better"}.get(test.verdict, test.verdict)
             out.append({
                 "target": key[0], "level": key[1], "a": "transfer", "b": b, "kind": kind,
                 "a_sparsity": _mean_std([float(r["sparsity"]) for r in ra])[0],
                 "b_sparsity": _mean_std([float(r["sparsity"]) for r in rb])[0],
-                "a_mean": _mean_std([float(r["test_acc"]) for r in ra])[0],
-                "b_mean": _mean_std([float(r["test_acc"]) for r in rb])[0],
+                "a_mean": _mean_std([float(r[f]) for r in ra])[0],
+                "b_mean": _mean_std([float(r[f]) for r in rb])[0],
                 **test.as_dict(), "verdict": verdict,
             })
     return out
@@ -188,9 +254,11 @@ best mean; cells further below (a collapsed baseline) are marked at the bottom e
 named, so that one failure does not flatten every other curve."""
 
 
-def _clip_outliers(ax: Any, rows: list[dict[str, Any]]) -> str:
+def _clip_outliers(ax: Any, rows: list[dict[str, Any]], metric: ReportMetric = ACCURACY) -> str:
     """Clip the y-axis above far-off cells (see :data:`OFF_SCALE_POINTS`); returns a note
-    naming them ("" when none)."""
+    naming them ("" when none). Accuracy only (a metric shown as a percentage)."""
+    if metric != ACCURACY:
+        return ""
     means = [100 * s["test_acc_mean"] for s in rows if not math.isnan(s["test_acc_mean"])]
     if not means:
         return ""
@@ -220,7 +288,9 @@ def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    summary = summarize(results["records"])
+    metric = metric_of(results)
+    k, sc = metric.key, metric.scale
+    summary = summarize(results["records"], metric)
     panels: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in summary:
         panels[("source: " if s["role"] == "source" else "target: ") + s["target"]].append(s)
@@ -233,9 +303,9 @@ def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
         for method in sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
             pts = sorted(by_method[method], key=lambda s: s["sparsity"])
             xs = [100 * s["sparsity"] for s in pts]
-            ys = [100 * s["test_acc_mean"] for s in pts]
-            lo = [100 * s["test_acc_ci_low"] if s["test_acc_ci_low"] is not None else y for s, y in zip(pts, ys)]
-            hi = [100 * s["test_acc_ci_high"] if s["test_acc_ci_high"] is not None else y for s, y in zip(pts, ys)]
+            ys = [sc * s[f"test_{k}_mean"] for s in pts]
+            lo = [sc * s[f"test_{k}_ci_low"] if s[f"test_{k}_ci_low"] is not None else y for s, y in zip(pts, ys)]
+            hi = [sc * s[f"test_{k}_ci_high"] if s[f"test_{k}_ci_high"] is not None else y for s, y in zip(pts, ys)]
             if method == "dense":
                 ax.axhline(ys[0], ls="--", color="k", lw=1, label="dense")
                 if hi[0] > lo[0]:
@@ -244,13 +314,14 @@ def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
             line = ax.errorbar(xs, ys, yerr=[[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]],
                                marker="o", ms=3, capsize=2, lw=1, label=method)[0]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
-        note = _clip_outliers(ax, rows)
+        note = _clip_outliers(ax, rows, metric)
         ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
         ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {metric.label}{f' ({metric.unit})' if metric.unit else ''} ({metric.direction})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{results.get('recipe', '')}: accuracy vs sparsity (mean and 95% t-interval over seeds {results.get('seeds', '')})", fontsize=10)
+    fig.suptitle(f"{results.get('recipe', '')}: {metric.label} vs sparsity (mean and 95% t-interval over seeds "
+                 f"{results.get('seeds', '')})", fontsize=10)
     fig.tight_layout()
     return _save_fig(fig, path)
 
@@ -326,9 +397,10 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         "accuracy_png": run_dir / "accuracy.png",
         "layer_density_png": run_dir / "layer_density.png",
     }
-    write_text(paths["results_csv"], _csv_text(results["records"], RECORD_FIELDS))
-    write_text(paths["summary_csv"], _csv_text(summarize(results["records"]), SUMMARY_FIELDS))
-    write_text(paths["comparisons_csv"], _csv_text(compare(results["records"]), COMPARISON_FIELDS))
+    metric = metric_of(results)
+    write_text(paths["results_csv"], _csv_text(results["records"], record_fields(metric)))
+    write_text(paths["summary_csv"], _csv_text(summarize(results["records"], metric), summary_fields(metric)))
+    write_text(paths["comparisons_csv"], _csv_text(compare(results["records"], metric), COMPARISON_FIELDS))
     import matplotlib
 
     # labels are user text: '$' must not start matplotlib mathtext ('$\\x$' would crash)
@@ -350,29 +422,33 @@ def summary_table(results: Mapping[str, Any]):
     from rich.table import Table
 
     recs = results["records"]
-    t = Table(title=f"{escape(str(results.get('recipe', 'run')))}: test accuracy % over {len(results.get('seeds', []) or [0])} seed(s): "
-                    "mean ± sample std, n, 95% t-interval")
+    m = metric_of(results)
+    k, show = m.key, m.show
+    t = Table(title=f"{escape(str(results.get('recipe', 'run')))}: test {m.title} ({m.direction}) over "
+                    f"{len(results.get('seeds', []) or [0])} seed(s): mean ± sample std, n, 95% t-interval")
     for col, just in (("model", "left"), ("role", "left"), ("method", "left"), ("level", "right"),
-                      ("sparsity", "right"), ("accuracy %", "right"), ("n", "right"), ("95% interval", "right"),
-                      ("val %", "right")):
+                      ("sparsity", "right"), (m.title, "right"), ("n", "right"), ("95% interval", "right"),
+                      (f"val{f' {m.unit}' if m.unit else ''}", "right")):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
-    for s in summarize(recs):
-        acc = _pct(s["test_acc_mean"]) + (f" ± {_pct(s['test_acc_std'])}" if s["n"] > 1 else "")
-        ci = f"[{_pct(s['test_acc_ci_low'])}, {_pct(s['test_acc_ci_high'])}]" if s["test_acc_ci_low"] is not None else "-"
+    for s in summarize(recs, m):
+        acc = show(s[f"test_{k}_mean"]) + (f" ± {show(s[f'test_{k}_std'])}" if s["n"] > 1 else "")
+        ci = f"[{show(s[f'test_{k}_ci_low'])}, {show(s[f'test_{k}_ci_high'])}]" if s[f"test_{k}_ci_low"] is not None else "-"
         t.add_row(escape(str(s["target"])), escape(str(s["role"])), escape(str(s["method"])), str(s["level"]), f"{100 * s['sparsity']:.2f}%", acc,
-                  str(s["n"]), ci, _pct(s["val_acc_mean"]))
-    rows = compare(recs)
+                  str(s["n"]), ci, show(s[f"val_{k}_mean"]))
+    rows = compare(recs, m)
     if not rows:
         return t
     c = Table(title="transfer vs references and the best baseline: paired t-test over seeds "
-                    "(difference in test accuracy points; a side is better only if the 95% interval excludes 0)")
+                    f"(difference in test {m.label}{' points' if m.unit == '%' else ''}, {m.direction}; a side is "
+                    "better only if the 95% interval excludes 0)")
     for col in ("target", "level", "vs", "kind", "sparsity a / b", "diff", "95% interval", "n", "p", "verdict"):
         c.add_column(col, overflow="fold")
     for r in rows:
-        ci = f"[{_pct(r['diff_low'])}, {_pct(r['diff_high'])}]" if r["diff_low"] is not None else "-"
+        ci = f"[{show(r['diff_low'])}, {show(r['diff_high'])}]" if r["diff_low"] is not None else "-"
         p = "-" if r["p"] is None else f"{r['p']:.3g}"
         verdict = escape(r["verdict"]) if r["verdict"] == "no difference shown" else f"[bold]{escape(r['verdict'])}[/bold]"
         c.add_row(escape(str(r["target"])), str(r["level"]), escape(str(r["b"])), escape(str(r["kind"])),
-                  f"{100 * r['a_sparsity']:.2f}% / {100 * r['b_sparsity']:.2f}%", f"{100 * r['diff_mean']:+.2f}",
+                  f"{100 * r['a_sparsity']:.2f}% / {100 * r['b_sparsity']:.2f}%",
+                  ("+" if r["diff_mean"] >= 0 else "") + show(r["diff_mean"]),
                   ci, str(r["n"]), p, verdict)
     return Group(t, c)

@@ -132,8 +132,11 @@ class PairedTest:
                 "diff_high": d["high"], "t": self.t, "p": self.p, "verdict": self.verdict}
 
 
-def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedTest:
-    """Paired t-test of equal-length ``a`` and ``b`` (``a[i]`` and ``b[i]`` share a seed)."""
+def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95, *,
+                higher_is_better: bool = True) -> PairedTest:
+    """Paired t-test of equal-length ``a`` and ``b`` (``a[i]`` and ``b[i]`` share a seed).
+    The interval is of ``a - b``; the verdict names the better side by the metric's
+    direction (``higher_is_better=False``: loss, bits per byte)."""
     if len(a) != len(b):
         raise ConfigError(f"paired test: {len(a)} values against {len(b)}; pair them by seed first")
     d = [float(x) - float(y) for x, y in zip(a, b)]
@@ -145,9 +148,9 @@ def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
     if p is None:  # n < 2 or no spread among the differences: nothing to test
         verdict = "no difference shown"
     elif iv.low is not None and iv.low > 0:
-        verdict = "a better"
+        verdict = "a better" if higher_is_better else "b better"
     elif iv.high is not None and iv.high < 0:
-        verdict = "b better"
+        verdict = "b better" if higher_is_better else "a better"
     else:
         verdict = "no difference shown"
     return PairedTest(iv, t, p, verdict)

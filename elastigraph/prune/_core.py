@@ -218,11 +218,12 @@ def batches_of(batches: Iterable[Any], method: str) -> Iterator[tuple[torch.Tens
                 f"{method}: each batch must be an (inputs, targets) pair of tensors, got {type(b).__name__}"
             )
         x, y = b[0], b[1]
-        if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x) or (
+        per_token = isinstance(y, torch.Tensor) and not x.is_floating_point() and x.dim() == 2 and y.shape == x.shape
+        if not isinstance(y, torch.Tensor) or (y.dim() != 1 and not per_token) or len(y) != len(x) or (
                 y.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8) and len(y) and int(y.min()) < 0):
             raise ConfigError(
                 f"{method}: batch {n}: targets must be a 1-D tensor of {len(x)} class indices >= 0 "
-                f"(one per input), got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}"
+                f"(one per input; for token ids x of shape (N, T): next tokens of the same shape), got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}"
             )
         n += 1
         yield x, y

@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..graph.trace import infer_input_shape
 from ..masks import Mask
+from ..train.tasks import Task
 from . import _core
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -90,7 +91,7 @@ def snip(
     params = _weights(net, names_)
     grads = [torch.zeros_like(p) for p in params]
     for x, y in _core.batches_of(batches, method):
-        g = torch.autograd.grad(loss_fn(net(x), y), params, allow_unused=True)
+        g = torch.autograd.grad(loss_fn(Task.output(net(x)), y), params, allow_unused=True)
         for acc, gi in zip(grads, g):
             if gi is not None:
                 acc.add_(gi)
@@ -119,14 +120,14 @@ def grasp_scores(
     live = [current[n].to(device=p.device, dtype=p.dtype) for n, p in zip(names_, params)]
     g = [torch.zeros_like(p) for p in params]
     for x, y in data:
-        gi = torch.autograd.grad(loss_fn(net(x) / temperature, y), params, allow_unused=True)
+        gi = torch.autograd.grad(loss_fn(Task.output(net(x)) / temperature, y), params, allow_unused=True)
         for acc, d in zip(g, gi):
             if d is not None:
                 acc.add_(d)
     g = [gj * m for gj, m in zip(g, live)]
     hg = [torch.zeros_like(p) for p in params]
     for x, y in data:
-        gi = torch.autograd.grad(loss_fn(net(x) / temperature, y), params, create_graph=True, allow_unused=True)
+        gi = torch.autograd.grad(loss_fn(Task.output(net(x)) / temperature, y), params, create_graph=True, allow_unused=True)
         z = sum((gj * d).sum() for gj, d in zip(g, gi) if d is not None)
         if not isinstance(z, torch.Tensor) or not z.requires_grad:
             continue  # the loss does not depend on the prunable weights at second order

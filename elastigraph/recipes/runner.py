@@ -38,6 +38,8 @@ from torch import nn
 
 from .. import masks as _masks
 from ..errors import ConfigError, SegmentMismatchError, StrategyError
+from ..train.tasks import Task, get_task, task_of_data
+from ..train.text import is_text_dataset
 from .cache import StepCache, StepRecord, load_tensors, save_tensors, step_id, write_json
 from .schema import BASELINES, MASK_BASELINES, DatasetSpec, ModelSpec, Recipe, TargetSpec
 
@@ -99,6 +101,9 @@ def normalized_batches(ds: Any, n: int, batch_size: int, seed: int) -> list[tupl
     (uint8 -> float, per-channel mean/std of ``ds.spec``): the data SNIP/GraSP score on."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=g)
+    if getattr(ds.spec, "task", "classification") != "classification":  # token ids: fed as they are
+        return [(ds.x[idx].long(), ds.y[idx].long()) for idx in
+                (perm[i * batch_size : (i + 1) * batch_size] for i in range(n)) if len(idx)]
     mean = torch.tensor(ds.spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(ds.spec.std).view(1, -1, 1, 1)
     out = []
@@ -295,16 +300,26 @@ class Runner:
             train = _load_dataset(ds.name, ds.root, "train", ds.train_limit, ds.seed)
             test = _load_dataset(ds.name, ds.root, "test", ds.test_limit, ds.seed)
             val = None
-            if ds.val_fraction:
+            if is_text_dataset(ds.name):  # a corpus brings its own validation split (by file)
+                val = _load_dataset(ds.name, ds.root, "val", ds.test_limit, ds.seed)
+            elif ds.val_fraction:
                 train, val = split_validation(train, ds.val_fraction, ds.seed)
             self._data[key] = _Data(train, test, val)
         return self._data[key]
 
     def _dataset_settings(self, ds: DatasetSpec | None = None) -> dict[str, Any]:
-        return (ds or self.recipe.dataset).model_dump()
+        settings = (ds or self.recipe.dataset).model_dump()
+        if is_text_dataset(settings["name"]):  # the corpus's content, not only its name, keys every step
+            settings["corpus_sha256"] = self.data(ds).train.spec.sha256
+        return settings
+
+    @property
+    def task(self) -> Task:
+        """What the recipe's dataset is for: its metrics and their direction."""
+        return get_task(task_of_data(self.data().train))
 
     def _dataset_key(self, ds: DatasetSpec | None) -> str:
-        return json.dumps(self._dataset_settings(ds), sort_keys=True)
+        return json.dumps((ds or self.recipe.dataset).model_dump(), sort_keys=True)
 
     def step(
         self,
@@ -366,10 +381,11 @@ class Runner:
         label: str,
         rewind_step: int | None = None,
         ds: DatasetSpec | None = None,
+        cfg: Any = None,
     ):
         from ..train import train
 
-        cfg = self._config(seed)
+        cfg = cfg or self._config(seed)
         d = self.data(ds)
         bar = self.progress(label) if self.progress is not None and self.writer else contextlib.nullcontext(None)
         with bar as cb:
@@ -377,11 +393,7 @@ class Runner:
                 model, d.train, d.test, cfg, mask=dict(mask) if mask is not None else None,
                 rewind_step=rewind_step, start_step=start_step, progress=cb,
             )
-        res.val_loss, res.val_acc = None, None  # type: ignore[attr-defined]
-        if d.val is not None:  # ``model`` now holds the trained weights, masked entries zero
-            from ..train import evaluate
-
-            res.val_loss, res.val_acc = evaluate(model, d.val, device=cfg.device)  # type: ignore[attr-defined]
+        _add_validation(res, model, d.val, cfg.device)  # ``model`` holds the trained weights, masked entries zero
         return res
 
     def _config(self, seed: int):
@@ -389,7 +401,7 @@ class Runner:
         from ..train import TrainConfig
 
         device = {"device": self.recipe.device} if self.recipe.device else {}
-        return TrainConfig(**self.recipe.train.settings(), seed=seed, **device)
+        return TrainConfig(**self.recipe.train.settings(), seed=seed, task=self.task.name, **device)
 
     def _build(self, spec: ModelSpec, seed: int, ds: DatasetSpec | None = None) -> nn.Module:
         """``spec`` for ``ds``'s images and classes, with the initialisation drawn from
@@ -478,10 +490,12 @@ class Runner:
             levels.append(prev)
         return dense, levels
 
-    def transfer(self, target: TargetSpec, seed: int, level: StepRecord, src_dense: StepRecord) -> StepRecord:
-        """Move the source's level mask and its rewind weights onto ``target``; keeps the
-        mask, the weights, the plan and ``blocks.json`` (per target block: stage, block,
-        source block and its parameter names; the permuted baseline reads the copies there)."""
+    def transfer(self, target: TargetSpec, seed: int, level: StepRecord, src_dense: StepRecord,
+                 *, trained: bool = False) -> StepRecord:
+        """Move the source's level mask and its rewind weights (``trained``: the level's
+        trained weights, for healing) onto ``target``; keeps the mask, the weights, the
+        plan and ``blocks.json`` (per target block: stage, block, source block and its
+        parameter names; the permuted baseline reads the copies there)."""
         settings = {
             "source": self.recipe.source.label, "target": target.model.label,
             "strategy": target.strategy, "mapping": target.mapping, "seed": seed,
@@ -493,12 +507,16 @@ class Runner:
             settings["target_dataset"] = self._dataset_settings(target.dataset)
         if target.head != "keep":
             settings["head"] = target.head
+        if trained:
+            settings["weights"] = "trained"
 
         def fn(d: Path) -> dict[str, Any]:
             from ..transfer import transfer
 
             src = self._build(self.recipe.source, seed)  # the seeded init = the dense run's step 0
-            if not target.start_at_step_zero:
+            if trained:
+                src.load_state_dict(load_tensors(level.file("final.safetensors")))
+            elif not target.start_at_step_zero:
                 src.load_state_dict(load_tensors(src_dense.file("rewind.safetensors")))
             src_mask = _masks.load_mask(level.file("mask.safetensors"))
             dst = self._build(target.model, seed, target.dataset)
@@ -527,9 +545,44 @@ class Runner:
             }
 
         return self.step(
-            "transfer", settings, {"mask": level, "weights": src_dense}, fn,
-            label=f"{self.recipe.source_name} -> {target.name} seed={seed}",
+            "transfer", settings, {"mask": level, "weights": level if trained else src_dense}, fn,
+            label=f"{self.recipe.source_name} -> {target.name}{' (trained)' if trained else ''} seed={seed}",
         )
+
+    def heal(self, target: TargetSpec, seed: int, lv: int, tr: StepRecord) -> StepRecord:
+        """"Up-scale, then heal": train the transferred *trained* ticket ``tr`` under its
+        mask for ``heal.steps`` steps; the result holds the metrics and the sparsity (share
+        of exact zeros in the masked tensors) before and after. The sparsity never drops:
+        a drop is an error, not a number."""
+        h = self.recipe.heal
+        assert h is not None
+        settings = {**self._train_settings(target.model, seed, target.dataset), "heal": h.overrides()}
+        label = f"heal {target.name} level={lv} seed={seed}"
+
+        def fn(d: Path) -> dict[str, Any]:
+            from ..train import TrainConfig
+            from ..train.loop import evaluate_metrics
+
+            model = self._build(target.model, seed, target.dataset)
+            model.load_state_dict(load_tensors(tr.file("weights.safetensors")))
+            mask = _masks.load_mask(tr.file("mask.safetensors"))
+            data = self.data(target.dataset)
+            cfg = TrainConfig(**{**self._config(seed).to_dict(), "epochs": 1.0, **h.overrides()})
+            before = evaluate_metrics(model, data.test, device=cfg.device, mask=mask)
+            zeros_before = _zero_share(model.state_dict(), mask)
+            res = self._train(model, seed=seed, mask=mask, start_step=0, label=label, ds=target.dataset, cfg=cfg)
+            zeros_after = _zero_share(res.final_state, mask)
+            if zeros_after < zeros_before - 1e-12:
+                raise ConfigError(f"{label}: the share of zero weights in the masked tensors fell from "
+                                  f"{zeros_before:.4%} to {zeros_after:.4%}; the mask did not hold during training")
+            if self.writer:
+                save_tensors(d / "final.safetensors", res.final_state)
+            task = get_task(cfg.task)
+            return {**_train_result(res, sparsity=_masks.sparsity(mask)),
+                    "before": {m.key: _num(before[m.name]) for m in task.metrics},
+                    "sparsity_before": zeros_before, "sparsity_after": zeros_after}
+
+        return self.step("heal", settings, {"ticket": tr}, fn, collective=True, label=label)
 
     def mask_baseline(self, method: str, target: TargetSpec, seed: int, sparsity: float, weights: StepRecord | None) -> StepRecord:
         """A ``method`` mask (a key of :data:`MASK_BASELINES`: random-global, magnitude, snip,
@@ -574,6 +627,8 @@ class Runner:
             x = self.data(ds).train.x[:1]
             return prune.synflow(model, sparsity, iterations=bs.synflow_iterations, input_shape=tuple(x.shape[1:]), **kw)
         batches = normalized_batches(self.data(ds).train, bs.batches, self.recipe.train.batch_size or 128, seed)
+        if self.task.name != "classification":  # the task's loss (cross-entropy over every next byte)
+            kw["loss_fn"] = self.task.loss
         if method == "snip":
             return prune.snip(model, batches, sparsity, train_mode=bs.bn_train_mode, **kw)
         if method == "grasp":
@@ -713,12 +768,8 @@ class Runner:
                 results = train_fleet([m for m, _ in built], data.train, data.test, cfgs,
                                       masks=[mk for _, mk in built], start_step=reqs[pending[0]].start_step, progress=cb)
             wall = round(time.perf_counter() - t0, 3)
-            for (model, _), res in zip(built, results):  # as _train: validation accuracy when split off
-                res.val_loss, res.val_acc = None, None  # type: ignore[attr-defined]
-                if data.val is not None:  # each model holds its trained weights, masked entries zero
-                    from ..train import evaluate
-
-                    res.val_loss, res.val_acc = evaluate(model, data.val, device=cfgs[0].device)  # type: ignore[attr-defined]
+            for (model, _), res in zip(built, results):  # as _train: validation metrics when split off
+                _add_validation(res, model, data.val, cfgs[0].device)
             for i, (_, mk), res in zip(pending, built, results):
                 d = self.cache.dir(sids[i])
                 save_tensors(d / "final.safetensors", res.final_state)
@@ -895,8 +946,9 @@ class Runner:
                 "targets": [t.name for t in r.targets],
                 "seeds": r.seeds,
                 "environment": env,
+                "task": task_block(self.task),
                 "accuracy_splits": {
-                    **ACCURACY_SPLITS,
+                    **_splits(self.task),
                     "sizes": _sizes(data),
                     **({"target_sizes": {t.name: {"dataset": t.dataset.name, **_sizes(self.data(t.dataset))}
                                          for t in r.targets if t.dataset is not None}}
@@ -996,6 +1048,10 @@ class Runner:
                 if rb is not None:
                     out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
             layers.append(entry)
+            if r.heal is not None:  # up-scale the trained ticket, then heal it under its mask
+                trained_tr = self.transfer(target, seed, src_level, src_dense, trained=True)
+                out.append(_record(seed, "target", target.model.label, name, lv, "heal",
+                                   self.heal(target, seed, lv, trained_tr)))
             if r.analyses:
                 self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if tgt_levels else None, tgt_dense)
         return out
@@ -1094,6 +1150,22 @@ class Runner:
         return self.step("lmc", settings, {"mask": mask_step, "weights": weights_step}, fn, collective=True, label=label)
 
 
+def task_block(task: Task) -> dict[str, Any]:
+    """The ``task`` entry of results.json: what reports read the metrics and their
+    direction from (``metrics[0]`` is the primary one)."""
+    return {"name": task.name, "metrics": [
+        {"name": m.name, "key": m.key, "label": m.label, "higher_is_better": m.higher_is_better,
+         "scale": m.scale, "unit": m.unit} for m in task.metrics]}
+
+
+def _splits(task: Task) -> dict[str, str]:
+    if task.name == "classification":
+        return dict(ACCURACY_SPLITS)
+    key = task.primary.key
+    return {f"test_{key}": "the corpus's test split (files chosen by hash; never used to choose anything)",
+            f"val_{key}": "the corpus's validation split (files chosen by hash), never trained on"}
+
+
 def copied_tensors(blocks: Any) -> list[str]:
     """Parameter names of the target blocks that are copies: a target block whose source
     block already fed an earlier target block of its stage (the authors' ``permute_copy``
@@ -1124,22 +1196,45 @@ def _num(x: Any) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
+def _zero_share(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> float:
+    """The share of exactly-zero entries in ``state``'s masked tensors (its real
+    sparsity: what a user loading the weights gets)."""
+    zeros = sum(int((state[k] == 0).sum()) for k in mask)
+    total = sum(int(state[k].numel()) for k in mask)
+    return zeros / total if total else 0.0
+
+
+def _add_validation(res: Any, model: nn.Module, val: Any, device: str) -> None:
+    """Set ``res.val_metrics``: the task's metrics of the trained ``model`` on the
+    validation split (``None`` without one)."""
+    res.val_metrics = None
+    if val is not None:
+        from ..train.loop import evaluate_metrics
+
+        res.val_metrics = evaluate_metrics(model, val, device=device)
+
+
 def _train_result(res: Any, *, sparsity: float) -> dict[str, Any]:
+    """A training step's result: ``test_<key>`` and ``val_<key>`` for every metric of the
+    task (classification: ``test_acc``, ``test_loss``, ``val_acc``, ``val_loss``)."""
+    task = get_task((res.config or {}).get("task") or "classification")
+    test = res.metrics or {"accuracy": res.test_acc, "loss": res.test_loss}
+    val = res.val_metrics or {}
     return {
-        "test_acc": _num(res.test_acc),
-        "test_loss": _num(res.test_loss),
+        **{f"test_{m.key}": _num(test.get(m.name)) for m in task.metrics},
         "steps": int(res.steps),
         "sparsity": float(sparsity),
         "images_per_s": _num(res.images_per_s),
         "device": str(res.device),
-        "val_acc": _num(getattr(res, "val_acc", None)),
-        "val_loss": _num(getattr(res, "val_loss", None)),
+        **{f"val_{m.key}": _num(val.get(m.name)) for m in task.metrics},
     }
 
 
 def _record(seed: int, role: str, model: str, name: str, level: int, method: str, rec: StepRecord) -> dict[str, Any]:
     """One row of results.json/CSV (no timings, so reruns compare equal)."""
     res = rec.result
+    tests = [k for k in res if k.startswith("test_")]  # the task's metrics, primary first
+    primary = tests[0][len("test_"):] if tests else "acc"
     return {
         "seed": seed,
         "role": role,
@@ -1148,9 +1243,9 @@ def _record(seed: int, role: str, model: str, name: str, level: int, method: str
         "level": level,
         "method": method,
         "sparsity": round(float(res["sparsity"]), 6),
-        "test_acc": res["test_acc"],
-        "test_loss": res["test_loss"],
-        "val_acc": res.get("val_acc"),
+        **{k: res[k] for k in tests},
+        f"val_{primary}": res.get(f"val_{primary}"),
+        **({k: res[k] for k in ("before", "sparsity_before", "sparsity_after") if k in res}),
         "steps": int(res["steps"]),
         "device": res.get("device"),
         "step": rec.id,

@@ -389,6 +389,26 @@ class TrainSpec(_Section):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class HealSpec(_Section):
+    """"Up-scale, then heal" (SOLAR-style depth up-scaling): the source ticket's *trained*
+    weights at each transferred level are moved onto the target with its mask and
+    training continues under the mask for ``steps`` steps (the recipe's ``train``
+    settings, with ``lr`` and ``schedule`` overridden where given, the learning rate
+    schedule restarting at 0). Recorded as method ``heal``: the metrics before and after
+    healing, and the sparsity before and after (it never drops: pruned weights stay exactly
+    zero)."""
+
+    steps: int = Field(ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    schedule: str | None = None
+    warmup_steps: int | None = Field(default=None, ge=0)
+
+    def overrides(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.model_dump().items() if v is not None}
+        out.pop("steps")
+        return {**out, "steps": self.steps}
+
+
 class TargetSpec(_Section):
     """A target model and how the source ticket is mapped onto it: a named ``strategy``
     or an explicit ``mapping`` string (not both; neither = the library default)."""
@@ -476,6 +496,8 @@ class Recipe(_Section):
     device: str | None = None
     analyses: list[Literal["lmc"]] = Field(default_factory=list)
     lmc: LMCSettings = Field(default_factory=LMCSettings)
+    heal: HealSpec | None = None
+    """Continue training each transferred *trained* ticket under its mask (see :class:`HealSpec`)."""
     smoke: dict[str, Any] = Field(default_factory=dict)
     """Overrides merged into the recipe by ``--smoke`` (same layout as the recipe)."""
 
@@ -633,11 +655,15 @@ def dataset_input(name: str, root: str | None = None) -> tuple[int, int, tuple[i
 
     ds = load_dataset(name, root=root, split="test", limit=1)
     shape = tuple(ds.x.shape[1:]) if hasattr(ds, "x") else (ds.spec.in_chans, ds.spec.image_size, ds.spec.image_size)
+    # a text corpus: shape is (seq_len,); models take token ids
     return ds.spec.in_chans, ds.spec.num_classes, shape
 
 
 def image_size(chw: tuple[int, ...]) -> int | tuple[int, int]:
-    """The ``img_size`` a model takes for images of shape (C, H, W): H if square."""
+    """The ``img_size`` a model takes for images of shape (C, H, W): H if square (a text
+    window of shape ``(seq_len,)``: its length; text models ignore it)."""
+    if len(chw) < 2:
+        return chw[-1]
     h, w = chw[-2], chw[-1]
     return h if h == w else (h, w)
 
@@ -671,11 +697,29 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     ds = data.get("dataset") or {}
     shape: tuple[int, int, tuple[int, ...]] | None = None
+    text_spec = None
     if isinstance(ds, Mapping) and isinstance(ds.get("name", ""), str) and isinstance(ds.get("root", ""), (str, type(None))):
         try:
             shape = dataset_input(ds.get("name", "fashion_mnist"), ds.get("root"))
         except ElastigraphError as e:
             problems.append(("dataset.name", str(e)))
+        from ..train.text import is_text_dataset
+
+        if shape is not None and is_text_dataset(ds.get("name")):
+            from ..train.data import load_dataset
+
+            text_spec = load_dataset(ds["name"], split="test", limit=1).spec
+            if ds.get("val_fraction"):
+                problems.append(("dataset.val_fraction", "a text corpus has its own validation split (by file); "
+                                                         "leave val_fraction out"))
+            for i, b in enumerate(data.get("baselines") or []):
+                if b == "synflow":
+                    problems.append((f"baselines[{i}]", "synflow scores a network on an all-ones input, which token ids "
+                                                        "do not have (an embedding lookup, not a product); it does not "
+                                                        "apply to language models -- leave it out"))
+            for i, t in enumerate(data.get("targets") or []):
+                if isinstance(t, Mapping) and t.get("dataset") is not None:
+                    problems.append((f"targets[{i}].dataset", "a language-model recipe trains every target on its corpus"))
 
     def build(path: str, raw: Any) -> Any:
         if shape is None:
@@ -686,6 +730,13 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             return None  # reported by the schema pass
         try:
             net = spec.build(in_chans=shape[0], num_classes=shape[1], img_size=image_size(shape[2]), device="meta")
+            if text_spec is not None:
+                from ..train.text import lm_model_problem
+
+                err = lm_model_problem(net, text_spec, spec.label)
+                if err:
+                    problems.append((path, err))
+                    return None
             n = sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
             if n > max_parameters():
                 problems.append((path, f"{spec.label!r} has {n:,} parameters and buffers, more than the limit of "

@@ -462,7 +462,8 @@ def load_dataset(
     image_size: int | None = None,
 ) -> ArrayDataset | FolderDataset:
     """Load ``name`` (``fashion_mnist``, ``cifar10``, ``cifar100``, ``synthetic``,
-    ``imagefolder:<path>``) from local files; ``limit`` keeps a seeded, class-balanced
+    ``imagefolder:<path>``, or a byte-level text corpus ``pystdlib`` / ``text:<path>``
+    with its own train/val/test split, see :mod:`elastigraph.train.text`) from local files; ``limit`` keeps a seeded, class-balanced
     subset of that many images (smoke runs). ``image_size`` only applies to imagefolder.
     ``name?classes=0-4`` keeps those classes only, relabelled 0..k-1 (a class-split task;
     ``limit`` then counts images of the split)."""
@@ -472,6 +473,12 @@ def load_dataset(
         raise DatasetError(f"dataset {name!r}: root must be a folder path, got {type(root).__name__}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise DatasetError(f"dataset {name!r}: limit must be an integer number of images, got {limit!r}")
+    from .text import is_text_dataset, load_text
+
+    if is_text_dataset(name):  # a byte-level text corpus: windows of next-byte examples
+        from .loop import check_seed
+
+        return load_text(name, split, limit=limit, seed=check_seed(seed, f"dataset {name!r}: seed"))
     full_name = name
     name, opts = split_dataset_name(name)
     if split == "val":
@@ -494,7 +501,8 @@ def load_dataset(
         ds = _imagefolder(path, split, image_size)
     else:
         raise DatasetError(
-            f"unknown dataset {name!r}; known: fashion_mnist, cifar10, cifar100, synthetic, imagefolder:<path>"
+            f"unknown dataset {name!r}; known: fashion_mnist, cifar10, cifar100, synthetic, imagefolder:<path>, "
+            "pystdlib, text:<path>"
         )
     if "classes" in opts:
         ds = select_classes(ds, parse_classes(opts["classes"], f"dataset {full_name!r}"), full_name)

@@ -76,6 +76,8 @@ def stochastic_modules(model: nn.Module) -> list[str]:
 def can_fleet(model: nn.Module, cfg: TrainConfig, train_set) -> str | None:
     """``None`` when ``model`` can train in a fleet with ``cfg`` on ``train_set``,
     otherwise why not (one line)."""
+    if cfg.task != "classification":
+        return f"fleets train classification only; a {cfg.task!r} model trains alone"
     if not isinstance(train_set, ArrayDataset):
         return "the training set is not held in memory (ImageFolder data trains alone)"
     if _dist.from_env().enabled:

@@ -25,6 +25,10 @@ from .. import masks as _masks
 from ..errors import ConfigError, DatasetError
 from . import distributed as _dist
 from .data import ArrayDataset, FolderDataset
+from .tasks import Task, get_task, task_of_data
+from .text import TokenDataset
+
+_DATASETS = (ArrayDataset, FolderDataset, TokenDataset)
 
 Progress = Callable[[int, int, dict], None]
 """``progress(step, total, metrics)``: called after every optimizer step (rank 0 only)."""
@@ -166,7 +170,10 @@ class TrainResult:
     (no ``*_orig``/``*_mask`` keys) on the CPU with masked entries exactly zero;
     ``steps`` counts the optimizer steps of this call; ``history`` has one record per
     evaluation: ``step`` (global), ``epoch``, ``train_loss`` (mean since the previous
-    record), ``test_loss``, ``test_acc``, ``lr``, ``time_s`` (since the call started)."""
+    record), ``test_<key>`` for each metric of the task (classification: ``test_acc``,
+    ``test_loss``; language modelling: ``test_bpb``, ``test_loss``), ``lr``, ``time_s``
+    (since the call started). ``metrics`` holds the final test metrics by name;
+    ``test_acc`` is NaN for a task without accuracy."""
 
     final_state: dict[str, Tensor]
     rewind_state: dict[str, Tensor] | None
@@ -178,6 +185,9 @@ class TrainResult:
     images_per_s: float
     device: str
     config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    val_metrics: dict | None = None
+    """The task's metrics on a validation split, where the caller measured them."""
     diverged: bool = False
     """True when training stopped at a non-finite loss; the metrics are then NaN."""
     diverged_at: int | None = None
@@ -291,7 +301,7 @@ class _ArrayBatches:
         self.y = ds.y.to(device)
         self.n, self.batch, self.seed, self.augment = len(ds), min(batch, len(ds)), seed, augment
         self.spe = steps_per_epoch(self.n, self.batch)
-        self.pad = 2 if ds.spec.image_size < 32 else 4
+        self.pad = 2 if getattr(ds.spec, "image_size", 32) < 32 else 4
         self.device, self.ctx = device, ctx
         self.gen = torch.Generator(device=device)
         self._epoch, self._perm = -1, None
@@ -341,13 +351,20 @@ def _loader(ds: FolderDataset, batch_sampler, device: torch.device, world: int):
     )
 
 
+def _input_prep(task: Task, spec, device: torch.device, channels_last: bool) -> Callable[[Tensor], Tensor]:
+    """What the model is fed from a stored batch: normalised images, or token ids."""
+    if task.image_inputs:
+        return _Normalizer(spec, device, channels_last)
+    return lambda x: x.long()
+
+
 @torch.no_grad()
-def _evaluate(net: nn.Module, test_set, norm: _Normalizer, device, amp_ctx, ctx, batch: int) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``net`` in eval mode on ``test_set``, each rank
-    taking rows ``rank::world`` and the sums all-reduced."""
+def _evaluate(net: nn.Module, test_set, norm, device, amp_ctx, ctx, batch: int, task: Task) -> dict[str, float]:
+    """The task's metrics of ``net`` in eval mode on ``test_set`` (by metric name), each
+    rank taking rows ``rank::world`` and the sums all-reduced."""
     was_training = net.training
     net.eval()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, count
+    sums = torch.zeros(len(task.sums), device=device, dtype=torch.float64)
     try:
         if isinstance(test_set, FolderDataset):
             mine = list(range(ctx.rank, len(test_set), ctx.world))
@@ -361,24 +378,30 @@ def _evaluate(net: nn.Module, test_set, norm: _Normalizer, device, amp_ctx, ctx,
         for xb, yb in it:
             with amp_ctx():
                 out = net(norm(xb))
-            sums[0] += F.cross_entropy(out.float(), yb, reduction="sum").double()
-            sums[1] += (out.argmax(1) == yb).sum()
-            sums[2] += len(yb)
+            sums += task.eval_sums(out, yb)
         _dist.all_reduce_sum(sums, ctx)
     finally:
         net.train(was_training)
-    loss, correct, count = sums.tolist()
-    if count == 0:
-        return float("nan"), float("nan")
-    return loss / count, correct / count
+    return task.finish(dict(zip(task.sums, sums.tolist())))
 
 
-def evaluate(model: nn.Module, test_set: ArrayDataset | FolderDataset, *, device: str = "auto",
+def evaluate(model: nn.Module, test_set: ArrayDataset | FolderDataset | TokenDataset, *, device: str = "auto",
              batch_size: int = 1024, mask: Mapping[str, Tensor] | None = None) -> tuple[float, float]:
     """(test loss, test accuracy) of ``model`` (under ``mask`` if given) without changing
-    it: evaluation runs on a copy."""
-    if not isinstance(test_set, (ArrayDataset, FolderDataset)):
-        raise DatasetError(f"test_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(test_set).__name__}")
+    it: evaluation runs on a copy. Accuracy is NaN for a task without one (language
+    modelling); :func:`evaluate_metrics` gives every metric of the data's task."""
+    m = evaluate_metrics(model, test_set, device=device, batch_size=batch_size, mask=mask)
+    return m["loss"], m.get("accuracy", float("nan"))
+
+
+def evaluate_metrics(model: nn.Module, test_set: ArrayDataset | FolderDataset | TokenDataset, *,
+                     device: str = "auto", batch_size: int = 1024,
+                     mask: Mapping[str, Tensor] | None = None) -> dict[str, float]:
+    """Every metric of ``test_set``'s task (by name: ``accuracy``/``loss``, or
+    ``bits_per_byte``/``loss``) of ``model`` under ``mask``, evaluated on a copy."""
+    if not isinstance(test_set, _DATASETS):
+        raise DatasetError(f"test_set must be a dataset from load_dataset (ArrayDataset, FolderDataset or "
+                           f"TokenDataset), got {type(test_set).__name__}")
     err = device_problem(device)
     if err:
         raise ConfigError(f"evaluate device: {err}")
@@ -390,8 +413,9 @@ def evaluate(model: nn.Module, test_set: ArrayDataset | FolderDataset, *, device
     net = _masks.copy_model(model).to(dev)
     if mask is not None:
         _masks.install(net, mask)
-    norm = _Normalizer(test_set.spec, dev, channels_last=False)
-    return _evaluate(net, test_set, norm, dev, contextlib.nullcontext, _dist.DistContext(), batch_size)
+    task = get_task(task_of_data(test_set))
+    norm = _input_prep(task, test_set.spec, dev, channels_last=False)
+    return _evaluate(net, test_set, norm, dev, contextlib.nullcontext, _dist.DistContext(), batch_size, task)
 
 
 @contextlib.contextmanager
@@ -411,6 +435,8 @@ def rich_progress(description: str = "training", *, console=None) -> Iterator[Pr
             info = f"lr {metrics['lr']:.4g}"
             if "test_acc" in metrics:
                 info += f"  loss {metrics['train_loss']:.3f}  acc {metrics['test_acc']:.2%}"
+            elif "test_bpb" in metrics:
+                info += f"  loss {metrics['train_loss']:.3f}  {metrics['test_bpb']:.3f} bits/byte"
             bar.update(task, completed=step, total=total, info=info)
 
         yield cb
@@ -427,10 +453,21 @@ def _check_train_args(model: Any, train_set: Any, test_set: Any, cfg: Any, start
         raise ModelTypeError(f"train needs an nn.Module, got {type(model).__name__}")
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"cfg must be a TrainConfig (e.g. TrainConfig(steps=100, lr=0.1)), got {type(cfg).__name__}")
-    if not isinstance(train_set, (ArrayDataset, FolderDataset)):
-        raise DatasetError(f"train_set must be an ArrayDataset or FolderDataset (load_dataset), got {type(train_set).__name__}")
-    if test_set is not None and not isinstance(test_set, (ArrayDataset, FolderDataset)):
-        raise DatasetError(f"test_set must be an ArrayDataset, FolderDataset or None, got {type(test_set).__name__}")
+    if not isinstance(train_set, _DATASETS):
+        raise DatasetError(f"train_set must be a dataset from load_dataset (ArrayDataset, FolderDataset or TokenDataset), "
+                           f"got {type(train_set).__name__}")
+    if test_set is not None and not isinstance(test_set, _DATASETS):
+        raise DatasetError(f"test_set must be an ArrayDataset, FolderDataset, TokenDataset or None, got {type(test_set).__name__}")
+    for what, ds in (("train_set", train_set), ("test_set", test_set)):
+        if ds is not None and task_of_data(ds) != cfg.task:
+            raise ConfigError(f"{what} {ds.spec.name!r} is data for the {task_of_data(ds)!r} task but "
+                              f"TrainConfig.task={cfg.task!r}; use TrainConfig(task={task_of_data(ds)!r})")
+    if isinstance(train_set, TokenDataset):
+        from .text import lm_model_problem
+
+        err = lm_model_problem(model, train_set.spec)
+        if err:
+            raise ConfigError(err)
     if isinstance(start_step, bool) or not isinstance(start_step, int):
         raise ConfigError(f"start_step must be an integer step, got {start_step!r}")
     if rewind_step is not None and (isinstance(rewind_step, bool) or not isinstance(rewind_step, int)):
@@ -495,6 +532,7 @@ def train(
     if mask is None:
         mask = _masks.from_model(model) or None
     history: list[dict] = []
+    final_metrics: dict[str, float] = {}
     rewind_state = None
     try:
         model.to(device)
@@ -511,7 +549,8 @@ def train(
         else:
             opt = torch.optim.SGD(params, lr=lr_at(cfg, start_step, total), momentum=cfg.momentum,
                                   nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-        norm = _Normalizer(train_set.spec, device, channels_last)
+        task = get_task(cfg.task)
+        norm = _input_prep(task, train_set.spec, device, channels_last)
         if isinstance(train_set, FolderDataset):
             sampler = _StepSampler(len(train_set), batch, cfg.seed, start_step, total, ctx)
             dl = iter(_loader(train_set.with_mode(train=True, augment=cfg.augment), sampler, device, ctx.world))
@@ -520,21 +559,22 @@ def train(
                 x, y = next(dl)
                 return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         else:
-            next_batch = _ArrayBatches(train_set, batch, cfg.seed, cfg.augment, device, ctx)
+            next_batch = _ArrayBatches(train_set, batch, cfg.seed, cfg.augment and task.image_inputs, device, ctx)
         eval_bs = max(256, 2 * batch // ctx.world)
-        if isinstance(test_set, ArrayDataset):  # held on the device too, like the train set
-            test_set = ArrayDataset(test_set.x.to(device), test_set.y.to(device), test_set.spec)
+        if isinstance(test_set, (ArrayDataset, TokenDataset)):  # held on the device too, like the train set
+            test_set = type(test_set)(test_set.x.to(device), test_set.y.to(device), test_set.spec)
         spe = steps_per_epoch(len(train_set), batch)
 
         def record(step: int, lr: float, loss_sum: Tensor, n_loss: int) -> dict:
             _dist.broadcast_buffers(model, ctx)
             if test_set is not None:
-                te_loss, te_acc = _evaluate(fwd_eval, test_set, norm, device, amp_ctx, ctx, eval_bs)
+                te = _evaluate(fwd_eval, test_set, norm, device, amp_ctx, ctx, eval_bs, task)
             else:
-                te_loss = te_acc = float("nan")
+                te = {m.name: float("nan") for m in task.metrics}
             tl = _dist.all_reduce_sum(loss_sum.detach().clone().double(), ctx).item() / max(1, n_loss * ctx.world)
+            tests = {f"test_{m.key}": te[m.name] for m in sorted(task.metrics, key=lambda m: m.key != "loss")}
             return {"step": step, "epoch": step / spe, "train_loss": tl if n_loss else float("nan"),
-                    "test_loss": te_loss, "test_acc": te_acc, "lr": lr, "time_s": time.perf_counter() - t0}
+                    **tests, "lr": lr, "time_s": time.perf_counter() - t0, "_metrics": te}
 
         fork = torch.random.fork_rng(devices=[device.index] if cuda else [])
         with fork:
@@ -553,7 +593,7 @@ def train(
                 xb, yb = next_batch(step)
                 with amp_ctx():
                     out = fwd(norm(xb))
-                loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+                loss = task.loss(out, yb, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -570,6 +610,7 @@ def train(
                         rewind_state = _plain_state(model, order)
                     if is_eval:
                         last = record(done, lr, loss_sum, n_loss)
+                        final_metrics = last.pop("_metrics")
                         history.append(last)
                         loss_sum.zero_()
                         n_loss = 0
@@ -578,6 +619,7 @@ def train(
                     progress(done, total, {"lr": lr, **{k: v for k, v in last.items() if k != "lr"}})
             if start_step == total:  # nothing to train: still report where the model stands
                 last = record(total, lr, loss_sum, 0)
+                final_metrics = last.pop("_metrics")
                 history.append(last)
             _dist.broadcast_buffers(model, ctx)
     finally:
@@ -600,7 +642,9 @@ def train(
         images_per_s=steps * batch / train_s if train_s > 0 else float("nan"),
         device=dev_label,
         config=cfg.to_dict(),
+        metrics=dict(final_metrics),
     )
 
 
-__all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
+__all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate",
+           "evaluate_metrics", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]

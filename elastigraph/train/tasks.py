@@ -31,6 +31,12 @@ class Metric:
     label: str
     scale: float = 1.0
     unit: str = ""
+    key: str = ""
+    """Short name in result fields (``test_<key>``, ``val_<key>``); default ``name``."""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
 
     def better(self, a: float, b: float) -> bool:
         """True when value ``a`` is strictly better than ``b`` for this metric."""
@@ -53,6 +59,11 @@ class Task:
     metrics: tuple[Metric, ...] = ()
     sums: tuple[str, ...] = ()
     """Names of the quantities :meth:`eval_sums` returns, in a fixed order."""
+    image_inputs: bool = True
+    """Inputs are uint8 images the loop normalises (and augments when asked); False: the
+    inputs are token ids fed as they are (int64)."""
+    data_kind: str = "images"
+    """What datasets this task trains on (for error messages)."""
 
     @property
     def primary(self) -> Metric:
@@ -93,7 +104,7 @@ class Classification(Task):
 
     name = "classification"
     metrics = (
-        Metric("accuracy", True, "accuracy", scale=100.0, unit="%"),
+        Metric("accuracy", True, "accuracy", scale=100.0, unit="%", key="acc"),
         Metric("loss", False, "cross-entropy"),
     )
     sums = ("loss", "correct", "count")
@@ -117,7 +128,43 @@ class Classification(Task):
         return {"accuracy": totals["correct"] / count, "loss": totals["loss"] / count}
 
 
-_TASKS: dict[str, Callable[[], Task]] = {"classification": Classification}
+class LanguageModelling(Task):
+    """Causal language modelling (next-token prediction) on byte-level text: the model's
+    logits ``(N, T, V)`` against targets ``(N, T)``. Reports bits per byte (with a byte
+    vocabulary: mean cross-entropy in nats / ln 2; lower is better) and the mean
+    cross-entropy in nats."""
+
+    name = "causal_lm"
+    metrics = (
+        Metric("bits_per_byte", False, "bits per byte", key="bpb"),
+        Metric("loss", False, "cross-entropy (nats/byte)"),
+    )
+    sums = ("loss", "count")
+    image_inputs = False
+    data_kind = "text corpora ('pystdlib', 'text:<path>')"
+
+    def loss(self, output: Tensor, target: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+        logits = self.output(output)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1).long(),
+                               label_smoothing=label_smoothing)
+
+    def eval_sums(self, output: Tensor, target: Tensor) -> Tensor:
+        logits = self.output(output)
+        return torch.stack([
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1).long(),
+                            reduction="sum").double(),
+            torch.tensor(float(target.numel()), dtype=torch.float64, device=logits.device),
+        ])
+
+    def finish(self, totals: Mapping[str, float]) -> dict[str, float]:
+        count = totals["count"]
+        if count == 0:
+            return {"bits_per_byte": math.nan, "loss": math.nan}
+        nats = totals["loss"] / count
+        return {"bits_per_byte": nats / math.log(2), "loss": nats}
+
+
+_TASKS: dict[str, Callable[[], Task]] = {"classification": Classification, "causal_lm": LanguageModelling}
 
 
 def register(name: str, factory: Callable[[], Task]) -> None:
@@ -138,3 +185,9 @@ def get_task(task: str | Task | None = None) -> Task:
 
 def task_names() -> list[str]:
     return sorted(_TASKS)
+
+
+def task_of_data(ds) -> str:
+    """The task a dataset is for: its spec's ``task`` (text corpora: ``causal_lm``),
+    else classification."""
+    return getattr(getattr(ds, "spec", None), "task", "classification")
