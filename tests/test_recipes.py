@@ -79,9 +79,11 @@ def test_shipped_recipes_validate_full_and_smoke(path):
     # a shipped recipe is an experiment, not a smoke run: mean and spread over seeds,
     # and at least 4 IMP levels to compare methods at matched sparsities
     # ... on data every machine has (Fashion-MNIST, or a class split of it), targets included
+    # (a language model on the interpreter's own sources: at least 2 levels, it costs more)
     datasets = [full.dataset] + [t.dataset for t in full.targets if t.dataset is not None]
-    assert len(full.seeds) >= 2 and full.prune.rounds >= 4
-    assert all(d.name.partition("?")[0] == "fashion_mnist" for d in datasets)
+    text = full.dataset.name.partition("?")[0] == "pystdlib"
+    assert len(full.seeds) >= 2 and full.prune.rounds >= (2 if text else 4)
+    assert all(d.name.partition("?")[0] in ("fashion_mnist", "pystdlib") for d in datasets)
     smoke = load_recipe(path, smoke=True)
     assert smoke.seeds == full.seeds[:1]
     assert smoke.prune.rounds <= 2 and smoke.train.steps <= 3

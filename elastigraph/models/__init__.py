@@ -192,6 +192,12 @@ def _hf(spec: str, *, in_chans: int, num_classes: int, **kw: Any) -> nn.Module:
         raise ModelNameError(f"'hf:{spec}': {model_type} configs have no field(s) {unknown}; depth/size fields: {knobs}")
     if task == "sequence-classification":
         kw.setdefault("num_labels", num_classes)
+    vocab = kw.get("vocab_size")
+    if isinstance(vocab, int):  # a smaller vocabulary (bytes: 256): special tokens outside it mean nothing
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            tok = getattr(default, key, None)
+            if key not in kw and isinstance(tok, int) and tok >= vocab:
+                kw[key] = None
     config = transformers.AutoConfig.for_model(model_type, **kw)
     auto = getattr(transformers, _HF_TASKS[task])
     try:
