@@ -37,6 +37,7 @@ from .. import masks as _masks
 from ..errors import ConfigError, DatasetError
 from . import distributed as _dist
 from .data import ArrayDataset
+from .tasks import get_task
 from .loop import (
     Progress, TrainConfig, TrainResult, _ArrayBatches, _evaluate, _Normalizer, _plain_keys, _resolve_device,
     eval_due, lr_at, steps_per_epoch, total_steps,
@@ -207,6 +208,7 @@ def train_fleet(
     shared = ArrayDataset(train_set.x.to(device), train_set.y.to(device), train_set.spec)
     streams = [_ArrayBatches(shared, batch, c.seed, cfg.augment, device, ctx) for c in cfgs]
     norm = _Normalizer(train_set.spec, device, channels_last=False)
+    task = get_task(cfg.task)  # classification (can_fleet)
     if test_set is not None:
         test_set = ArrayDataset(test_set.x.to(device), test_set.y.to(device), test_set.spec)
     eval_bs = max(256, 2 * batch)
@@ -237,7 +239,8 @@ def train_fleet(
             if test_set is not None:
                 load_member(i)
                 with torch.no_grad():
-                    te_loss, te_acc = _evaluate(models[i], test_set, norm, device, amp_ctx, ctx, eval_bs)
+                    te = _evaluate(models[i], test_set, norm, device, amp_ctx, ctx, eval_bs, task)
+                te_loss, te_acc = te["loss"], te["accuracy"]
             else:
                 te_loss = te_acc = float("nan")
             tl = float(loss_sum[i].double().item()) / max(1, n_loss)
