@@ -113,7 +113,15 @@ def test_llama_stretch_2_to_4_loads_with_from_pretrained(llama_up, tmp_path):
 def test_llama_squeeze_4_to_2(llama_down, tmp_path):
     ticket, dst = llama_down
     assert ticket.plan.stages[0].sources == [0, 1]
-    _check_folder(ticket, dst, tmp_path / "llama2", 2)
+    loaded, _ = _check_folder(ticket, dst, tmp_path / "llama2", 2)
+    # the usual flow: the ticket already applied to the target in memory, then saved
+    applied = ticket.apply(masks.copy_model(dst)).eval()
+    eg.save_pretrained(ticket, applied, tmp_path / "applied")
+    assert set(masks.from_model(applied)) == set(ticket.mask)  # still masked: not baked in place
+    again = T.AutoModelForCausalLM.from_pretrained(tmp_path / "applied", local_files_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again(IDS).logits, loaded(IDS).logits)
+        torch.testing.assert_close(again(IDS).logits, applied(IDS).logits)
 
 
 def test_gpt2_stretch_with_tied_head(gpt2_up, tmp_path):
@@ -138,6 +146,10 @@ def test_load_pretrained_finds_weights_changed_without_the_mask(llama_up, tmp_pa
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(eg.errors.MaskError, match=name.replace(".", r"\.")):
         eg.load_pretrained(path)
+    with pytest.raises(ModelTypeError, match="folder's path"):
+        eg.load_pretrained(None)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        eg.load_pretrained(path / "model.safetensors")
     (path / "mask.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="mask.safetensors"):
         eg.load_pretrained(path)

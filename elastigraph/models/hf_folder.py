@@ -91,7 +91,7 @@ def _check_path(path: Any, overwrite: bool) -> Path:
 def check_output(model: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """The checks :func:`save_pretrained` makes on ``model`` and ``path`` before any work,
     for callers (the CLI) that want a bad destination to fail before a long transfer."""
-    _check_model(model)
+    _check_model(getattr(model, "_orig_mod", model))
     return _check_path(path, overwrite)
 
 
@@ -159,7 +159,8 @@ def save_pretrained(
 
     ``model``: the transfer's target (a transformers ``PreTrainedModel``, e.g.
     ``create("hf:llama", num_hidden_layers=4, ...)``); it is not modified: the ticket goes
-    into a copy, whose mask is then made permanent (pruned weights exactly zero).
+    into a copy (memory for one more model), whose mask is then made permanent (pruned
+    weights exactly zero); a model that already has the ticket applied is fine too.
     ``metadata``: a JSON-serialisable dict stored in ``elastigraph.json`` and the mask file.
     ``path`` must not exist or be an empty folder; ``overwrite=True`` replaces an earlier
     output of this function (a folder holding ``elastigraph.json``), nothing else.
@@ -171,6 +172,7 @@ def save_pretrained(
     Face one, :class:`~elastigraph.errors.SegmentMismatchError` for a ticket planned for
     another model, :class:`~elastigraph.errors.OutputPathError` for a path that is a file
     or a non-empty folder."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: the model it holds
     _check_model(model)
     dest = _check_path(path, overwrite)
     meta = _check_metadata(metadata)
@@ -236,6 +238,8 @@ def load_pretrained(path: str | os.PathLike[str], **from_pretrained_kwargs: Any)
     to ``from_pretrained`` (``dtype=``, ``device_map=``). The mask is checked against the
     model, and every weight it prunes must be exactly zero (:class:`MaskError` naming
     the tensor otherwise: the weights were edited or trained without the mask)."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or (isinstance(path, str) and not path):
+        raise ModelTypeError(f"load_pretrained needs the folder's path (str or pathlib.Path), got {path!r}")
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"Hugging Face folder {str(p)!r} does not exist or is not a folder")
