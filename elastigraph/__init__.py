@@ -3,6 +3,7 @@
     import elastigraph as eg
     ticket = eg.transfer(src_model, src_mask, dst_model)   # stretch or squeeze a ticket
     ticket.apply(dst_model)                                 # rewound weights + mask
+    eg.save_pretrained(ticket, dst_model, "out/")           # an hf: target as a Hugging Face folder
 
 Subpackages: ``graph`` (tracing, units, segments), ``analyses`` (linear mode
 connectivity), ``masks`` (the mask type, files, reports), ``prune`` (IMP, random, SNIP, GraSP, SynFlow), ``train`` (masked training,
@@ -14,10 +15,12 @@ __version__ = "0.1.0"
 from . import analyses, errors, masks, models, prune  # noqa: F401
 from .graph import ModelGraph, analyze
 from .masks import Mask, load_lth_mask, load_mask, read_mask, save_mask, sparsity_report
+from .models.hf_folder import load_pretrained, save_pretrained
 from .transfer import Plan, StagePlan, Ticket, transfer
 
 __all__ = [
     "transfer", "analyze", "Ticket", "Plan", "StagePlan", "ModelGraph",
+    "save_pretrained", "load_pretrained",
     "Mask", "save_mask", "load_mask", "read_mask", "load_lth_mask", "sparsity_report",
     "errors", "masks", "models", "prune", "analyses",
 ]

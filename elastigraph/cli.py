@@ -207,7 +207,9 @@ def transfer(
     src: str = typer.Option(..., "--src", help="Source model. " + MODEL_HELP),
     mask: Path = typer.Option(..., "--mask", help="Source mask file (safetensors, or the paper's mask.pth)."),
     dst: str = typer.Option(..., "--dst", help="Target model (same family, other depth)."),
-    out: Path = typer.Option(..., "--out", help="Target mask file to write (.safetensors); the plan goes to OUT.plan.json."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Target mask file to write (.safetensors); the plan goes to OUT.plan.json."),
+    out_hf: Optional[Path] = typer.Option(None, "--out-hf", help="Hugging Face folder to write (hf: targets): config, weights zero where pruned, mask.safetensors, elastigraph.json; loads with from_pretrained."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier --out-hf folder."),
     strategy: Optional[str] = typer.Option(None, help="Named transfer strategy (default: the library's)."),
     mapping: Optional[str] = typer.Option(None, help="Explicit block mapping, e.g. '0:0;1:1,2;2:3,4' (per stage, '|' between stages), or a plan JSON file."),
     src_weights: Optional[Path] = typer.Option(None, help="Source state dict (safetensors) to carry, e.g. its rewind weights; writes OUT.weights.safetensors."),
@@ -219,16 +221,22 @@ def transfer(
     seed: int = typer.Option(0, callback=_seed, help="Seed of the target's initialisation (for parameters the plan does not carry)."),
     as_json: bool = typer.Option(False, "--json", help="Print file paths and sparsities as JSON."),
 ) -> None:
-    """Move a ticket from SRC to DST: print the plan and sparsities, write mask (+ weights) and plan."""
+    """Move a ticket from SRC to DST: print the plan and sparsities, write mask (+ weights) and plan
+    (--out) and/or a Hugging Face folder of the target with the ticket applied (--out-hf)."""
     from . import masks
     from .recipes.cache import save_tensors, write_json
     from .transfer import transfer as _transfer
 
     if strategy is not None and mapping is not None:
         raise typer.BadParameter("give --strategy or --mapping, not both", param_hint="--mapping")
+    if out is None and out_hf is None:
+        raise typer.BadParameter("give --out (mask file) and/or --out-hf (Hugging Face folder)", param_hint="--out")
     if not mask.is_file():
         raise FileNotFoundError(f"mask file {str(mask)!r} does not exist")
-    _out_path(out)
+    if out is not None:
+        _out_path(out)
+    if out_hf is not None:
+        _out_path(out_hf, "--out-hf", folder=True)
     if strategy is not None:
         from .transfer import parse_strategy
 
@@ -245,17 +253,31 @@ def transfer(
         _load_weights(src_model, src_weights, "--src-weights")
     src_mask = masks.read_mask(mask, model=src_model, model_name=src)
     dst_model = _model(dst, c, k, seed, example)
+    if out_hf is not None:
+        from .models.hf_folder import check_output
+
+        check_output(dst_model, out_hf, overwrite=overwrite)  # before the transfer's work
     ticket = _transfer(src_model, src_mask, dst_model, strategy=strategy, mapping=plan_or_mapping, example_input=example)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.with_suffix("") if out.suffix == ".safetensors" else out
-    plan_path = Path(f"{stem}.plan.json")
-    masks.save_mask(ticket.mask, out, metadata={"source": src, "target": dst, "strategy": strategy, "mapping": mapping})
-    files = {"mask": str(out), "plan": str(plan_path)}
-    if src_weights is not None:
-        w = Path(f"{stem}.weights.safetensors")
-        save_tensors(w, ticket.weights)
-        files["weights"] = str(w)
-    write_json(plan_path, ticket.plan.to_dict())
+    files: dict[str, str] = {}
+    info = {"source": src, "target": dst, "strategy": strategy, "mapping": mapping}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stem = out.with_suffix("") if out.suffix == ".safetensors" else out
+        plan_path = Path(f"{stem}.plan.json")
+        masks.save_mask(ticket.mask, out, metadata=info)
+        files.update(mask=str(out), plan=str(plan_path))
+        if src_weights is not None:
+            w = Path(f"{stem}.weights.safetensors")
+            save_tensors(w, ticket.weights)
+            files["weights"] = str(w)
+        write_json(plan_path, ticket.plan.to_dict())
+    if out_hf is not None:
+        from .models.hf_folder import save_pretrained
+
+        # weights: --src-weights when given, else the source model as built (seeded init)
+        meta = {**info, "source_mask": str(mask), "source_weights": str(src_weights) if src_weights else None,
+                "seed": seed}
+        files["hf_folder"] = str(save_pretrained(ticket, dst_model, out_hf, metadata=meta, overwrite=overwrite))
     report = masks.sparsity_report(ticket.mask, dst_model, model_name=dst)
     if as_json:
         _emit_json({"files": files, "source_sparsity": masks.sparsity(src_mask), "sparsity": masks.sparsity(ticket.mask),

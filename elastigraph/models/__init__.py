@@ -6,6 +6,8 @@
 from a config class: the ``hf`` extra). Input channels and class count are
 arguments so that a model follows its dataset (Fashion-MNIST: ``in_chans=1,
 num_classes=10``). Depth overrides are plain constructor keyword arguments.
+A transferred ticket of an ``hf:`` model is written as a Hugging Face folder by
+``hf_folder.save_pretrained`` (``elastigraph.save_pretrained``).
 """
 
 from __future__ import annotations
