@@ -270,3 +270,14 @@ def test_ddp_under_torchrun_matches_single_process(tmp_path):
         torch.testing.assert_close(r0["plain"]["rewind"][k], single.rewind_state[k], rtol=1e-5, atol=1e-6)
     bn_mask = w.mask_for(w.tiny_net(True))["0.weight"]
     assert r0["bn"]["final"]["0.weight"][~bn_mask].abs().max().item() == 0.0
+
+
+def test_config_problems_reports_settings_that_are_not_a_config_yet():
+    from elastigraph.train import config_problems
+
+    assert config_problems({"lr": 0.1, "steps": 10}) == []
+    got = dict(config_problems({"lr": float("nan"), "schedule": "linear", "colour": "red", "task": "regression"}))
+    assert set(got) == {"lr", "schedule", "colour", "task"}
+    assert "finite" in got["lr"] and "'linear'" in got["schedule"] and "causal_lm" in got["task"]
+    with pytest.raises(ConfigError, match="lr="):  # the same rules, raised by the config itself
+        TrainConfig(lr=float("nan"))

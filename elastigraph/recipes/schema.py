@@ -777,17 +777,13 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _train_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """The training settings as :class:`~elastigraph.train.TrainConfig` checks them (the
     one place hyper-parameters, seeds and the device are validated), by recipe path."""
-    from ..train.loop import MAX_SEED, TrainConfig
+    from ..train.config import MAX_SEED, config_problems
 
     problems: list[tuple[str, str]] = []
-    base = TrainConfig.__new__(TrainConfig)  # fields only: no __post_init__ until filled
-    for f, v in TrainConfig().__dict__.items():
-        setattr(base, f, v)
-    for k, v in recipe.train.settings().items():
-        setattr(base, k, v)
+    settings = recipe.train.settings()
     if recipe.device is not None:
-        base.device = recipe.device
-    for field, msg in base.problems():
+        settings["device"] = recipe.device
+    for field, msg in config_problems(settings):
         if field != "seed":
             problems.append(("device" if field == "device" else f"train.{field}", msg))
     for i, seed in enumerate(recipe.seeds):
