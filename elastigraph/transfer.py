@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import masks as _masks
+from . import provenance as _provenance
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
 from .graph.match import Matching, match, verify
@@ -577,6 +578,7 @@ def transfer(
         pmap.update(_pairs(rb.params, ra.params, f"{src_label} region {a} vs {dst_label} region {b}"))
         bmap.update(_pairs(rb.buffers, ra.buffers, f"{src_label} region {a} vs {dst_label} region {b}"))
     block_rows: list[tuple[int, int, int, list[str]]] = []
+    unit_names: list[list[str]] = []
     for sm, sp in zip(mt.stages, stage_plans):
         off = 1 if sm.has_block0 else 0
         if off:
@@ -586,6 +588,7 @@ def transfer(
             pmap.update(_pairs(du.params, su.params, f"{sm.label}: {su.label} -> {du.label}"))
             bmap.update(_pairs(du.buffers, su.buffers, f"{sm.label}: {su.label} -> {du.label}"))
             block_rows.append((sm.index, j + off, sp.sources[j + off], [n for n, _ in du.params]))
+            unit_names.append([n for n, _ in du.params + du.buffers])
     # tensors no graph node reads (unused modules): same name and shape, else left to the target
     src_unowned = dict(src.decomposition.unowned_params + src.decomposition.unowned_buffers)
     unmapped = []
@@ -594,6 +597,9 @@ def transfer(
             (pmap if (n, s) in dst.decomposition.unowned_params else bmap)[n] = n
         else:
             unmapped.append(n)
+
+    # the second, independent check: the plan against the two module trees alone
+    _provenance.check(src_model, dst_model, {**pmap, **bmap}, unit_names, src_name=src_label, dst_name=dst_label)
 
     # the raw (rewound) values of a pruned source: its mask travels separately
     state = _masks.plain_state(src_model.state_dict(), fold_mask=False)
