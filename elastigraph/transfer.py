@@ -553,6 +553,9 @@ def transfer(
                             "pass a mask dict {parameter name: bool tensor}")
     else:
         smask = _masks.check_mask(src_model, src_mask, model_name=src_label)
+        if not smask:
+            raise MaskError(f"src_mask for {src_label} is empty: a ticket over no weights prunes nothing; pass a mask "
+                            "over the pruned weights (elastigraph.masks.full_mask(model) lists the prunable ones)")
     src = analyze(src_model, example_input, leaf_modules=leaf_modules, name=src_label)
     # the target sees exactly the source's input, so that activation shapes compare
     shared = example_input if example_input is not None else [torch.Size(s) for s in src.traced.input_shapes]
