@@ -25,6 +25,12 @@ class SegmentMismatchError(ElastigraphError, ValueError):
     unit signatures); the message names the first mismatch."""
 
 
+class ProvenanceError(SegmentMismatchError):
+    """A planned transfer would move a tensor to a place the two module trees do not allow
+    (another stage, another role, a block stitched from several); raised by
+    :mod:`elastigraph.provenance` before any tensor moves."""
+
+
 class MappingError(ElastigraphError, ValueError):
     """A block mapping string or plan refers to blocks that do not exist, or is malformed."""
 

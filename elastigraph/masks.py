@@ -148,21 +148,77 @@ def _to_bool(key: str, t: torch.Tensor, where: str) -> torch.Tensor:
     return td != 0
 
 
+_LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
+_MAPS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+_lookup_cache: dict[type, bool] = {}
+
+
+def _is_lookup(cls: type) -> bool:
+    """Whether modules of class ``cls`` use their ``weight`` as a lookup table (an
+    embedding: rows picked by index) rather than as a linear map: nn.Embedding and
+    nn.EmbeddingBag and their subclasses, or a class whose ``forward`` calls
+    ``embedding(...)`` or indexes ``self.weight[...]``."""
+    if issubclass(cls, _LOOKUPS):
+        return True
+    if issubclass(cls, _MAPS):
+        return False
+    if cls not in _lookup_cache:
+        import inspect
+
+        try:
+            src = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            src = ""
+        _lookup_cache[cls] = "embedding(" in src or "self.weight[" in src
+    return _lookup_cache[cls]
+
+
+def _maps(m: nn.Module) -> list[str]:
+    """The attribute names of ``m``'s own parameters that it uses as a linear map or a
+    convolution kernel (see :func:`prunable_parameters`)."""
+    own = m._parameters
+    if isinstance(m, nn.MultiheadAttention):
+        return [n for n in _MHA_WEIGHTS if own.get(n, own.get(n + "_orig")) is not None]
+    w = own.get("weight_orig", own.get("weight"))  # weight_orig: already pruned with torch.nn.utils.prune
+    if w is None or w.dim() < 2 or _is_lookup(type(m)):
+        return []
+    return ["weight"]
+
+
 def prunable_parameters(
     model: nn.Module,
     *,
     include_first: bool = True,
     include_last: bool = True,
-    layer_types: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear),
+    layer_types: tuple[type[nn.Module], ...] | None = None,
 ) -> list[str]:
-    """Names of the weights that pruning considers: conv and linear weights by default
-    (biases, norms and embeddings never), in module order. ``include_first``/``include_last``
-    switch the first such layer (the stem) and the last one (the classifier)."""
+    """Names of the weights that pruning considers, in module order: every weight a module
+    uses as a linear map or a convolution kernel, decided by what the module computes and
+    not by its class name.
+
+    The rule: a module's own ``weight`` with 2 or more dimensions is prunable (nn.Linear,
+    nn.Conv*, Hugging Face's ``Conv1D`` in GPT-2, timm's ``StdConv2d``, any custom layer
+    that multiplies its input by a weight matrix), and so are nn.MultiheadAttention's
+    input projections. Biases, norms (1-D) and embeddings never are: an embedding is a
+    weight used as a lookup table (nn.Embedding, nn.EmbeddingBag, or a module whose
+    ``forward`` calls ``embedding(...)`` / indexes ``self.weight[...]``). A tensor is
+    judged by its uses: an embedding tied to a linear head (GPT-2's ``wte`` and
+    ``lm_head``) is that head's weight, prunable as the head and named once by its
+    canonical name (the lookup then reads the same masked tensor), so a tied and an
+    untied LM head are treated alike; it sits last, where ``include_last=False`` drops it.
+    ``include_first``/``include_last`` switch the first such weight (the stem) and the
+    last one (the classifier). ``layer_types``: consider only the ``weight`` of modules
+    of these classes instead."""
     alias = canonical_names(model)
     names = []
     for mname, m in model.named_modules(remove_duplicate=False):
-        if isinstance(m, layer_types) and getattr(m, "weight", None) is not None:
-            name = f"{mname}.weight" if mname else "weight"
+        if layer_types is not None:
+            attrs = ["weight"] if isinstance(m, layer_types) and getattr(m, "weight", None) is not None else []
+        else:
+            attrs = _maps(m)
+        for attr in attrs:
+            name = f"{mname}.{attr}" if mname else attr
             name = alias.get(name, name)  # a tied weight: once, under its canonical name
             if name not in names:
                 names.append(name)
@@ -176,7 +232,13 @@ def prunable_parameters(
 def full_mask(model: nn.Module, names: Iterable[str] | None = None) -> Mask:
     """An all-ones (dense) mask over ``names`` (default: :func:`prunable_parameters`)."""
     shapes = _param_shapes(model)
-    names = prunable_parameters(model) if names is None else list(names)
+    if names is None:
+        names = prunable_parameters(model)
+        if not names:
+            raise MaskError(f"{type(model).__name__} has no prunable weights (no module uses a weight of 2 or more "
+                            "dimensions as a linear map or a convolution kernel): a mask over it would prune "
+                            "nothing; pass names=[...] to choose tensors")
+    names = list(names)
     missing = [n for n in names if n not in shapes]
     if missing:
         raise MaskError(f"{type(model).__name__} has no parameter(s) {missing[:3]}")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import masks as _masks
+from . import provenance as _provenance
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
 from .graph.match import Matching, match, verify
@@ -374,7 +375,10 @@ class Ticket:
 
     ``weights`` holds the source model's own tensors, not copies (the blocks a stretch
     replicates appear under several keys): treat them as read-only, or ``clone()``
-    before editing in place. safetensors users: clone before ``save_file``, which
+    before editing in place. It has every key of the target's ``state_dict()``, the
+    other names of tied tensors (GPT-2's ``lm_head.weight``) included, so
+    ``dst.load_state_dict(ticket.weights, strict=True)`` takes it (keys in ``unmapped``
+    excepted). safetensors users: clone before ``save_file``, which
     refuses shared tensors."""
 
     mask: dict[str, torch.Tensor]
@@ -412,14 +416,15 @@ class Ticket:
         compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
         label = type(model).__name__
         own = set(_masks.plain_state(model.state_dict(keep_vars=True), fold_mask=False))
-        own -= set(_masks.canonical_names(model))  # a tied tensor is named once, by its canonical name
+        aliases = set(_masks.canonical_names(model))  # a tied tensor's other names follow its canonical one
         seen: set[int] = set()
         for n, b in model.named_buffers(remove_duplicate=False):  # buffers of a shared module, likewise
             if id(b) in seen:
-                own.discard(n)
+                aliases.add(n)
             seen.add(id(b))
+        own -= aliases
         missing = sorted(own - set(self.weights) - set(self.unmapped))
-        extra = sorted(set(self.weights) - own)
+        extra = sorted(set(self.weights) - own - aliases)
         if missing or extra:
             parts = ([f"{len(extra)} ticket tensor(s) the model lacks ({extra[:4]}{' ...' if len(extra) > 4 else ''})"]
                      if extra else []) + ([f"{len(missing)} model tensor(s) the ticket does not cover "
@@ -430,6 +435,8 @@ class Ticket:
             )
         targets: dict[str, torch.Tensor] = {}
         for key, value in self.weights.items():
+            if key in aliases:  # copied under its canonical name: the tie carries it here
+                continue
             mod_name, _, attr = key.rpartition(".")
             try:
                 mod = model.get_submodule(mod_name)
@@ -552,6 +559,9 @@ def transfer(
                             "pass a mask dict {parameter name: bool tensor}")
     else:
         smask = _masks.check_mask(src_model, src_mask, model_name=src_label)
+        if not smask:
+            raise MaskError(f"src_mask for {src_label} is empty: a ticket over no weights prunes nothing; pass a mask "
+                            "over the pruned weights (elastigraph.masks.full_mask(model) lists the prunable ones)")
     src = analyze(src_model, example_input, leaf_modules=leaf_modules, name=src_label)
     # the target sees exactly the source's input, so that activation shapes compare
     shared = example_input if example_input is not None else [torch.Size(s) for s in src.traced.input_shapes]
@@ -577,6 +587,7 @@ def transfer(
         pmap.update(_pairs(rb.params, ra.params, f"{src_label} region {a} vs {dst_label} region {b}"))
         bmap.update(_pairs(rb.buffers, ra.buffers, f"{src_label} region {a} vs {dst_label} region {b}"))
     block_rows: list[tuple[int, int, int, list[str]]] = []
+    unit_names: list[list[str]] = []
     for sm, sp in zip(mt.stages, stage_plans):
         off = 1 if sm.has_block0 else 0
         if off:
@@ -586,6 +597,7 @@ def transfer(
             pmap.update(_pairs(du.params, su.params, f"{sm.label}: {su.label} -> {du.label}"))
             bmap.update(_pairs(du.buffers, su.buffers, f"{sm.label}: {su.label} -> {du.label}"))
             block_rows.append((sm.index, j + off, sp.sources[j + off], [n for n, _ in du.params]))
+            unit_names.append([n for n, _ in du.params + du.buffers])
     # tensors no graph node reads (unused modules): same name and shape, else left to the target
     src_unowned = dict(src.decomposition.unowned_params + src.decomposition.unowned_buffers)
     unmapped = []
@@ -595,13 +607,24 @@ def transfer(
         else:
             unmapped.append(n)
 
+    # the second, independent check: the plan against the two module trees alone
+    _provenance.check(src_model, dst_model, {**pmap, **bmap}, unit_names, src_name=src_label, dst_name=dst_label)
+
     # the raw (rewound) values of a pruned source: its mask travels separately
     state = _masks.plain_state(src_model.state_dict(), fold_mask=False)
-    dst_keys = _masks.plain_state(dst_model.state_dict(), fold_mask=False).keys()
+    dst_state = _masks.plain_state(dst_model.state_dict(keep_vars=True), fold_mask=False)
     src_of = {k: v for k, v in list(pmap.items()) + list(bmap.items()) if v in state}
+    # every other name of a tensor the target shares (a tied LM head, the buffers of a
+    # module used twice) follows its first name, so load_state_dict(strict=True) takes
+    # the ticket's weights
+    first: dict[int, str] = {}
+    for k, v in dst_state.items():
+        first.setdefault(id(v), k)
+        if k not in src_of and first[id(v)] in src_of:
+            src_of[k] = src_of[first[id(v)]]
     # target state_dict order; values are the source's tensors themselves (no copies:
     # a stretched ViT-B would otherwise allocate hundreds of MB here)
-    weights = {k: state[src_of[k]].detach() for k in dst_keys if k in src_of}
+    weights = {k: state[src_of[k]].detach() for k in dst_state if k in src_of}
     used: set[str] = set()
     dst_mask = {}
     for k, v in pmap.items():  # copies of a block get their own tensors
@@ -671,7 +694,9 @@ def transfer_reinit_head(
                  leaf_modules=leaf_modules)
     head_names = {n for n, _ in dh}
     state = _masks.plain_state(dst_model.state_dict(), fold_mask=False)
-    weights = {k: (state[k].detach() if k in head_names else v) for k, v in t.weights.items()}
+    alias = _masks.canonical_names(dst_model)
+    weights = {k: (state[alias.get(k, k)].detach() if alias.get(k, k) in head_names else v)
+               for k, v in t.weights.items()}
     g = torch.Generator().manual_seed(seed)
     mask = dict(t.mask)
     for (dn, dshape), (sn, _) in zip(dh, sh):

@@ -114,3 +114,35 @@ def test_tied_embedding_and_head_transfer_by_the_tie():
     assert dst.head.weight_orig is dst.emb.weight_orig  # still one tensor, masked in both users
     assert torch.equal(dst.head.weight, src.emb.weight * mask["emb.weight"])
     assert dst(torch.tensor([[1, 2, 3]])).shape == (1, 3, 20)
+
+
+def test_ticket_weights_load_strictly_with_tied_aliases():
+    """Ticket.weights has every state_dict key of the target, a tied head's too (issue 20)."""
+    T = pytest.importorskip("transformers")
+    T.logging.set_verbosity_error()
+
+    def gpt2(n):
+        return T.GPT2LMHeadModel(T.GPT2Config(n_layer=n, n_embd=32, n_head=2, vocab_size=100, n_positions=64))
+
+    torch.manual_seed(0)
+    src, dst = gpt2(2), gpt2(3)
+    mask = {k: torch.rand(v.shape) > 0.5 for k, v in eg.masks.full_mask(src).items()}
+    t = eg.transfer(src, mask, dst)
+    assert set(t.weights) == set(dst.state_dict()) and not t.unmapped
+    assert t.weights["lm_head.weight"].data_ptr() == t.weights["transformer.wte.weight"].data_ptr()
+    dst.load_state_dict(t.weights, strict=True)
+    assert dst.lm_head.weight is dst.transformer.wte.weight  # the tie survives the load
+    assert torch.equal(dst.transformer.h[2].mlp.c_fc.weight, src.transformer.h[1].mlp.c_fc.weight)
+    assert torch.equal(dst.lm_head.weight, src.lm_head.weight)
+    fresh = gpt2(3)
+    t.apply(fresh)  # apply() copies a tied tensor once, under its canonical name
+    assert torch.equal(fresh.lm_head.weight, src.transformer.wte.weight * mask["transformer.wte.weight"])
+
+
+def test_ticket_weights_load_strictly_with_a_shared_module():
+    src, dst = _SharedNet(2), _SharedNet(3)
+    t = eg.transfer(src, {k: torch.rand(v.shape) > 0.5 for k, v in eg.masks.full_mask(src).items()}, dst,
+                    example_input=(2, 8))
+    assert set(t.weights) == set(dst.state_dict())  # blocks.j.shared.* included
+    dst.load_state_dict(t.weights, strict=True)
+    assert all(b.shared is dst.pos for b in dst.blocks) and torch.equal(dst.pos.weight, src.pos.weight)
