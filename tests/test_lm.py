@@ -177,3 +177,30 @@ def test_recipe_refuses_what_does_not_apply_to_language_models(tmp_path):
                      "dataset": {"name": f"text:{folder}?seq_len=64", "val_fraction": 0.1}})
     msg = str(e.value)
     assert "synflow" in msg and "val_fraction" in msg and "at most 32 positions" in msg
+
+
+def test_gpt2_trains_prunes_and_stretches_through_the_runner(tmp_path):
+    """GPT-2 keeps its attention and MLP weights in transformers' Conv1D: they are pruned
+    (IMP), transferred and retrained under the mask like Llama's nn.Linear ones."""
+    from elastigraph.recipes import load_recipe, run_recipe
+
+    model = "hf:gpt2?n_layer={}&n_embd=32&n_head=2&vocab_size=256&n_positions=32"
+    data = {**_lm_recipe(f"text:{_corpus_folder(tmp_path)}?seq_len=16"), "name": "gpt2_test",
+            "source": model.format(2), "targets": [{"model": model.format(3), "label": "G3"}],
+            "baselines": ["imp", "random"]}
+    run_recipe(load_recipe(data), tmp_path / "run", workers=1)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = {(r["role"], r["method"]): r for r in res["records"]}
+    assert rows[("source", "imp")]["sparsity"] == pytest.approx(0.2, abs=1e-3)
+    assert {("target", m) for m in ("transfer", "imp", "random", "heal")} <= set(rows)
+    from elastigraph.masks import load_mask
+
+    step = tmp_path / "run" / "steps" / rows[("target", "transfer")]["step"]
+    from elastigraph.recipes.cache import load_tensors
+
+    final = load_tensors(step / "final.safetensors")
+    mask_dir = next(p for p in (tmp_path / "run" / "steps").iterdir() if p.name.startswith("transfer-"))
+    mask = load_mask(mask_dir / "mask.safetensors")
+    assert any(".attn.c_attn." in k for k in mask) and "transformer.h.2.mlp.c_fc.weight" in mask
+    for k, keep in mask.items():
+        assert (final[k][~keep] == 0).all(), k
