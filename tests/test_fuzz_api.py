@@ -148,7 +148,48 @@ CASES = [
      "input_shape"),
     ("prune-synflow-iterations", lambda m: eg.prune.synflow(m["src"], 0.5, iterations=0), errors.ConfigError,
      "iterations"),
+    # model/data pairing, checked once before any work, naming both sides (issue 21)
+    *[(f"pairing-{fn}-{what}", (lambda fn, mk, bt: lambda m: _pair_call(fn, mk(), bt(m)))(fn, mk, bt),
+       errors.PairingError, frag)
+      for fn in ("snip", "grasp", "train", "evaluate", "fleet")
+      for what, mk, bt, frag in [
+          ("3ch-model-1ch-data", lambda: models.create("cifar_resnet_14"), lambda m: m["ds"], "in_chans=1"),
+          ("2-classes-10-class-data", lambda: models.create("cifar_resnet_14", in_chans=1, num_classes=2),
+           lambda m: m["ds"], "num_classes=10"),
+          ("half-model-on-cpu", lambda: models.create("cifar_resnet_14", in_chans=1).half(), lambda m: m["ds"],
+           "model.float()"),
+      ]],
+    ("pairing-snip-float-labels", lambda m: eg.prune.snip(models.create("cifar_resnet_14", in_chans=1),
+                                                          [(torch.zeros(2, 1, 28, 28), torch.zeros(2))], 0.5),
+     errors.PairingError, "float32"),
+    ("pairing-snip-label-above-classes", lambda m: eg.prune.snip(
+        models.create("cifar_resnet_14", in_chans=1), [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 10]))], 0.5),
+     errors.PairingError, "has label 10"),
+    ("pairing-snip-label-above-classes-later-batch", lambda m: eg.prune.snip(
+        models.create("cifar_resnet_14", in_chans=1), [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1])),
+                                                       (torch.zeros(2, 1, 28, 28), torch.tensor([0, 12]))], 0.5),
+     errors.PairingError, "batch 1 has label 12"),
+    ("pairing-snip-batches-none", lambda m: eg.prune.snip(m["src"], None, 0.5), errors.ConfigError, "NoneType"),
+    ("pairing-grasp-batches-none", lambda m: eg.prune.grasp(m["src"], None, 0.5), errors.ConfigError, "NoneType"),
+    ("pairing-snip-batches-int", lambda m: eg.prune.snip(m["src"], 3, 0.5), errors.ConfigError, "iterable"),
 ]
+
+
+def _pair_call(fn: str, net: nn.Module, ds):
+    """Call entry point ``fn`` with ``net`` and the data ``ds`` (a synthetic set)."""
+    from elastigraph.recipes.runner import normalized_batches
+    from elastigraph.train.fleet import train_fleet
+
+    cfg = TrainConfig(steps=1, batch_size=8, device="cpu")
+    if fn == "snip":
+        return eg.prune.snip(net, normalized_batches(ds, 2, 8, 0), 0.5)
+    if fn == "grasp":
+        return eg.prune.grasp(net, normalized_batches(ds, 2, 8, 0), 0.5)
+    if fn == "train":
+        return train(net, ds, ds, cfg)
+    if fn == "evaluate":
+        return evaluate(net, ds, device="cpu")
+    return train_fleet([net, copy.deepcopy(net)], ds, ds, [cfg, cfg])
 
 
 TALLY: dict[str, int] = {"tried": 0, "clean_errors": 0, "no_error": 0, "raw_exceptions": 0}
@@ -182,6 +223,37 @@ def test_api_bad_input_raises_named_error(case, m):
     assert isinstance(err, exc), f"{type(err).__name__}: {err}"
     assert isinstance(err, (ValueError, TypeError, OSError))
     assert fragment in str(err)
+
+
+def test_pairing_checked_before_any_step(m, monkeypatch):
+    """A model that does not fit its data fails before the optimizer steps once and
+    leaves the model as it was (modes, device, hooks)."""
+    calls = []
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda *a, **k: calls.append(1))
+    net = models.create("cifar_resnet_14", in_chans=1, num_classes=2)
+    net.layer1.eval()  # a mixed-mode model keeps its per-module modes
+    before = _snapshot(net)
+    with pytest.raises(errors.PairingError, match=r"has 2 outputs but 'synthetic' .* has 10 classes"):
+        train(net, m["ds"], None, TrainConfig(steps=3, device="cpu"))
+    assert calls == []
+    _same(before, _snapshot(net))
+
+
+def test_pairing_accepts_what_fits(m):
+    """The check lets through what trains: a model with more outputs than the data has
+    classes, a masked model, and a fleet."""
+    from elastigraph.train.fleet import train_fleet
+
+    wide = models.create("cifar_resnet_14", in_chans=1, num_classes=12)
+    res = train(wide, m["ds"], m["ds"], TrainConfig(steps=1, batch_size=8, device="cpu"))
+    assert 0.0 <= res.test_acc <= 1.0
+    net = models.create("cifar_resnet_14", in_chans=1)
+    mask = eg.prune.random(net, 0.5, seed=0)
+    res = train(net, m["ds"], None, TrainConfig(steps=1, batch_size=8, device="cpu"), mask=mask)
+    assert res.steps == 1
+    cfg = TrainConfig(steps=1, batch_size=8, device="cpu")
+    out = train_fleet([models.create("cifar_resnet_14", in_chans=1) for _ in range(2)], m["ds"], None, [cfg, cfg])
+    assert len(out) == 2
 
 
 def test_bad_hyper_parameters_fail_before_training(m, monkeypatch):

@@ -209,9 +209,18 @@ def scoring_copy(model: nn.Module, current: Mask) -> nn.Module:
     return net
 
 
-def batches_of(batches: Iterable[Any], method: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield the ``(x, y)`` pairs of ``batches``; :class:`ConfigError` for anything else or none."""
+def batches_of(batches: Iterable[Any], method: str, model: nn.Module | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield the ``(x, y)`` pairs of ``batches``; :class:`ConfigError` for anything else or
+    none. With ``model``, the model/data pairing is checked on the first batch before it
+    is used (:func:`elastigraph.train.pairing.check_pairing`) and every batch's targets
+    against the model's outputs."""
+    from ..train.pairing import check_pairing, check_targets
+
+    if batches is None or isinstance(batches, (str, bytes, torch.Tensor)) or not hasattr(batches, "__iter__"):
+        raise ConfigError(f"{method}: batches must be an iterable of (inputs, targets) pairs of tensors "
+                          f"(e.g. a list or a DataLoader), got {type(batches).__name__}")
     n = 0
+    outputs = None
     for b in batches:
         if not (isinstance(b, (tuple, list)) and len(b) >= 2 and isinstance(b[0], torch.Tensor)):
             raise ConfigError(
@@ -225,6 +234,12 @@ def batches_of(batches: Iterable[Any], method: str) -> Iterator[tuple[torch.Tens
                 f"{method}: batch {n}: targets must be a 1-D tensor of {len(x)} class indices >= 0 "
                 f"(one per input; for token ids x of shape (N, T): next tokens of the same shape), got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}"
             )
+        if model is not None:
+            data = f"{method} batch {n}"
+            if outputs is None:
+                outputs = check_pairing(model, x, y, data_name=data, sequence=per_token)
+            else:
+                check_targets(y, outputs, model=type(model).__name__, data=data)
         n += 1
         yield x, y
     if n == 0:

@@ -90,7 +90,7 @@ def snip(
     net.train(train_mode)
     params = _weights(net, names_)
     grads = [torch.zeros_like(p) for p in params]
-    for x, y in _core.batches_of(batches, method):
+    for x, y in _core.batches_of(batches, method, net):
         g = torch.autograd.grad(loss_fn(Task.output(net(x)), y), params, allow_unused=True)
         for acc, gi in zip(grads, g):
             if gi is not None:
@@ -113,8 +113,8 @@ def grasp_scores(
     double backprop, both on a masked copy. High ``S``: removing the weight hurts gradient
     flow least; :func:`grasp` prunes those. BatchNorm in eval mode unless ``train_mode``."""
     names_ = list(current)
-    data = list(_core.batches_of(batches, "grasp"))  # iterated twice
     net = _core.scoring_copy(model, current)
+    data = list(_core.batches_of(batches, "grasp", net))  # iterated twice
     net.train(train_mode)
     params = _weights(net, names_)
     live = [current[n].to(device=p.device, dtype=p.dtype) for n, p in zip(names_, params)]

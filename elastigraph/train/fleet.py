@@ -39,7 +39,7 @@ from . import distributed as _dist
 from .data import ArrayDataset
 from .tasks import get_task
 from .loop import (
-    Progress, TrainConfig, TrainResult, _ArrayBatches, _evaluate, _Normalizer, _plain_keys, _resolve_device,
+    Progress, TrainConfig, TrainResult, _ArrayBatches, check_data_fits, _evaluate, _Normalizer, _plain_keys, _resolve_device,
     eval_due, lr_at, steps_per_epoch, total_steps,
 )
 
@@ -157,6 +157,11 @@ def train_fleet(
     amp_ctx = contextlib.nullcontext
 
     mks = _member_masks(models, masks)
+    home0 = next(iter(models[0].parameters()), torch.empty(0)).device
+    probe_norm = _Normalizer(train_set.spec, home0, channels_last=False)
+    for ds in (train_set, test_set):  # before any change to the models; one architecture: member 0 speaks for all
+        if ds is not None:
+            check_data_fits(models[0], ds, probe_norm, home0, amp_ctx, get_task(cfg.task), "fleet member 0")
     homes = [next(iter(m.parameters()), torch.empty(0)).device for m in models]
     orders = [_plain_keys(m) for m in models]
     for m in models:  # plain parameters from here on; the fleet applies the masks itself
