@@ -79,7 +79,7 @@ def _out_path(path: Path, option: str = "--out", *, folder: bool = False) -> Pat
 
 def _seed(value: int) -> int:
     """typer callback: a seed in [0, MAX_SEED] (usage error otherwise)."""
-    from .train.loop import MAX_SEED
+    from .seeds import MAX_SEED
 
     if not 0 <= value <= MAX_SEED:
         raise typer.BadParameter(f"{value} is outside [0, {MAX_SEED}]")

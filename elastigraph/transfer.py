@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import masks as _masks
+from .seeds import check_seed
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
 from .graph.match import Matching, match, verify
@@ -530,6 +531,7 @@ def transfer(
     ``"reinit"`` is for a target trained on another task (E-LTH Table 6): the target's
     head keeps its own (fresh) weights and gets a random mask, seeded by ``seed``, with
     the density of the source ticket's head (see :func:`transfer_reinit_head`)."""
+    check_seed(seed, "transfer: seed")
     if head == "reinit":
         return transfer_reinit_head(src_model, src_mask, dst_model, strategy=strategy, mapping=mapping,
                                     example_input=example_input, leaf_modules=leaf_modules, seed=seed)
@@ -643,6 +645,7 @@ def transfer_reinit_head(
     source head tensor at the same position. ``Ticket.reinit`` lists those tensors."""
     import copy
 
+    seed = check_seed(seed, "transfer_reinit_head: seed")
     if not isinstance(dst_model, nn.Module) or not isinstance(src_model, nn.Module):
         raise ModelTypeError("src_model and dst_model must be nn.Modules")
     src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"

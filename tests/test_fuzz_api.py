@@ -172,6 +172,23 @@ CASES = [
     ("pairing-snip-batches-none", lambda m: eg.prune.snip(m["src"], None, 0.5), errors.ConfigError, "NoneType"),
     ("pairing-grasp-batches-none", lambda m: eg.prune.grasp(m["src"], None, 0.5), errors.ConfigError, "NoneType"),
     ("pairing-snip-batches-int", lambda m: eg.prune.snip(m["src"], 3, 0.5), errors.ConfigError, "iterable"),
+    # seeds and generators: one validator (elastigraph.seeds), checked before any work (issue 21)
+    *[(f"seed-{where}-{v!r}"[:60], (lambda f, v: lambda m: f(m, v))(f, v), errors.ConfigError, "seed")
+      for where, f in [
+          ("random", lambda m, v: eg.prune.random(m["src"], 0.5, seed=v)),
+          ("shuffle", lambda m, v: eg.prune.shuffle(_mask(m["src"]), seed=v)),
+          ("load_dataset", lambda m, v: load_dataset("synthetic", limit=8, seed=v)),
+          ("load_dataset-fmnist", lambda m, v: load_dataset("fashion_mnist", limit=8, seed=v)),
+          ("synthetic", lambda m, v: eg.train.synthetic(8, seed=v)),
+          ("balanced_subset", lambda m, v: eg.train.balanced_subset(torch.arange(10), 4, seed=v)),
+          ("transfer", lambda m, v: eg.transfer(m["src"], _mask(m["src"]), m["dst"], seed=v)),
+          ("transfer-reinit", lambda m, v: eg.transfer(m["src"], _mask(m["src"]), m["dst"], head="reinit", seed=v)),
+      ]
+      for v in ("abc", 2**70, -1, 1.5, True, None, [1]) if not (v is None and where == "random")],
+    ("generator-str", lambda m: eg.prune.random(m["src"], 0.5, generator="x"), errors.ConfigError, "torch.Generator"),
+    ("generator-int", lambda m: eg.prune.random(m["src"], 0.5, generator=3), errors.ConfigError, "torch.Generator"),
+    ("generator-and-seed", lambda m: eg.prune.random(m["src"], 0.5, seed=1, generator=torch.Generator()),
+     errors.ConfigError, "not both"),
 ]
 
 
@@ -254,6 +271,20 @@ def test_pairing_accepts_what_fits(m):
     cfg = TrainConfig(steps=1, batch_size=8, device="cpu")
     out = train_fleet([models.create("cifar_resnet_14", in_chans=1) for _ in range(2)], m["ds"], None, [cfg, cfg])
     assert len(out) == 2
+
+
+def test_valid_seeds_and_generators_work(m):
+    """The validator lets through what works: Python and NumPy integers up to MAX_SEED,
+    a CPU generator, and the same seed gives the same mask."""
+    import numpy as np
+
+    from elastigraph.seeds import MAX_SEED
+
+    a = eg.prune.random(m["src"], 0.5, seed=MAX_SEED)
+    b = eg.prune.random(m["src"], 0.5, seed=np.int64(MAX_SEED))
+    c = eg.prune.random(m["src"], 0.5, generator=torch.Generator().manual_seed(MAX_SEED))
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+    assert len(load_dataset("synthetic", limit=8, seed=MAX_SEED)) == 8
 
 
 def test_bad_hyper_parameters_fail_before_training(m, monkeypatch):

@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..graph.trace import infer_input_shape
 from ..masks import Mask
+from ..seeds import seeded
 from ..train.tasks import Task
 from . import _core
 
@@ -41,10 +42,7 @@ def random(
     method = "random"
     _core.check_scope(scope, method)
     sparsity = _core.check_unit(sparsity, "sparsity", method)
-    if seed is not None and generator is not None:
-        raise ConfigError(f"{method}: give seed or generator, not both")
-    if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
+    generator = seeded(seed, generator, method=method)
     names_, current, extra = _core.resolve_model(
         model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method
     )

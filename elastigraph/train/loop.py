@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .. import masks as _masks
 from ..errors import ConfigError, DatasetError
+from ..seeds import MAX_SEED, check_seed  # noqa: F401  (re-exported: their old home)
 from . import distributed as _dist
 from .data import ArrayDataset, FolderDataset
 from .tasks import Task, get_task, task_of_data
@@ -34,8 +35,6 @@ Progress = Callable[[int, int, dict], None]
 """``progress(step, total, metrics)``: called after every optimizer step (rank 0 only)."""
 
 _SCHEDULES = ("step", "cosine", "constant")
-MAX_SEED = 2**32 - 1
-"""Largest seed accepted anywhere (seeds are mixed into 64-bit generator seeds)."""
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
@@ -55,11 +54,6 @@ def device_problem(name: Any) -> str | None:
     return None
 
 
-def check_seed(seed: Any, what: str = "seed") -> int:
-    """``seed`` if it is an integer in ``[0, MAX_SEED]``, else :class:`ConfigError`."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what}={seed!r} must be an integer in [0, {MAX_SEED}]")
-    return seed
 _OPTIMIZERS = ("sgd", "adamw")
 
 
