@@ -403,11 +403,28 @@ class Ticket:
                              "src_block": i, "density": _masks.density(sub)})
         return rows
 
+    @property
+    def meta_weights(self) -> list[str]:
+        """Ticket weights on the meta device: shapes without values (the transfer was
+        planned between meta models, or these came from a meta target). :meth:`apply`
+        leaves the model's own values in those tensors."""
+        return [k for k, v in self.weights.items() if v.is_meta]
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Copy ``weights`` into ``model`` (into ``*_orig`` where it is already pruned) and
-        install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``."""
+        install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``.
+
+        A ticket planned between meta models (shapes only, no values: cheap planning for
+        big models) applies to a real model too: its mask is installed and the tensors
+        of :attr:`meta_weights` keep the model's own values (there are none to copy).
+        Applying to a meta model installs the mask on shapes, as a plan preview."""
         if not isinstance(model, nn.Module):
             raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
+        meta_mask = [k for k, v in self.mask.items() if v.is_meta]
+        if meta_mask:
+            raise MaskError(f"this ticket's mask has {len(meta_mask)} tensor(s) on the meta device ({meta_mask[:3]}): "
+                            "a mask needs values; transfer a real mask (masks.full_mask(model) or a mask file), "
+                            "even between meta models")
         from .graph.trace import unwrap_compiled
 
         compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
@@ -450,7 +467,14 @@ class Ticket:
             targets[key] = t
         with torch.no_grad():
             for key, t in targets.items():
-                t.copy_(self.weights[key])
+                value = self.weights[key]
+                if value.is_meta:
+                    continue  # no values to copy: the model keeps its own (see meta_weights)
+                if t.is_meta:
+                    raise ModelTypeError(f"{label}.{key} is on the meta device but the ticket carries its values; "
+                                         "apply the ticket to a model with real parameters (model.to_empty(device="
+                                         "'cpu') first)")
+                t.copy_(value)
         _masks.install(model, self.mask, model_name=label)
         return compiled
 
@@ -463,6 +487,10 @@ class Ticket:
                                  f"{sp['dst']:.2%} (target); weights: {len(self.weights)} tensors")]
         if self.unmapped:
             lines.append(Text(f"kept from the target (no source): {self.unmapped[:5]}", style="yellow"))
+        meta = self.meta_weights
+        if meta:
+            lines.append(Text(f"{len(meta)} weight tensor(s) on the meta device (no values): apply() keeps the "
+                              "model's own", style="yellow"))
         return Group(*lines)
 
 

@@ -185,11 +185,32 @@ CASES = [
           ("transfer-reinit", lambda m, v: eg.transfer(m["src"], _mask(m["src"]), m["dst"], head="reinit", seed=v)),
       ]
       for v in ("abc", 2**70, -1, 1.5, True, None, [1]) if not (v is None and where == "random")],
+    # meta-device models: methods that read weight values refuse them up front (issue 21)
+    *[(f"meta-{name}", (lambda f: lambda m: f(_meta("cifar_resnet_14", in_chans=1)))(f), errors.ModelTypeError,
+       "meta device")
+      for name, f in [
+          ("snip", lambda net: eg.prune.snip(net, [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]))], 0.5)),
+          ("grasp", lambda net: eg.prune.grasp(net, [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]))], 0.5)),
+          ("synflow", lambda net: eg.prune.synflow(net, 0.5, iterations=2)),
+          ("magnitude", lambda net: eg.prune.magnitude(net, sparsity=0.5)),
+          ("imp", lambda net: eg.prune.imp(net, lambda model, mask: (model.state_dict(), model.state_dict()), rounds=1)),
+          ("evaluate", lambda net: evaluate(net, load_dataset("synthetic", limit=4), device="cpu")),
+          ("fleet", lambda net: __import__("elastigraph.train.fleet").train.fleet.train_fleet(
+              [net, net], load_dataset("synthetic", limit=4), None, [TrainConfig(steps=1, device="cpu")] * 2)),
+      ]],
+    ("meta-ticket-applied-to-meta-model-with-real-weights", lambda m: eg.transfer(
+        m["src"], _mask(m["src"]), _meta("cifar_resnet_20")).apply(_meta("cifar_resnet_20")), errors.ModelTypeError,
+     "meta device"),
     ("generator-str", lambda m: eg.prune.random(m["src"], 0.5, generator="x"), errors.ConfigError, "torch.Generator"),
     ("generator-int", lambda m: eg.prune.random(m["src"], 0.5, generator=3), errors.ConfigError, "torch.Generator"),
     ("generator-and-seed", lambda m: eg.prune.random(m["src"], 0.5, seed=1, generator=torch.Generator()),
      errors.ConfigError, "not both"),
 ]
+
+
+def _meta(name: str, **kw) -> nn.Module:
+    with torch.device("meta"):
+        return models.create(name, **kw)
 
 
 def _pair_call(fn: str, net: nn.Module, ds):
@@ -271,6 +292,34 @@ def test_pairing_accepts_what_fits(m):
     cfg = TrainConfig(steps=1, batch_size=8, device="cpu")
     out = train_fleet([models.create("cifar_resnet_14", in_chans=1) for _ in range(2)], m["ds"], None, [cfg, cfg])
     assert len(out) == 2
+
+
+def test_ticket_planned_between_meta_models_applies_to_a_real_model(m):
+    """Planning on meta models (shapes only) gives the mask a real transfer gives;
+    applied to a real model it installs that mask and keeps the model's own weights
+    (the ticket has none to copy) -- no NotImplementedError from torch."""
+    mask = eg.prune.random(m["src"], 0.6, seed=3)
+    real = eg.transfer(m["src"], mask, m["dst"])
+    planned = eg.transfer(_meta("cifar_resnet_14"), mask, _meta("cifar_resnet_20"))
+    assert planned.plan.to_dict() == real.plan.to_dict()
+    assert planned.mask.keys() == real.mask.keys()
+    assert all(torch.equal(planned.mask[k], real.mask[k]) for k in real.mask)
+    assert planned.meta_weights and not real.meta_weights
+    dst = models.create("cifar_resnet_20")
+    own = {k: v.clone() for k, v in dst.state_dict().items()}
+    planned.apply(dst)
+    installed = masks.from_model(dst)
+    assert all(torch.equal(installed[k], real.mask[k]) for k in real.mask)
+    state = masks.plain_state(dst.state_dict(), fold_mask=False)
+    assert all(torch.equal(state[k], own[k]) for k in own if k in state)  # its own values, unmasked
+    assert random_is_shape_only(m)
+
+
+def random_is_shape_only(m) -> bool:
+    """prune.random needs shapes only: on a meta model it gives the real model's mask."""
+    a = eg.prune.random(_meta("cifar_resnet_14"), 0.5, seed=1)
+    b = eg.prune.random(m["src"], 0.5, seed=1)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_valid_seeds_and_generators_work(m):

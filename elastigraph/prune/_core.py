@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import masks
-from ..errors import ConfigError, MaskError
+from ..errors import ConfigError, MaskError, ModelTypeError
 from ..masks import Mask
 
 Scope = Literal["global", "layerwise"]
@@ -95,6 +95,17 @@ def resolve(
     return chosen, current, extra
 
 
+def require_values(model: nn.Module, method: str) -> None:
+    """:class:`ModelTypeError` when ``model`` has parameters on the meta device: ``method``
+    scores weight values, and a meta tensor has a shape but no values."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ModelTypeError(
+            f"{method}: {type(model).__name__} has {len(meta)} parameter(s) on the meta device ({meta[:3]}): they "
+            f"have shapes but no values, and {method} scores weight values; build the model on the CPU (or "
+            "model.to_empty(device='cpu') and load its weights). Only prune.random works from shapes alone")
+
+
 def model_shapes(model: nn.Module) -> dict[str, torch.Size]:
     """Parameter shapes by public name (``weight``, not ``weight_orig``)."""
     return masks._param_shapes(model)
@@ -108,11 +119,16 @@ def resolve_model(
     include_first: bool,
     include_last: bool,
     method: str,
+    needs_values: bool = True,
 ) -> tuple[list[str], Mask, Mask]:
     """:func:`resolve` for a model; with no ``mask`` given, masks installed in the model
-    (``torch.nn.utils.prune``) are the starting point, so pruned weights stay pruned."""
+    (``torch.nn.utils.prune``) are the starting point, so pruned weights stay pruned.
+    ``needs_values``: the method reads the weights (every one but random pruning), so a
+    model on the meta device (shapes only) is refused up front."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{method}: expected an nn.Module, got {type(model).__name__}")
+    if needs_values:
+        require_values(model, method)
     if mask is None:
         installed = masks.from_model(model)
         if installed:

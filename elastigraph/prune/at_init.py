@@ -44,7 +44,8 @@ def random(
     sparsity = _core.check_unit(sparsity, "sparsity", method)
     generator = seeded(seed, generator, method=method)
     names_, current, extra = _core.resolve_model(
-        model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method
+        model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method,
+        needs_values=False,
     )
     scores = {n: torch.rand(current[n].shape, generator=generator, dtype=torch.float64) for n in names_}
     return _finish(_core.select(scores, current, scope=scope, density=1.0 - sparsity, method=method), extra)

@@ -134,6 +134,14 @@ def train_fleet(
             diff = sorted(f for f, v in c.to_dict().items() if f != "seed" and str(v) != str(cfgs[0].to_dict()[f]))
             raise ConfigError(f"train_fleet: member {i}'s TrainConfig differs from member 0's in {diff}; "
                               "fleet members may differ only in seed (train the others in their own fleet)")
+    from ..errors import ModelTypeError
+
+    for i, m in enumerate(models):
+        if not isinstance(m, nn.Module):
+            raise ModelTypeError(f"train_fleet: member {i} is a {type(m).__name__}, not an nn.Module")
+        if any(p.is_meta for p in m.parameters()):
+            raise ModelTypeError(f"train_fleet: member {i} ({type(m).__name__}) has parameters on the meta device (no "
+                                 "values); build it on the CPU or model.to_empty(device=...) + load_state_dict")
     cfg = cfgs[0]
     why = can_fleet(models[0], cfg, train_set)
     if why is not None:

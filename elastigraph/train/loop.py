@@ -399,10 +399,13 @@ def evaluate_metrics(model: nn.Module, test_set: ArrayDataset | FolderDataset | 
     err = device_problem(device)
     if err:
         raise ConfigError(f"evaluate device: {err}")
-    if not isinstance(model, nn.Module):
-        from ..errors import ModelTypeError
+    from ..errors import ModelTypeError
 
+    if not isinstance(model, nn.Module):
         raise ModelTypeError(f"evaluate needs an nn.Module, got {type(model).__name__}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ModelTypeError(f"evaluate: {type(model).__name__} has parameters on the meta device (no values); build "
+                             "it on the CPU or load a state dict with model.to_empty(device=...) + load_state_dict")
     dev = _resolve_device(device, _dist.DistContext())
     net = _masks.copy_model(model).to(dev)
     if mask is not None:
