@@ -79,7 +79,7 @@ def _out_path(path: Path, option: str = "--out", *, folder: bool = False) -> Pat
 
 def _seed(value: int) -> int:
     """typer callback: a seed in [0, MAX_SEED] (usage error otherwise)."""
-    from .train.loop import MAX_SEED
+    from .seeds import MAX_SEED
 
     if not 0 <= value <= MAX_SEED:
         raise typer.BadParameter(f"{value} is outside [0, {MAX_SEED}]")
@@ -324,6 +324,13 @@ def prune(
     net = _model(model, c, k, seed, _example_input(dataset, data_root, None, c))
     if weights is not None:
         _load_weights(net, weights, "--weights")
+    ds = None
+    if dataset is not None:  # the model must fit the data it is pruned for, whatever the method
+        from .train.data import load_dataset
+        from .train.loop import check_data_fits
+
+        ds = load_dataset(dataset, root=data_root, split="train", limit=batches * batch_size, seed=seed)
+        check_data_fits(net, ds, model_name=model)
     if method == "magnitude":
         m = fn(net, sparsity=sparsity, scope=scope)
     elif method == "random":
@@ -334,9 +341,7 @@ def prune(
         if dataset is None:
             raise StrategyError(f"{method} scores weights on data: add --dataset (e.g. --dataset fashion_mnist)")
         from .recipes.runner import normalized_batches
-        from .train.data import load_dataset
 
-        ds = load_dataset(dataset, root=data_root, split="train", limit=batches * batch_size, seed=seed)
         m = fn(net, normalized_batches(ds, batches, batch_size, seed), sparsity, scope=scope)
     out.parent.mkdir(parents=True, exist_ok=True)
     masks.save_mask(m, out, metadata={"model": model, "method": method, "sparsity": sparsity, "seed": seed})

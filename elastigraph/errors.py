@@ -71,3 +71,8 @@ class OutputPathError(ElastigraphError, ValueError):
 class OutputLockedError(ElastigraphError, ValueError):
     """Another run holds the output folder (``--out``) or the step being claimed; the
     message names the holder's PID."""
+
+
+class PairingError(ElastigraphError, ValueError):
+    """A model and the data it is given do not fit each other (input channels or shape,
+    number of outputs vs classes, label type, precision); the message names both sides."""

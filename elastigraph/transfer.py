@@ -27,6 +27,7 @@ from torch import nn
 
 from . import masks as _masks
 from . import provenance as _provenance
+from .seeds import check_seed
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
 from .graph.match import Matching, match, verify
@@ -406,11 +407,28 @@ class Ticket:
                              "src_block": i, "density": _masks.density(sub)})
         return rows
 
+    @property
+    def meta_weights(self) -> list[str]:
+        """Ticket weights on the meta device: shapes without values (the transfer was
+        planned between meta models, or these came from a meta target). :meth:`apply`
+        leaves the model's own values in those tensors."""
+        return [k for k, v in self.weights.items() if v.is_meta]
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Copy ``weights`` into ``model`` (into ``*_orig`` where it is already pruned) and
-        install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``."""
+        install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``.
+
+        A ticket planned between meta models (shapes only, no values: cheap planning for
+        big models) applies to a real model too: its mask is installed and the tensors
+        of :attr:`meta_weights` keep the model's own values (there are none to copy).
+        Applying to a meta model installs the mask on shapes, as a plan preview."""
         if not isinstance(model, nn.Module):
             raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
+        meta_mask = [k for k, v in self.mask.items() if v.is_meta]
+        if meta_mask:
+            raise MaskError(f"this ticket's mask has {len(meta_mask)} tensor(s) on the meta device ({meta_mask[:3]}): "
+                            "a mask needs values; transfer a real mask (masks.full_mask(model) or a mask file), "
+                            "even between meta models")
         from .graph.trace import unwrap_compiled
 
         compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
@@ -456,7 +474,14 @@ class Ticket:
             targets[key] = t
         with torch.no_grad():
             for key, t in targets.items():
-                t.copy_(self.weights[key])
+                value = self.weights[key]
+                if value.is_meta:
+                    continue  # no values to copy: the model keeps its own (see meta_weights)
+                if t.is_meta:
+                    raise ModelTypeError(f"{label}.{key} is on the meta device but the ticket carries its values; "
+                                         "apply the ticket to a model with real parameters (model.to_empty(device="
+                                         "'cpu') first)")
+                t.copy_(value)
         _masks.install(model, self.mask, model_name=label)
         return compiled
 
@@ -469,6 +494,10 @@ class Ticket:
                                  f"{sp['dst']:.2%} (target); weights: {len(self.weights)} tensors")]
         if self.unmapped:
             lines.append(Text(f"kept from the target (no source): {self.unmapped[:5]}", style="yellow"))
+        meta = self.meta_weights
+        if meta:
+            lines.append(Text(f"{len(meta)} weight tensor(s) on the meta device (no values): apply() keeps the "
+                              "model's own", style="yellow"))
         return Group(*lines)
 
 
@@ -537,6 +566,7 @@ def transfer(
     ``"reinit"`` is for a target trained on another task (E-LTH Table 6): the target's
     head keeps its own (fresh) weights and gets a random mask, seeded by ``seed``, with
     the density of the source ticket's head (see :func:`transfer_reinit_head`)."""
+    check_seed(seed, "transfer: seed")
     if head == "reinit":
         return transfer_reinit_head(src_model, src_mask, dst_model, strategy=strategy, mapping=mapping,
                                     example_input=example_input, leaf_modules=leaf_modules, seed=seed)
@@ -666,6 +696,7 @@ def transfer_reinit_head(
     source head tensor at the same position. ``Ticket.reinit`` lists those tensors."""
     import copy
 
+    seed = check_seed(seed, "transfer_reinit_head: seed")
     if not isinstance(dst_model, nn.Module) or not isinstance(src_model, nn.Module):
         raise ModelTypeError("src_model and dst_model must be nn.Modules")
     src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"

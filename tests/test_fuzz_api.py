@@ -148,7 +148,86 @@ CASES = [
      "input_shape"),
     ("prune-synflow-iterations", lambda m: eg.prune.synflow(m["src"], 0.5, iterations=0), errors.ConfigError,
      "iterations"),
+    # model/data pairing, checked once before any work, naming both sides (issue 21)
+    *[(f"pairing-{fn}-{what}", (lambda fn, mk, bt: lambda m: _pair_call(fn, mk(), bt(m)))(fn, mk, bt),
+       errors.PairingError, frag)
+      for fn in ("snip", "grasp", "train", "evaluate", "fleet")
+      for what, mk, bt, frag in [
+          ("3ch-model-1ch-data", lambda: models.create("cifar_resnet_14"), lambda m: m["ds"], "in_chans=1"),
+          ("2-classes-10-class-data", lambda: models.create("cifar_resnet_14", in_chans=1, num_classes=2),
+           lambda m: m["ds"], "num_classes=10"),
+          ("half-model-on-cpu", lambda: models.create("cifar_resnet_14", in_chans=1).half(), lambda m: m["ds"],
+           "model.float()"),
+      ]],
+    ("pairing-snip-float-labels", lambda m: eg.prune.snip(models.create("cifar_resnet_14", in_chans=1),
+                                                          [(torch.zeros(2, 1, 28, 28), torch.zeros(2))], 0.5),
+     errors.PairingError, "float32"),
+    ("pairing-snip-label-above-classes", lambda m: eg.prune.snip(
+        models.create("cifar_resnet_14", in_chans=1), [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 10]))], 0.5),
+     errors.PairingError, "has label 10"),
+    ("pairing-snip-label-above-classes-later-batch", lambda m: eg.prune.snip(
+        models.create("cifar_resnet_14", in_chans=1), [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1])),
+                                                       (torch.zeros(2, 1, 28, 28), torch.tensor([0, 12]))], 0.5),
+     errors.PairingError, "batch 1 has label 12"),
+    ("pairing-snip-batches-none", lambda m: eg.prune.snip(m["src"], None, 0.5), errors.ConfigError, "NoneType"),
+    ("pairing-grasp-batches-none", lambda m: eg.prune.grasp(m["src"], None, 0.5), errors.ConfigError, "NoneType"),
+    ("pairing-snip-batches-int", lambda m: eg.prune.snip(m["src"], 3, 0.5), errors.ConfigError, "iterable"),
+    # seeds and generators: one validator (elastigraph.seeds), checked before any work (issue 21)
+    *[(f"seed-{where}-{v!r}"[:60], (lambda f, v: lambda m: f(m, v))(f, v), errors.ConfigError, "seed")
+      for where, f in [
+          ("random", lambda m, v: eg.prune.random(m["src"], 0.5, seed=v)),
+          ("shuffle", lambda m, v: eg.prune.shuffle(_mask(m["src"]), seed=v)),
+          ("load_dataset", lambda m, v: load_dataset("synthetic", limit=8, seed=v)),
+          ("load_dataset-fmnist", lambda m, v: load_dataset("fashion_mnist", limit=8, seed=v)),
+          ("synthetic", lambda m, v: eg.train.synthetic(8, seed=v)),
+          ("balanced_subset", lambda m, v: eg.train.balanced_subset(torch.arange(10), 4, seed=v)),
+          ("transfer", lambda m, v: eg.transfer(m["src"], _mask(m["src"]), m["dst"], seed=v)),
+          ("transfer-reinit", lambda m, v: eg.transfer(m["src"], _mask(m["src"]), m["dst"], head="reinit", seed=v)),
+      ]
+      for v in ("abc", 2**70, -1, 1.5, True, None, [1]) if not (v is None and where == "random")],
+    # meta-device models: methods that read weight values refuse them up front (issue 21)
+    *[(f"meta-{name}", (lambda f: lambda m: f(_meta("cifar_resnet_14", in_chans=1)))(f), errors.ModelTypeError,
+       "meta device")
+      for name, f in [
+          ("snip", lambda net: eg.prune.snip(net, [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]))], 0.5)),
+          ("grasp", lambda net: eg.prune.grasp(net, [(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]))], 0.5)),
+          ("synflow", lambda net: eg.prune.synflow(net, 0.5, iterations=2)),
+          ("magnitude", lambda net: eg.prune.magnitude(net, sparsity=0.5)),
+          ("imp", lambda net: eg.prune.imp(net, lambda model, mask: (model.state_dict(), model.state_dict()), rounds=1)),
+          ("evaluate", lambda net: evaluate(net, load_dataset("synthetic", limit=4), device="cpu")),
+          ("fleet", lambda net: __import__("elastigraph.train.fleet").train.fleet.train_fleet(
+              [net, net], load_dataset("synthetic", limit=4), None, [TrainConfig(steps=1, device="cpu")] * 2)),
+      ]],
+    ("meta-ticket-applied-to-meta-model-with-real-weights", lambda m: eg.transfer(
+        m["src"], _mask(m["src"]), _meta("cifar_resnet_20")).apply(_meta("cifar_resnet_20")), errors.ModelTypeError,
+     "meta device"),
+    ("generator-str", lambda m: eg.prune.random(m["src"], 0.5, generator="x"), errors.ConfigError, "torch.Generator"),
+    ("generator-int", lambda m: eg.prune.random(m["src"], 0.5, generator=3), errors.ConfigError, "torch.Generator"),
+    ("generator-and-seed", lambda m: eg.prune.random(m["src"], 0.5, seed=1, generator=torch.Generator()),
+     errors.ConfigError, "not both"),
 ]
+
+
+def _meta(name: str, **kw) -> nn.Module:
+    with torch.device("meta"):
+        return models.create(name, **kw)
+
+
+def _pair_call(fn: str, net: nn.Module, ds):
+    """Call entry point ``fn`` with ``net`` and the data ``ds`` (a synthetic set)."""
+    from elastigraph.recipes.runner import normalized_batches
+    from elastigraph.train.fleet import train_fleet
+
+    cfg = TrainConfig(steps=1, batch_size=8, device="cpu")
+    if fn == "snip":
+        return eg.prune.snip(net, normalized_batches(ds, 2, 8, 0), 0.5)
+    if fn == "grasp":
+        return eg.prune.grasp(net, normalized_batches(ds, 2, 8, 0), 0.5)
+    if fn == "train":
+        return train(net, ds, ds, cfg)
+    if fn == "evaluate":
+        return evaluate(net, ds, device="cpu")
+    return train_fleet([net, copy.deepcopy(net)], ds, ds, [cfg, cfg])
 
 
 TALLY: dict[str, int] = {"tried": 0, "clean_errors": 0, "no_error": 0, "raw_exceptions": 0}
@@ -182,6 +261,79 @@ def test_api_bad_input_raises_named_error(case, m):
     assert isinstance(err, exc), f"{type(err).__name__}: {err}"
     assert isinstance(err, (ValueError, TypeError, OSError))
     assert fragment in str(err)
+
+
+def test_pairing_checked_before_any_step(m, monkeypatch):
+    """A model that does not fit its data fails before the optimizer steps once and
+    leaves the model as it was (modes, device, hooks)."""
+    calls = []
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda *a, **k: calls.append(1))
+    net = models.create("cifar_resnet_14", in_chans=1, num_classes=2)
+    net.layer1.eval()  # a mixed-mode model keeps its per-module modes
+    before = _snapshot(net)
+    with pytest.raises(errors.PairingError, match=r"has 2 outputs but 'synthetic' .* has 10 classes"):
+        train(net, m["ds"], None, TrainConfig(steps=3, device="cpu"))
+    assert calls == []
+    _same(before, _snapshot(net))
+
+
+def test_pairing_accepts_what_fits(m):
+    """The check lets through what trains: a model with more outputs than the data has
+    classes, a masked model, and a fleet."""
+    from elastigraph.train.fleet import train_fleet
+
+    wide = models.create("cifar_resnet_14", in_chans=1, num_classes=12)
+    res = train(wide, m["ds"], m["ds"], TrainConfig(steps=1, batch_size=8, device="cpu"))
+    assert 0.0 <= res.test_acc <= 1.0
+    net = models.create("cifar_resnet_14", in_chans=1)
+    mask = eg.prune.random(net, 0.5, seed=0)
+    res = train(net, m["ds"], None, TrainConfig(steps=1, batch_size=8, device="cpu"), mask=mask)
+    assert res.steps == 1
+    cfg = TrainConfig(steps=1, batch_size=8, device="cpu")
+    out = train_fleet([models.create("cifar_resnet_14", in_chans=1) for _ in range(2)], m["ds"], None, [cfg, cfg])
+    assert len(out) == 2
+
+
+def test_ticket_planned_between_meta_models_applies_to_a_real_model(m):
+    """Planning on meta models (shapes only) gives the mask a real transfer gives;
+    applied to a real model it installs that mask and keeps the model's own weights
+    (the ticket has none to copy) -- no NotImplementedError from torch."""
+    mask = eg.prune.random(m["src"], 0.6, seed=3)
+    real = eg.transfer(m["src"], mask, m["dst"])
+    planned = eg.transfer(_meta("cifar_resnet_14"), mask, _meta("cifar_resnet_20"))
+    assert planned.plan.to_dict() == real.plan.to_dict()
+    assert planned.mask.keys() == real.mask.keys()
+    assert all(torch.equal(planned.mask[k], real.mask[k]) for k in real.mask)
+    assert planned.meta_weights and not real.meta_weights
+    dst = models.create("cifar_resnet_20")
+    own = {k: v.clone() for k, v in dst.state_dict().items()}
+    planned.apply(dst)
+    installed = masks.from_model(dst)
+    assert all(torch.equal(installed[k], real.mask[k]) for k in real.mask)
+    state = masks.plain_state(dst.state_dict(), fold_mask=False)
+    assert all(torch.equal(state[k], own[k]) for k in own if k in state)  # its own values, unmasked
+    assert random_is_shape_only(m)
+
+
+def random_is_shape_only(m) -> bool:
+    """prune.random needs shapes only: on a meta model it gives the real model's mask."""
+    a = eg.prune.random(_meta("cifar_resnet_14"), 0.5, seed=1)
+    b = eg.prune.random(m["src"], 0.5, seed=1)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_valid_seeds_and_generators_work(m):
+    """The validator lets through what works: Python and NumPy integers up to MAX_SEED,
+    a CPU generator, and the same seed gives the same mask."""
+    import numpy as np
+
+    from elastigraph.seeds import MAX_SEED
+
+    a = eg.prune.random(m["src"], 0.5, seed=MAX_SEED)
+    b = eg.prune.random(m["src"], 0.5, seed=np.int64(MAX_SEED))
+    c = eg.prune.random(m["src"], 0.5, generator=torch.Generator().manual_seed(MAX_SEED))
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+    assert len(load_dataset("synthetic", limit=8, seed=MAX_SEED)) == 8
 
 
 def test_bad_hyper_parameters_fail_before_training(m, monkeypatch):

@@ -332,6 +332,16 @@ CASES += [
     ("report-mathtext-in-labels", ["report", "{res_mathtext}"], 0, "bad{"),
     ("report-missing-dir", ["report", "{t}/nope"], 2, "does not exist"),
     ("report-unfinished", ["report", "{t}"], 2, "has not finished"),
+    # model/data pairing (issue 21): one line naming both sides, for every method
+    *[(f"prune-pairing-{meth}-{what}", ["prune", "cifar_resnet_20", "--method", meth, "--sparsity", "0.5",
+                                        "--dataset", ds, *extra, "--batch-size", "8", "--iterations", "2",
+                                        "--out", "{t}/pair.safetensors"], 2, frag)
+      for meth in ("snip", "grasp", "synflow", "magnitude", "random")
+      for what, ds, extra, frag in [
+          ("in-chans-3-fmnist", "fashion_mnist", ["--in-chans", "3"], "in_chans=1"),
+          ("num-classes-2-fmnist", "fashion_mnist", ["--num-classes", "2"], "num_classes=10"),
+          ("in-chans-3-synthetic", "synthetic", ["--in-chans", "3"], "the model takes 3"),
+      ] if ds == "synthetic" or FMNIST.is_dir()],
 ]
 
 

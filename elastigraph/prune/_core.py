@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import masks
-from ..errors import ConfigError, MaskError
+from ..errors import ConfigError, MaskError, ModelTypeError
 from ..masks import Mask
 
 Scope = Literal["global", "layerwise"]
@@ -95,6 +95,17 @@ def resolve(
     return chosen, current, extra
 
 
+def require_values(model: nn.Module, method: str) -> None:
+    """:class:`ModelTypeError` when ``model`` has parameters on the meta device: ``method``
+    scores weight values, and a meta tensor has a shape but no values."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ModelTypeError(
+            f"{method}: {type(model).__name__} has {len(meta)} parameter(s) on the meta device ({meta[:3]}): they "
+            f"have shapes but no values, and {method} scores weight values; build the model on the CPU (or "
+            "model.to_empty(device='cpu') and load its weights). Only prune.random works from shapes alone")
+
+
 def model_shapes(model: nn.Module) -> dict[str, torch.Size]:
     """Parameter shapes by public name (``weight``, not ``weight_orig``)."""
     return masks._param_shapes(model)
@@ -108,11 +119,16 @@ def resolve_model(
     include_first: bool,
     include_last: bool,
     method: str,
+    needs_values: bool = True,
 ) -> tuple[list[str], Mask, Mask]:
     """:func:`resolve` for a model; with no ``mask`` given, masks installed in the model
-    (``torch.nn.utils.prune``) are the starting point, so pruned weights stay pruned."""
+    (``torch.nn.utils.prune``) are the starting point, so pruned weights stay pruned.
+    ``needs_values``: the method reads the weights (every one but random pruning), so a
+    model on the meta device (shapes only) is refused up front."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{method}: expected an nn.Module, got {type(model).__name__}")
+    if needs_values:
+        require_values(model, method)
     if mask is None:
         installed = masks.from_model(model)
         if installed:
@@ -209,9 +225,18 @@ def scoring_copy(model: nn.Module, current: Mask) -> nn.Module:
     return net
 
 
-def batches_of(batches: Iterable[Any], method: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield the ``(x, y)`` pairs of ``batches``; :class:`ConfigError` for anything else or none."""
+def batches_of(batches: Iterable[Any], method: str, model: nn.Module | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield the ``(x, y)`` pairs of ``batches``; :class:`ConfigError` for anything else or
+    none. With ``model``, the model/data pairing is checked on the first batch before it
+    is used (:func:`elastigraph.train.pairing.check_pairing`) and every batch's targets
+    against the model's outputs."""
+    from ..train.pairing import check_pairing, check_targets
+
+    if batches is None or isinstance(batches, (str, bytes, torch.Tensor)) or not hasattr(batches, "__iter__"):
+        raise ConfigError(f"{method}: batches must be an iterable of (inputs, targets) pairs of tensors "
+                          f"(e.g. a list or a DataLoader), got {type(batches).__name__}")
     n = 0
+    outputs = None
     for b in batches:
         if not (isinstance(b, (tuple, list)) and len(b) >= 2 and isinstance(b[0], torch.Tensor)):
             raise ConfigError(
@@ -225,6 +250,12 @@ def batches_of(batches: Iterable[Any], method: str) -> Iterator[tuple[torch.Tens
                 f"{method}: batch {n}: targets must be a 1-D tensor of {len(x)} class indices >= 0 "
                 f"(one per input; for token ids x of shape (N, T): next tokens of the same shape), got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}"
             )
+        if model is not None:
+            data = f"{method} batch {n}"
+            if outputs is None:
+                outputs = check_pairing(model, x, y, data_name=data, sequence=per_token)
+            else:
+                check_targets(y, outputs, model=type(model).__name__, data=data)
         n += 1
         yield x, y
     if n == 0:

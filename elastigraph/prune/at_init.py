@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..graph.trace import infer_input_shape
 from ..masks import Mask
+from ..seeds import seeded
 from ..train.tasks import Task
 from . import _core
 
@@ -41,12 +42,10 @@ def random(
     method = "random"
     _core.check_scope(scope, method)
     sparsity = _core.check_unit(sparsity, "sparsity", method)
-    if seed is not None and generator is not None:
-        raise ConfigError(f"{method}: give seed or generator, not both")
-    if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
+    generator = seeded(seed, generator, method=method)
     names_, current, extra = _core.resolve_model(
-        model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method
+        model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method,
+        needs_values=False,
     )
     scores = {n: torch.rand(current[n].shape, generator=generator, dtype=torch.float64) for n in names_}
     return _finish(_core.select(scores, current, scope=scope, density=1.0 - sparsity, method=method), extra)
@@ -90,7 +89,7 @@ def snip(
     net.train(train_mode)
     params = _weights(net, names_)
     grads = [torch.zeros_like(p) for p in params]
-    for x, y in _core.batches_of(batches, method):
+    for x, y in _core.batches_of(batches, method, net):
         g = torch.autograd.grad(loss_fn(Task.output(net(x)), y), params, allow_unused=True)
         for acc, gi in zip(grads, g):
             if gi is not None:
@@ -113,8 +112,8 @@ def grasp_scores(
     double backprop, both on a masked copy. High ``S``: removing the weight hurts gradient
     flow least; :func:`grasp` prunes those. BatchNorm in eval mode unless ``train_mode``."""
     names_ = list(current)
-    data = list(_core.batches_of(batches, "grasp"))  # iterated twice
     net = _core.scoring_copy(model, current)
+    data = list(_core.batches_of(batches, "grasp", net))  # iterated twice
     net.train(train_mode)
     params = _weights(net, names_)
     live = [current[n].to(device=p.device, dtype=p.dtype) for n, p in zip(names_, params)]

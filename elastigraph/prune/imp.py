@@ -100,6 +100,8 @@ def imp(
     _core.check_scope(scope, method)
     if not callable(train_fn):
         raise ConfigError(f"{method}: train_fn must be callable (model, mask) -> (trained, rewind)")
+    if isinstance(model, nn.Module):
+        _core.require_values(model, method)
     base = masks.copy_model(model)
     if masks.from_model(base):
         masks.remove(base)

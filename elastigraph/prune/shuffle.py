@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError, MaskError
 from ..masks import Mask, _as_mask
+from ..seeds import check_seed
 
 
 def _perm(n: int, seed: int) -> torch.Tensor:
@@ -29,8 +30,7 @@ def shuffle(mask: Mapping[str, torch.Tensor], *, seed: int, names: Iterable[str]
     """A new mask whose tensors ``names`` (default: all) are ``mask``'s entries randomly
     permuted within each tensor, so that every tensor keeps exactly its kept count; the
     other tensors are copied unchanged. Deterministic in ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"shuffle: seed must be an integer, got {seed!r}")
+    seed = check_seed(seed, "shuffle: seed")
     m = _as_mask(mask, "mask given to shuffle")
     chosen = set(m) if names is None else set(names)
     unknown = sorted(chosen - set(m))

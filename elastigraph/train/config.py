@@ -11,10 +11,9 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import ConfigError
+from ..seeds import MAX_SEED, check_seed  # noqa: F401 (re-exported: the seed rules live in elastigraph.seeds)
 
 _SCHEDULES = ("step", "cosine", "constant")
-MAX_SEED = 2**32 - 1
-"""Largest seed accepted anywhere (seeds are mixed into 64-bit generator seeds)."""
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
@@ -32,13 +31,6 @@ def device_problem(name: Any) -> str | None:
     if dev.type not in _DEVICE_TYPES:
         return f"{name!r}: training needs real memory; use one of 'auto', 'cpu', 'cuda[:N]' (not {dev.type!r})"
     return None
-
-
-def check_seed(seed: Any, what: str = "seed") -> int:
-    """``seed`` if it is an integer in ``[0, MAX_SEED]``, else :class:`ConfigError`."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what}={seed!r} must be an integer in [0, {MAX_SEED}]")
-    return seed
 
 
 _OPTIMIZERS = ("sgd", "adamw")

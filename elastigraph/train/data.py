@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
+from ..seeds import check_seed
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -143,7 +144,7 @@ def balanced_subset(y: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
     n = int(y.shape[0])
     if limit >= n:
         return torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed, "balanced_subset: seed"))
     perm = torch.randperm(n, generator=g)
     yp = y[perm]
     # rank of each element within its class, in permutation order
@@ -387,7 +388,7 @@ def synthetic(
     if n < 1 or num_classes < 2 or len(shape) != 3:
         raise DatasetError(f"synthetic: need n >= 1, num_classes >= 2 and shape (C, H, W); got {n}, {num_classes}, {shape}")
     c, h, w = shape
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed, "synthetic: seed"))
     coarse = torch.randn(num_classes, c, max(2, h // 4), max(2, w // 4), generator=g)
     patterns = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
     patterns = patterns / patterns.flatten(1).std(1).view(-1, 1, 1, 1)
@@ -473,12 +474,11 @@ def load_dataset(
         raise DatasetError(f"dataset {name!r}: root must be a folder path, got {type(root).__name__}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise DatasetError(f"dataset {name!r}: limit must be an integer number of images, got {limit!r}")
+    seed = check_seed(seed, f"dataset {name!r}: seed")
     from .text import is_text_dataset, load_text
 
     if is_text_dataset(name):  # a byte-level text corpus: windows of next-byte examples
-        from .loop import check_seed
-
-        return load_text(name, split, limit=limit, seed=check_seed(seed, f"dataset {name!r}: seed"))
+        return load_text(name, split, limit=limit, seed=seed)
     full_name = name
     name, opts = split_dataset_name(name)
     if split == "val":

@@ -39,7 +39,7 @@ from . import distributed as _dist
 from .data import ArrayDataset
 from .tasks import get_task
 from .loop import (
-    Progress, TrainConfig, TrainResult, _ArrayBatches, _evaluate, _Normalizer, _plain_keys, _resolve_device,
+    Progress, TrainConfig, TrainResult, _ArrayBatches, check_data_fits, _evaluate, _Normalizer, _plain_keys, _resolve_device,
     eval_due, lr_at, steps_per_epoch, total_steps,
 )
 
@@ -134,6 +134,14 @@ def train_fleet(
             diff = sorted(f for f, v in c.to_dict().items() if f != "seed" and str(v) != str(cfgs[0].to_dict()[f]))
             raise ConfigError(f"train_fleet: member {i}'s TrainConfig differs from member 0's in {diff}; "
                               "fleet members may differ only in seed (train the others in their own fleet)")
+    from ..errors import ModelTypeError
+
+    for i, m in enumerate(models):
+        if not isinstance(m, nn.Module):
+            raise ModelTypeError(f"train_fleet: member {i} is a {type(m).__name__}, not an nn.Module")
+        if any(p.is_meta for p in m.parameters()):
+            raise ModelTypeError(f"train_fleet: member {i} ({type(m).__name__}) has parameters on the meta device (no "
+                                 "values); build it on the CPU or model.to_empty(device=...) + load_state_dict")
     cfg = cfgs[0]
     why = can_fleet(models[0], cfg, train_set)
     if why is not None:
@@ -157,6 +165,11 @@ def train_fleet(
     amp_ctx = contextlib.nullcontext
 
     mks = _member_masks(models, masks)
+    home0 = next(iter(models[0].parameters()), torch.empty(0)).device
+    probe_norm = _Normalizer(train_set.spec, home0, channels_last=False)
+    for ds in (train_set, test_set):  # before any change to the models; one architecture: member 0 speaks for all
+        if ds is not None:
+            check_data_fits(models[0], ds, probe_norm, home0, amp_ctx, get_task(cfg.task), "fleet member 0")
     homes = [next(iter(m.parameters()), torch.empty(0)).device for m in models]
     orders = [_plain_keys(m) for m in models]
     for m in models:  # plain parameters from here on; the fleet applies the masks itself

@@ -275,16 +275,20 @@ def evaluate_metrics(model: nn.Module, test_set: ArrayDataset | FolderDataset | 
     err = device_problem(device)
     if err:
         raise ConfigError(f"evaluate device: {err}")
-    if not isinstance(model, nn.Module):
-        from ..errors import ModelTypeError
+    from ..errors import ModelTypeError
 
+    if not isinstance(model, nn.Module):
         raise ModelTypeError(f"evaluate needs an nn.Module, got {type(model).__name__}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ModelTypeError(f"evaluate: {type(model).__name__} has parameters on the meta device (no values); build "
+                             "it on the CPU or load a state dict with model.to_empty(device=...) + load_state_dict")
     dev = _resolve_device(device, _dist.DistContext())
     net = _masks.copy_model(model).to(dev)
     if mask is not None:
         _masks.install(net, mask)
     task = get_task(task_of_data(test_set))
     norm = _input_prep(task, test_set.spec, dev, channels_last=False)
+    check_data_fits(net, test_set, norm, dev, contextlib.nullcontext, task)
     return _evaluate(net, test_set, norm, dev, contextlib.nullcontext, _dist.DistContext(), batch_size, task)
 
 
@@ -313,6 +317,36 @@ def rich_progress(description: str = "training", *, console=None) -> Iterator[Pr
 
 
 # --------------------------------------------------------------------------- train
+
+
+def _first_rows(ds, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The first (up to) two examples of ``ds`` as the loop stores them, on ``device``."""
+    if isinstance(ds, FolderDataset):
+        x, y = ds.with_mode(train=False, augment=False)[0]
+        return x.unsqueeze(0).to(device), torch.as_tensor([y]).to(device)
+    return ds.x[:2].to(device), ds.y[:2].to(device)
+
+
+def check_data_fits(model: nn.Module, ds, norm=None, device: torch.device | None = None, amp_ctx=None,
+                    task: Task | None = None, model_name: str | None = None) -> int:
+    """:func:`~elastigraph.train.pairing.check_pairing` of ``model`` on the first rows of
+    ``ds``, fed as the loop feeds them (normalised, on ``device``, under ``amp_ctx``);
+    the data's classes from its spec. One forward of two examples, before any training.
+    Defaults: the data's task, the model's device, no autocast."""
+    from .pairing import check_pairing
+
+    task = task or get_task(task_of_data(ds))
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    norm = norm or _input_prep(task, ds.spec, device, channels_last=False)
+    amp_ctx = amp_ctx or contextlib.nullcontext
+    if len(ds) == 0:
+        return 0
+    x, y = _first_rows(ds, device)
+    classes = getattr(ds.spec, "num_classes", None) if task.image_inputs else None
+    return check_pairing(model, norm(x), y.long() if not task.image_inputs else y, num_classes=classes,
+                         model_name=model_name, data_name=repr(ds.spec.name), autocast=amp_ctx,
+                         sequence=not task.image_inputs)
 
 
 def _check_train_args(model: Any, train_set: Any, test_set: Any, cfg: Any, start_step: Any, rewind_step: Any) -> None:
@@ -410,6 +444,11 @@ def train(
             model.to(memory_format=torch.channels_last)
         if mask is not None:
             _masks.install(model, mask)
+        task = get_task(cfg.task)
+        norm = _input_prep(task, train_set.spec, device, channels_last)
+        for ds in (train_set, test_set):
+            if ds is not None:
+                check_data_fits(model, ds, norm, device, amp_ctx, task)
         net = _dist.wrap(model, ctx, device)
         fwd = torch.compile(net) if cfg.compile else net
         fwd_eval = torch.compile(model) if cfg.compile else model
@@ -419,8 +458,6 @@ def train(
         else:
             opt = torch.optim.SGD(params, lr=lr_at(cfg, start_step, total), momentum=cfg.momentum,
                                   nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-        task = get_task(cfg.task)
-        norm = _input_prep(task, train_set.spec, device, channels_last)
         if isinstance(train_set, FolderDataset):
             sampler = _StepSampler(len(train_set), batch, cfg.seed, start_step, total, ctx)
             dl = iter(_loader(train_set.with_mode(train=True, augment=cfg.augment), sampler, device, ctx.world))
@@ -517,4 +554,4 @@ def train(
 
 
 __all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate",
-           "evaluate_metrics", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
+           "evaluate_metrics", "check_data_fits", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
