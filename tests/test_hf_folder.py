@@ -96,7 +96,7 @@ def _check_folder(ticket, dst, path, layers):
     sp = info["sparsity"]
     assert sp["target"] == pytest.approx(masks.sparsity(mask)) and sp["source"] == pytest.approx(ticket.sparsity()["src"])
     zeros = sum(int((params[n] == 0).sum()) for n in mask) / sum(m.numel() for m in mask.values())
-    assert sp["weights"] == pytest.approx(zeros) and zeros >= sp["target"] > 0.3  # the sparsity did not drop
+    assert sp["weights"] == pytest.approx(zeros) and zeros >= sp["target"] - 1e-12 and sp["target"] > 0.3  # not dropped
 
     model2, mask2 = eg.load_pretrained(path)
     assert type(model2) is type(dst) and all(torch.equal(mask2[k], mask[k]) for k in mask)
