@@ -407,7 +407,7 @@ class Ticket:
         install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``."""
         if not isinstance(model, nn.Module):
             raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
-        from .graph.trace import unwrap_compiled
+        from .graph.capture import unwrap_compiled
 
         compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
         label = type(model).__name__
@@ -539,7 +539,7 @@ def transfer(
     for what, m in (("src_model", src_model), ("dst_model", dst_model)):
         if not isinstance(m, nn.Module):
             raise ModelTypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
-    from .graph.trace import unwrap_compiled
+    from .graph.capture import unwrap_compiled
 
     src_model, dst_model = unwrap_compiled(src_model), unwrap_compiled(dst_model)  # torch.compile wrappers
     if strategy is not None and mapping is not None:

@@ -14,7 +14,9 @@ from typing import Any, Sequence
 import networkx as nx
 from torch import nn
 
-from .trace import SOURCE, Traced, build_graph, default_inputs
+from .build import SOURCE, Traced, build_graph
+from .capture import unwrap_compiled
+from .shapes import default_inputs
 from .units import (
     Decomposition, Region, Segment, Stage, Unit, _label, decompose, find_block0, find_segments, find_single_units,
     tight_scope,
@@ -127,8 +129,6 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
     Models torch.fx cannot trace (Hugging Face transformers) are captured with
     non-strict ``torch.export`` instead; ``result.traced.capture`` says which was used.
     The model is not modified."""
-    from .trace import unwrap_compiled
-
     model = unwrap_compiled(model)  # torch.compile wrappers: trace the module they hold
     label = name or type(model).__name__
     traced = build_graph(model, example_input, leaf_modules, model_name=label)

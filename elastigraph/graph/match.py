@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..errors import SegmentMismatchError
 from . import ModelGraph, block_label, stage_label
-from .trace import SOURCE
+from .build import SOURCE
 from .units import Region, Unit, _make_unit, _module_regions, _scope_of, crossing_modules, find_block0, stage_key
 
 _MAX_SINGLE = 48  # longest single block (in regions) looked for when sequences disagree

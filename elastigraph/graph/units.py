@@ -39,7 +39,7 @@ from typing import Any
 
 import networkx as nx
 
-from .trace import SOURCE, Traced
+from .build import SOURCE, Traced
 
 _TensorList = list[tuple[str, tuple]]
 
