@@ -35,7 +35,8 @@ class ModelGraph:
 
     @property
     def graph(self) -> nx.DiGraph:
-        """The networkx DiGraph: fx node names (+ ``__input__``) with op/kind/scope/params/shape."""
+        """The networkx DiGraph: fx node names (+ ``__input__``), attributes as declared by
+        :class:`~elastigraph.graph.build.NodeAttrs` (op, kind, scope, params, shape, ...)."""
         return self.traced.graph
 
     @property

@@ -3,16 +3,18 @@
 :func:`build_graph` captures the model (:mod:`.capture`), propagates shapes
 (:mod:`.shapes`) and returns a :class:`Traced`: a plain ``networkx.DiGraph`` with one
 node per fx node, plus a virtual ``__input__`` source (:data:`SOURCE`) that feeds every
-placeholder so the graph has one entry. Each node carries the op kind, the target, the
-module scope, the parameters/buffers it reads and its output shape. The model itself is
-never modified, and stays the source of truth for parameters: the graph is for analysis.
+placeholder so the graph has one entry. Each node carries the attributes declared by
+:class:`NodeAttrs` (op kind, target, module scope, the parameters/buffers it reads, its
+output shape, ...), made by :func:`node_attrs`; the graph itself those of
+:class:`GraphAttrs`. The model is never modified, and stays the source of truth for
+parameters: the graph is for analysis.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 import networkx as nx
 import torch
@@ -25,6 +27,76 @@ from .shapes import WEIGHTED_MODULES
 
 SOURCE = "__input__"
 """Name of the virtual node that feeds every placeholder (so the graph has one entry)."""
+
+TensorList = list[tuple[str, tuple[int, ...]]]
+"""``[(qualified tensor name, shape), ...]``, in module order."""
+
+
+class NodeAttrs(TypedDict):
+    """The attributes of every node of a built graph (``g.nodes[name]``), as torch.fx's
+    ``node.meta`` for its nodes: one declared schema, made only by :func:`node_attrs`.
+    Readers index it as a dict (``g.nodes[n]["kind"]``)."""
+
+    op: str
+    """The fx op: ``placeholder``, ``get_attr``, ``call_module``, ``call_function``,
+    ``call_method``, ``output``; ``source`` for :data:`SOURCE`."""
+    target: str
+    """``str(node.target)``: a module/tensor qualified name, a function, a method name."""
+    kind: str
+    """What the node computes, readable: the module class (``Conv2d``), the function's
+    qualified name (``add``, ``aten.linear.default``), the method name, else ``op``."""
+    scope: tuple[str, ...]
+    """Qualified names of the modules enclosing the node, outermost first (a
+    ``call_module`` node's own module excluded)."""
+    params: TensorList
+    """Parameters the node reads (a tied parameter under its canonical name); tensors
+    several modules share are left out (they belong to no block)."""
+    buffers: TensorList
+    """Buffers the node reads, as ``params`` (prune's ``*_mask`` buffers left out)."""
+    shape: Any
+    """Output shape: a tuple of ints, a tuple of those (or of ``(key, shape)`` pairs) for
+    several outputs, ``None`` for a non-tensor value."""
+    args: tuple
+    """Hashable description of the arguments (``("node", name)`` for inputs); for
+    regularisers the tensor inputs only, their rates often differ per block."""
+    index: int
+    """Position in the fx graph (``-1`` for :data:`SOURCE`)."""
+    module_repr: str
+    """``extra_repr()`` of a called module (empty for regularisers and non-modules)."""
+    weighted: bool
+    """The node applies a layer's weights (conv, linear; their functional and ATen forms)."""
+    noop: bool
+    """Identity, dropout, stochastic depth: no op for a trained block's function."""
+    const: bool
+    """A value that depends on no fed input: a placeholder beyond the fed inputs, or a
+    value torch.export computed from shapes and buffers (masks, rotary tables)."""
+    default: Any
+    """For a ``const`` node: its default (a placeholder) or ``("side", kind, shape)``;
+    else ``None``. Enters unit signatures in place of the node's wiring."""
+
+
+def node_attrs(*, op: str, target: str, kind: str, index: int, scope: tuple[str, ...] = (),
+               params: TensorList | None = None, buffers: TensorList | None = None, shape: Any = None,
+               args: tuple = (), module_repr: str = "", weighted: bool = False, noop: bool = False,
+               const: bool = False, default: Any = None) -> NodeAttrs:
+    """The one constructor of :class:`NodeAttrs` (every key set, defaults for a node that
+    reads no tensor and does nothing special)."""
+    return NodeAttrs(op=op, target=target, kind=kind, scope=scope, params=params if params is not None else [],
+                     buffers=buffers if buffers is not None else [], shape=shape, args=args, index=index,
+                     module_repr=module_repr, weighted=weighted, noop=noop, const=const, default=default)
+
+
+class GraphAttrs(TypedDict):
+    """The graph-level attributes of a built graph (``g.graph``). Keys starting with ``_``
+    are caches of :mod:`.units`."""
+
+    module_types: dict[str, str]
+    """Qualified module name -> its class's ``__qualname__``, every module of the model."""
+    containers: set[str]
+    """Names of the model's ``Sequential``/``ModuleList``/``ModuleDict`` modules."""
+    shared: list[str]
+    """Tensors read from several modules (tied weights, a module every block calls),
+    sorted: carried over once by name, never part of a block."""
 
 
 def _shape_of(node: fx.Node) -> Any:
@@ -188,8 +260,11 @@ class Traced:
     gm: nn.Module
     fx_graph: fx.Graph
     graph: nx.DiGraph
+    """Nodes: fx node names and :data:`SOURCE`, attributes :class:`NodeAttrs`; graph
+    attributes :class:`GraphAttrs`."""
     input_shapes: tuple
     order: list[str] = field(default_factory=list)
+    """The fx node names in graph order."""
     rejected: list[str] = field(default_factory=list)
     """Example inputs tried before the one used, each with why the model refused it."""
     capture: str = "torch.fx"
@@ -208,18 +283,18 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
     fxg, shapes = cap.graph, cap.input_shapes
     assert shapes is not None  # capture() propagates shapes on the graphs it traces
     gm = model
-    g = nx.DiGraph()
-    g.add_node(SOURCE, op="source", target="", kind="source", scope=(), params=[], buffers=[], shape=None,
-               args=(), index=-1, module_repr="", weighted=False, noop=False, const=False, default=None)
-    g.graph["module_types"] = {n: type(m).__qualname__ for n, m in model.named_modules()}
-    g.graph["containers"] = {n for n, m in model.named_modules()
-                             if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))}
-    order: list[str] = []
-    n_fed = len(shapes)  # placeholders beyond the fed inputs keep their defaults: constants
     alias = canonical_names(model)
     tensors = {node: _tensor_names(gm, node, alias) for node in fxg.nodes}
     shared = _shared_tensors(tensors)
-    g.graph["shared"] = sorted(shared)
+    g = nx.DiGraph()
+    g.graph.update(GraphAttrs(
+        module_types={n: type(m).__qualname__ for n, m in model.named_modules()},
+        containers={n for n, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))},
+        shared=sorted(shared),
+    ))
+    g.add_node(SOURCE, **node_attrs(op="source", target="", kind="source", index=-1))
+    order: list[str] = []
+    n_fed = len(shapes)  # placeholders beyond the fed inputs keep their defaults: constants
     side = _side_constants(fxg, gm) if cap.method == "torch.export" else set()
     for i, node in enumerate(fxg.nodes):
         params, bufs = tensors[node]
@@ -239,8 +314,7 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
         elif node.op == "call_function":
             weighted = node.target in _WEIGHTED_FNS
             noop = _is_regulariser_fn(node)
-        g.add_node(
-            node.name,
+        g.add_node(node.name, **node_attrs(
             op=node.op,
             target=str(node.target),
             kind=_target_label(gm, node),
@@ -256,7 +330,7 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
             const=(node.op == "placeholder" and not feeds) or node in side,
             default=(_const(node.args[0]) if node.op == "placeholder" and node.args
                      else ("side", _target_label(gm, node), _shape_of(node)) if node in side else None),
-        )
+        ))
         order.append(node.name)
         for inp in node.all_input_nodes:
             g.add_edge(inp.name, node.name)

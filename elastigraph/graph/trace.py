@@ -9,7 +9,7 @@ Import from the new homes in new code:
   :func:`infer_input_shape` (also ``elastigraph.graph.infer_input_shape``),
   :func:`propagate_shapes`, :func:`keep_plain_tensors`.
 * :mod:`elastigraph.graph.build` -- the networkx graph: :func:`build_graph`,
-  :class:`Traced`, :data:`SOURCE`.
+  :class:`Traced`, :data:`SOURCE`, the node schema :class:`NodeAttrs`.
 
 ``trace``, ``export_graph`` and ``propagate_shapes`` return typed results now (a
 :class:`Capture`; the shapes and the rejected inputs) instead of attributes set on the
