@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import elastigraph as eg  # noqa: E402
-from elastigraph.graph.trace import _Outputs  # noqa: E402
+from elastigraph.graph.capture import _Outputs  # noqa: E402
 
 
 def models(n: int):

@@ -36,7 +36,7 @@ from elastigraph import masks  # noqa: E402
 
 # the modules themselves (``elastigraph.transfer`` the attribute may be the function)
 eg_graph = importlib.import_module("elastigraph.graph")
-eg_trace = importlib.import_module("elastigraph.graph.trace")
+eg_capture = importlib.import_module("elastigraph.graph.capture")
 eg_transfer = importlib.import_module("elastigraph.transfer")
 
 
@@ -55,8 +55,8 @@ def _cases() -> list[tuple[str, Callable[[], torch.nn.Module], Callable[[], torc
 
 
 _PHASES = {
-    "trace": (eg_trace, "trace"),
-    "shape_prop": (eg_trace, "propagate_shapes"),
+    "trace": (eg_capture, "trace"),
+    "shape_prop": (eg_capture, "propagate_shapes"),
     "graph": (eg_graph, "build_graph"),
     "regions": (eg_graph, "decompose"),
     "segments": (eg_graph, "find_segments"),

@@ -429,7 +429,7 @@ class Ticket:
             raise MaskError(f"this ticket's mask has {len(meta_mask)} tensor(s) on the meta device ({meta_mask[:3]}): "
                             "a mask needs values; transfer a real mask (masks.full_mask(model) or a mask file), "
                             "even between meta models")
-        from .graph.trace import unwrap_compiled
+        from .graph.capture import unwrap_compiled
 
         compiled, model = model, unwrap_compiled(model)  # a torch.compile wrapper: fill the module it holds
         label = type(model).__name__
@@ -551,6 +551,8 @@ def transfer(
     leaf_modules: Sequence[type] = (),
     head: str = "keep",
     seed: int = 0,
+    src_graph: ModelGraph | None = None,
+    dst_graph: ModelGraph | None = None,
 ) -> Ticket:
     """Transfer a ticket (``src_mask`` + ``src_model``'s weights, its rewind point) onto
     ``dst_model``, a deeper or shallower model of the same family.
@@ -565,18 +567,23 @@ def transfer(
     different shapes (another class count) are a :class:`SegmentMismatchError`;
     ``"reinit"`` is for a target trained on another task (E-LTH Table 6): the target's
     head keeps its own (fresh) weights and gets a random mask, seeded by ``seed``, with
-    the density of the source ticket's head (see :func:`transfer_reinit_head`)."""
+    the density of the source ticket's head (see :func:`transfer_reinit_head`).
+
+    ``src_graph``/``dst_graph``: the models' :func:`~elastigraph.graph.analyze` results,
+    where the caller has them (made with the same ``example_input`` and ``leaf_modules``),
+    so that the models are not traced again."""
     check_seed(seed, "transfer: seed")
     if head == "reinit":
         return transfer_reinit_head(src_model, src_mask, dst_model, strategy=strategy, mapping=mapping,
-                                    example_input=example_input, leaf_modules=leaf_modules, seed=seed)
+                                    example_input=example_input, leaf_modules=leaf_modules, seed=seed,
+                                    src_graph=src_graph, dst_graph=dst_graph)
     if head != "keep":
         raise StrategyError(f"head={head!r}: use 'keep' (transfer the head; default) or 'reinit' (a new random head "
                             "mask at the ticket's head density, for a target trained on another task)")
     for what, m in (("src_model", src_model), ("dst_model", dst_model)):
         if not isinstance(m, nn.Module):
             raise ModelTypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
-    from .graph.trace import unwrap_compiled
+    from .graph.capture import unwrap_compiled
 
     src_model, dst_model = unwrap_compiled(src_model), unwrap_compiled(dst_model)  # torch.compile wrappers
     if strategy is not None and mapping is not None:
@@ -592,10 +599,10 @@ def transfer(
         if not smask:
             raise MaskError(f"src_mask for {src_label} is empty: a ticket over no weights prunes nothing; pass a mask "
                             "over the pruned weights (elastigraph.masks.full_mask(model) lists the prunable ones)")
-    src = analyze(src_model, example_input, leaf_modules=leaf_modules, name=src_label)
+    src = _analysed(src_graph, src_model, example_input, leaf_modules, src_label, "src_graph")
     # the target sees exactly the source's input, so that activation shapes compare
     shared = example_input if example_input is not None else [torch.Size(s) for s in src.traced.input_shapes]
-    dst = analyze(dst_model, shared, leaf_modules=leaf_modules, name=dst_label)
+    dst = _analysed(dst_graph, dst_model, shared, leaf_modules, dst_label, "dst_graph", src)
     try:
         mt = match(src, dst)
     except SegmentMismatchError as e:
@@ -666,6 +673,27 @@ def transfer(
     return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped)
 
 
+def _analysed(mg: ModelGraph | None, model: nn.Module, example_input: Any, leaf_modules: Sequence[type], label: str,
+              what: str, src: ModelGraph | None = None) -> ModelGraph:
+    """``analyze(model)``, or ``mg`` where the caller passed the model's analysis (checked:
+    of this very model and, for the target, of the source's input shapes)."""
+    from .errors import TraceError
+    from .graph.capture import unwrap_compiled
+
+    if mg is None:
+        return analyze(model, example_input, leaf_modules=leaf_modules, name=label)
+    if not isinstance(mg, ModelGraph):
+        raise ModelTypeError(f"{what} must be the ModelGraph that elastigraph.analyze returns for the {label}, "
+                             f"got {type(mg).__name__}")
+    if mg.traced.gm is not unwrap_compiled(model):
+        raise TraceError(f"{what} ({mg.name}) is the analysis of another model than the {label}; pass "
+                         f"analyze() of that model, or leave {what} out")
+    if src is not None and tuple(mg.traced.input_shapes) != tuple(src.traced.input_shapes):
+        raise TraceError(f"{what} was traced with input shapes {list(mg.traced.input_shapes)}, the source with "
+                         f"{list(src.traced.input_shapes)}: both models must see the same input (example_input=)")
+    return mg
+
+
 # ---------------------------------------------------------------------------- another task
 
 
@@ -688,21 +716,24 @@ def transfer_reinit_head(
     example_input: Any = None,
     leaf_modules: Sequence[type] = (),
     seed: int = 0,
+    src_graph: ModelGraph | None = None,
+    dst_graph: ModelGraph | None = None,
 ) -> Ticket:
     """:func:`transfer` for a target trained on another task: everything but the head is
     transferred as usual; the target's head (:func:`head_tensors`, of any shape) keeps
     ``dst_model``'s own weights, and each of its masked tensors gets a random mask
     (``seed``) keeping ``round(d * numel)`` entries, ``d`` being the density of the
-    source head tensor at the same position. ``Ticket.reinit`` lists those tensors."""
+    source head tensor at the same position. ``Ticket.reinit`` lists those tensors.
+    ``src_graph``/``dst_graph``: as for :func:`transfer`."""
     import copy
 
     seed = check_seed(seed, "transfer_reinit_head: seed")
     if not isinstance(dst_model, nn.Module) or not isinstance(src_model, nn.Module):
         raise ModelTypeError("src_model and dst_model must be nn.Modules")
     src_label, dst_label = f"source {type(src_model).__name__}", f"target {type(dst_model).__name__}"
-    src_g = analyze(src_model, example_input, leaf_modules=leaf_modules, name=src_label)
+    src_g = _analysed(src_graph, src_model, example_input, leaf_modules, src_label, "src_graph")
     shared = example_input if example_input is not None else [torch.Size(s) for s in src_g.traced.input_shapes]
-    dst_g = analyze(dst_model, shared, leaf_modules=leaf_modules, name=dst_label)
+    dst_g = _analysed(dst_graph, dst_model, shared, leaf_modules, dst_label, "dst_graph", src_g)
     sh, dh = head_tensors(src_g), head_tensors(dst_g)
     if not sh or len(sh) != len(dh) or any(len(a[1]) != len(b[1]) for a, b in zip(sh, dh)):
         raise SegmentMismatchError(f"head='reinit': the heads of {src_label} ({sh}) and {dst_label} ({dh}) are not "
@@ -721,8 +752,9 @@ def transfer_reinit_head(
         for k, v in list(vars(mod).items()):
             if type(v) is int and v in resize:
                 setattr(mod, k, resize[v])
+    # the source is traced once: its analysis is reused; the stand-in is a new model
     t = transfer(src_model, src_mask, proxy, strategy=strategy, mapping=mapping, example_input=shared,
-                 leaf_modules=leaf_modules)
+                 leaf_modules=leaf_modules, src_graph=src_g)
     head_names = {n for n, _ in dh}
     state = _masks.plain_state(dst_model.state_dict(), fold_mask=False)
     alias = _masks.canonical_names(dst_model)

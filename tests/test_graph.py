@@ -272,3 +272,81 @@ def test_untraceable_root_forward_does_not_suggest_marking_the_model_a_leaf():
     msg = str(e.value)
     assert "the forward of _RootBranch" in msg
     assert "leaf_modules=(_RootBranch,)" not in msg and "cannot help" in msg
+
+
+# ---------------------------------------------------------------------------- node schema
+
+
+def _conforms(v, tp) -> bool:
+    """``v`` is a value of the type hint ``tp`` (the forms the graph schema uses)."""
+    import typing
+
+    if tp is typing.Any:
+        return True
+    origin, targs = typing.get_origin(tp), typing.get_args(tp)
+    if origin is None:
+        if tp is int:
+            return isinstance(v, int) and not isinstance(v, bool)
+        return isinstance(v, tp)
+    if not isinstance(v, origin):
+        return False
+    if origin is tuple and targs:
+        if len(targs) == 2 and targs[1] is Ellipsis:
+            return all(_conforms(x, targs[0]) for x in v)
+        return len(v) == len(targs) and all(_conforms(x, t) for x, t in zip(v, targs))
+    if origin in (list, set) and targs:
+        return all(_conforms(x, targs[0]) for x in v)
+    if origin is dict and targs:
+        return all(_conforms(k, targs[0]) and _conforms(x, targs[1]) for k, x in v.items())
+    return True
+
+
+def _llama_tiny():
+    pytest.importorskip("transformers")
+    return create("hf:llama", num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                  num_key_value_heads=2, vocab_size=100)
+
+
+@pytest.mark.parametrize("build, capture", [
+    (lambda: create("cifar_resnet_20"), "torch.fx"),
+    (lambda: timm.create_model("vit_tiny_patch16_224", depth=2, img_size=32, patch_size=8, num_classes=10), "torch.fx"),
+    (_llama_tiny, "torch.export"),
+], ids=["cifar_resnet_20", "timm_vit", "hf_llama"])
+def test_built_graph_matches_the_declared_node_schema(build, capture):
+    """Every node carries exactly the keys NodeAttrs declares, each of its declared type;
+    the graph the GraphAttrs keys (underscore keys are caches)."""
+    import typing
+
+    from elastigraph.graph.build import SOURCE, GraphAttrs, NodeAttrs
+
+    a = analyze(build())
+    assert a.traced.capture == capture
+    g = a.graph
+    hints = typing.get_type_hints(NodeAttrs)
+    assert set(hints) == set(NodeAttrs.__required_keys__) and len(hints) == 14
+    ops = set()
+    for n, attrs in g.nodes(data=True):
+        assert set(attrs) == set(hints), (n, set(attrs) ^ set(hints))
+        bad = {k: attrs[k] for k, tp in hints.items() if not _conforms(attrs[k], tp)}
+        assert not bad, (n, bad)
+        ops.add(attrs["op"])
+    assert ops >= {"source", "placeholder", "output"} and g.nodes[SOURCE]["index"] == -1
+    # the schema is not vacuous: real values on real nodes
+    assert any(attrs["params"] for _, attrs in g.nodes(data=True)) and any(a_["weighted"] for _, a_ in g.nodes(data=True))
+    assert any(isinstance(attrs["shape"], tuple) and attrs["shape"] for _, attrs in g.nodes(data=True))
+    ghints = typing.get_type_hints(GraphAttrs)
+    assert set(ghints) <= set(g.graph) and not {k for k in g.graph if k not in ghints and not str(k).startswith("_")}
+    assert all(_conforms(g.graph[k], tp) for k, tp in ghints.items())
+
+
+def test_schema_check_rejects_a_wrong_node():
+    """The checker above fails on what it should (a key of the wrong type, a bool index)."""
+    import typing
+
+    from elastigraph.graph.build import NodeAttrs, node_attrs
+
+    hints = typing.get_type_hints(NodeAttrs)
+    good = node_attrs(op="call_module", target="fc", kind="Linear", index=3, params=[("fc.weight", (10, 4))])
+    assert all(_conforms(good[k], tp) for k, tp in hints.items())
+    assert not _conforms([("fc.weight", [10, 4])], hints["params"])  # a list shape, not a tuple
+    assert not _conforms(True, hints["index"]) and not _conforms(("a", 1), hints["scope"])

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import elastigraph as eg
-from elastigraph.graph.trace import default_inputs, optional_inputs
+from elastigraph.graph.capture import optional_inputs
+from elastigraph.graph.shapes import default_inputs
 
 timm = pytest.importorskip("timm")
 

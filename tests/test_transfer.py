@@ -94,6 +94,43 @@ def test_cifar_stretch_default_is_append(r20_r32):
     assert list(t.weights) == list(dst.state_dict())
 
 
+def _same_ticket(a, b):
+    assert a.plan.to_dict() == b.plan.to_dict() and list(a.mask) == list(b.mask) and list(a.weights) == list(b.weights)
+    assert all(torch.equal(a.mask[k], b.mask[k]) for k in a.mask)
+    # the source's own tensors, both ways
+    assert all(a.weights[k].data_ptr() == b.weights[k].data_ptr() and torch.equal(a.weights[k], b.weights[k])
+               for k in a.weights)
+
+
+def test_transfer_takes_analysed_graphs(r20_r32, monkeypatch):
+    """transfer(src_graph=, dst_graph=): the same ticket, and no model traced again; a
+    graph of another model, of another input, or not a graph, is refused by name."""
+    import importlib
+
+    from elastigraph import analyze
+    from elastigraph.errors import ModelTypeError, TraceError
+
+    src, dst = r20_r32
+    mask = rand_mask(src)
+    sg, dg = analyze(src, name="source CifarResNet"), analyze(dst, name="target CifarResNet")
+    want = transfer(src, mask, dst)
+    mod = importlib.import_module("elastigraph.transfer")
+    calls = []
+    monkeypatch.setattr(mod, "analyze", lambda m, *a, **k: calls.append(m) or analyze(m, *a, **k))
+    _same_ticket(transfer(src, mask, dst, src_graph=sg, dst_graph=dg), want)
+    assert calls == []
+    _same_ticket(transfer(src, mask, dst, src_graph=sg), want)
+    assert calls == [dst]
+    with pytest.raises(TraceError, match=r"dst_graph \(source CifarResNet\) is the analysis of another model than "
+                                         r"the target CifarResNet"):
+        transfer(src, mask, dst, src_graph=sg, dst_graph=sg)
+    with pytest.raises(TraceError, match=r"dst_graph was traced with input shapes \[\(2, 3, 64, 64\)\], the source "
+                                         r"with \[\(2, 3, 32, 32\)\]"):
+        transfer(src, mask, dst, src_graph=sg, dst_graph=analyze(dst, (2, 3, 64, 64)))
+    with pytest.raises(ModelTypeError, match="src_graph must be the ModelGraph .* got Traced"):
+        transfer(src, mask, dst, src_graph=sg.traced)
+
+
 def test_cifar_block_density_kept_global_drifts(r20_r32):
     src, dst = r20_r32
     mask = rand_mask(src)

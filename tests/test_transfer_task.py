@@ -62,3 +62,29 @@ def test_head_reinit_on_a_resnet_head():
     assert int(t.mask["fc.weight"].sum()) == round(float(mask["fc.weight"].float().mean()) * 1600)
     assert torch.equal(t.mask["conv.weight"], mask["conv.weight"])
     assert torch.equal(t.weights["layer3.3.conv1.weight"], src.layer3[1].conv1.weight)  # stretched as usual
+
+
+def test_head_reinit_traces_the_source_once(monkeypatch):
+    """The reinit path analyses source, target and the stand-in target once each (the
+    source's analysis is handed to transfer()), with the ticket it gave before."""
+    import importlib
+
+    mod = importlib.import_module("elastigraph.transfer")
+    src = models.create("mlp", depth=2, width=32, in_chans=1, num_classes=10)
+    dst = models.create("mlp", depth=3, width=32, in_chans=1, num_classes=5)
+    mask = _mask(src, density=0.2)
+    want = eg.transfer(src, mask, dst, example_input=X, head="reinit", seed=3)
+    calls = []
+    real = mod.analyze
+    monkeypatch.setattr(mod, "analyze", lambda m, *a, **k: calls.append(m) or real(m, *a, **k))
+    t = eg.transfer(src, mask, dst, example_input=X, head="reinit", seed=3)
+    assert [m is src for m in calls] == [True, False, False] and calls[1] is dst and calls[2] is not dst
+    assert t.reinit == want.reinit and t.plan.to_dict() == want.plan.to_dict() and list(t.mask) == list(want.mask)
+    assert all(torch.equal(t.mask[k], want.mask[k]) for k in t.mask)
+    assert all(torch.equal(t.weights[k], want.weights[k]) for k in t.weights) and list(t.weights) == list(want.weights)
+    # graphs the caller already has: nothing is traced but the stand-in
+    calls.clear()
+    sg, dg = real(src, X, name="source MLP"), real(dst, X, name="target MLP")
+    again = eg.transfer(src, mask, dst, example_input=X, head="reinit", seed=3, src_graph=sg, dst_graph=dg)
+    assert len(calls) == 1 and calls[0] is not src and calls[0] is not dst
+    assert all(torch.equal(again.mask[k], want.mask[k]) for k in want.mask)

@@ -137,7 +137,7 @@ def test_stitched_blocks_are_refused_by_verification():
     sg, dg = eg.analyze(src, (2, 5, 8)), eg.analyze(dst, (2, 5, 8))
     mt = match_mod.match(sg, dg)
     sm = mt.stages[0]
-    shift = lambda mg, units: [match_mod._make_unit(mg.graph, mg.regions, u.start - 1, u.stop - 1) for u in units]
+    shift = lambda mg, units: [match_mod.make_unit(mg.graph, mg.regions, u.start - 1, u.stop - 1) for u in units]
     sm.src_units, sm.dst_units = shift(sg, sm.src_units), shift(dg, sm.dst_units)
     with pytest.raises(SegmentMismatchError, match=r"block down\.mlp\.fc1\.\.blocks\.0\.attn\.proj .* is not one "
                                                    r"block: it takes only part of module `down`"):

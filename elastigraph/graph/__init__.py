@@ -4,6 +4,11 @@
 meta tensors and finds regions, units, segments and stages from the graph structure
 (see :mod:`elastigraph.graph.units`). The result prints as a rich tree and serialises
 with ``to_dict()``.
+
+The modules, from the ground up: ``shapes`` (example inputs, meta shape propagation),
+``capture`` (torch.fx trace, torch.export fallback), ``build`` (the networkx graph and its
+typed node schema ``NodeAttrs``), ``units`` (regions, units, segments, stages), ``match``
+(pairing two models, plan verification). ``trace`` re-exports the first three's names.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Any, Sequence
 import networkx as nx
 from torch import nn
 
-from .trace import SOURCE, Traced, build_graph, default_inputs
+from .build import SOURCE, NodeAttrs, Traced, build_graph
+from .capture import unwrap_compiled
+from .shapes import default_inputs, infer_input_shape
 from .units import (
-    Decomposition, Region, Segment, Stage, Unit, _label, decompose, find_block0, find_segments, find_single_units,
+    Decomposition, Region, Segment, Stage, Unit, decompose, find_block0, find_segments, find_single_units, span_label,
     tight_scope,
 )
 
@@ -33,7 +40,8 @@ class ModelGraph:
 
     @property
     def graph(self) -> nx.DiGraph:
-        """The networkx DiGraph: fx node names (+ ``__input__``) with op/kind/scope/params/shape."""
+        """The networkx DiGraph: fx node names (+ ``__input__``), attributes as declared by
+        :class:`~elastigraph.graph.build.NodeAttrs` (op, kind, scope, params, shape, ...)."""
         return self.traced.graph
 
     @property
@@ -127,8 +135,6 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
     Models torch.fx cannot trace (Hugging Face transformers) are captured with
     non-strict ``torch.export`` instead; ``result.traced.capture`` says which was used.
     The model is not modified."""
-    from .trace import unwrap_compiled
-
     model = unwrap_compiled(model)  # torch.compile wrappers: trace the module they hold
     label = name or type(model).__name__
     traced = build_graph(model, example_input, leaf_modules, model_name=label)
@@ -149,7 +155,8 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
 
 def block_label(g: nx.DiGraph, regions: list[Region], span: tuple[int, int]) -> str:
     """Readable name of regions ``[span)``: their module, or the first..last module."""
-    return _label(g, regions, span[0], span[1])
+    return span_label(g, regions, span[0], span[1])
 
 
-__all__ = ["analyze", "ModelGraph", "Region", "Unit", "Segment", "Stage", "default_inputs", "SOURCE"]
+__all__ = ["analyze", "ModelGraph", "Region", "Unit", "Segment", "Stage", "default_inputs", "infer_input_shape",
+           "NodeAttrs", "Traced", "SOURCE"]

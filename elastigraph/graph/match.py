@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from ..errors import SegmentMismatchError
 from . import ModelGraph, block_label, stage_label
-from .trace import SOURCE
-from .units import Region, Unit, _make_unit, _module_regions, _scope_of, crossing_modules, find_block0, stage_key
+from .build import SOURCE
+from .units import Region, Unit, crossing_modules, find_block0, make_unit, module_regions, scope_of, stage_key
 
 _MAX_SINGLE = 48  # longest single block (in regions) looked for when sequences disagree
 
@@ -171,7 +171,7 @@ def _partial_unit(mg: ModelGraph, ids: list[int], r: int, other: str) -> str | N
     kinds that repeat (regular/shifted, with/without SE), say that the stage's depths do
     not differ by whole repeats."""
     g = mg.graph
-    held = _module_regions(g, mg.regions)
+    held = module_regions(g, mg.regions)
     types = g.graph.get("module_types", {})
     containers = g.graph.get("containers", set())
     starts = sorted((m for m, rs in held.items() if m and min(rs) == r and m not in containers
@@ -213,7 +213,7 @@ def explain_region(mg: ModelGraph, r: int) -> str | None:
         return None
     g = mg.graph
     reg = mg.regions[r]
-    held = _module_regions(g, mg.regions)
+    held = module_regions(g, mg.regions)
     types = g.graph.get("module_types", {})
     leaves = {g.nodes[n]["target"] for n in reg.nodes if g.nodes[n]["op"] == "call_module"}
     inside = [m for m, rs in held.items() if rs == {r} and m and m not in leaves]  # blocks, not layers
@@ -226,7 +226,7 @@ def explain_region(mg: ModelGraph, r: int) -> str | None:
     blocks = min(groups, key=lambda ms: (ms[0].count("."), -len(ms)))  # the outermost siblings
     parent = blocks[0].rpartition(".")[0] or mg.name
     idx = {n: g.nodes[n]["index"] for n in reg.nodes}
-    in_blocks = [n for n in reg.nodes if any(m in blocks for m in _scope_of(g, n, with_leaf=True))]
+    in_blocks = [n for n in reg.nodes if any(m in blocks for m in scope_of(g, n, with_leaf=True))]
     first, last = min(idx[n] for n in in_blocks), max(idx[n] for n in in_blocks)
     around = None
     for u in [reg.entry] + reg.nodes:
@@ -276,8 +276,8 @@ def _build(src: ModelGraph, dst: ModelGraph, st: list[tuple], dt: list[tuple], p
             fixed.append((s[1], d[1]))
             continue
         plen = len(patterns[(s or d)[1]])
-        s_units = [_make_unit(src.graph, src.regions, a, a + plen) for a in (s[2] if s else [])]
-        d_units = [_make_unit(dst.graph, dst.regions, a, a + plen) for a in (d[2] if d else [])]
+        s_units = [make_unit(src.graph, src.regions, a, a + plen) for a in (s[2] if s else [])]
+        d_units = [make_unit(dst.graph, dst.regions, a, a + plen) for a in (d[2] if d else [])]
         s_at = s[2][0] if s else _next_pos(pairs, k, 0, len(src.regions))
         d_at = d[2][0] if d else _next_pos(pairs, k, 1, len(dst.regions))
         if s_units:

@@ -39,7 +39,7 @@ from typing import Any
 
 import networkx as nx
 
-from .trace import SOURCE, Traced
+from .build import SOURCE, Traced
 
 _TensorList = list[tuple[str, tuple]]
 
@@ -287,7 +287,9 @@ def decompose(traced: Traced) -> Decomposition:
     return Decomposition(regions=regions, unowned_params=unowned_p, unowned_buffers=unowned_b)
 
 
-def _scope_of(g: nx.DiGraph, n: str, with_leaf: bool = False) -> tuple[str, ...]:
+def scope_of(g: nx.DiGraph, n: str, with_leaf: bool = False) -> tuple[str, ...]:
+    """Qualified names of the modules node ``n`` runs in, outermost first; ``with_leaf``:
+    a ``call_module`` node's own module too."""
     a = g.nodes[n]
     s = tuple(a["scope"])
     if with_leaf and a["op"] == "call_module":
@@ -304,8 +306,8 @@ def _anchor(g: nx.DiGraph, nodes: list[str], entry: str) -> int:
     if first is None:
         return 0
     score = 0
-    es = _scope_of(g, entry) if entry != SOURCE else ()
-    fs = _scope_of(g, first)
+    es = scope_of(g, entry) if entry != SOURCE else ()
+    fs = scope_of(g, first)
     if fs != es:  # leaves the entry's module or enters a new one (also from the top level)
         score += 2
     if g.nodes[first]["weighted"]:
@@ -313,16 +315,17 @@ def _anchor(g: nx.DiGraph, nodes: list[str], entry: str) -> int:
     return score
 
 
-def _make_unit(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> Unit:
+def make_unit(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> Unit:
+    """The unit made of regions ``[start, stop)``: its label, tensors and signature id."""
     params = [t for r in regions[start:stop] for t in r.params]
     bufs = [t for r in regions[start:stop] for t in r.buffers]
     pattern = tuple(r.signature for r in regions[start:stop])
-    return Unit(start=start, stop=stop, label=_label(g, regions, start, stop), params=params, buffers=bufs,
+    return Unit(start=start, stop=stop, label=span_label(g, regions, start, stop), params=params, buffers=bufs,
                 sig_id=_digest(pattern))
 
 
 def _common_scope(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tuple[str, ...]:
-    scopes = [_scope_of(g, n, with_leaf=True) for r in regions[start:stop] for n in r.nodes
+    scopes = [scope_of(g, n, with_leaf=True) for r in regions[start:stop] for n in r.nodes
               if g.nodes[n]["op"] in ("call_module", "call_function", "call_method")]
     if not scopes:
         return ()
@@ -335,7 +338,7 @@ def _common_scope(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -
     return common
 
 
-def _module_regions(g: nx.DiGraph, regions: list[Region]) -> dict[str, set[int]]:
+def module_regions(g: nx.DiGraph, regions: list[Region]) -> dict[str, set[int]]:
     """Module qualified name -> indices of the regions holding a node run inside it."""
     key = ("_module_regions", id(regions), len(regions))
     cached = g.graph.get("_cache")
@@ -344,7 +347,7 @@ def _module_regions(g: nx.DiGraph, regions: list[Region]) -> dict[str, set[int]]
     out: dict[str, set[int]] = {}
     for r in regions:
         for n in r.nodes:
-            for m in _scope_of(g, n, with_leaf=True):
+            for m in scope_of(g, n, with_leaf=True):
                 out.setdefault(m, set()).add(r.index)
     g.graph["_cache"] = (key, out)
     return out
@@ -354,7 +357,7 @@ def _is_tight(g: nx.DiGraph, regions: list[Region], start: int, stop: int, scope
     """True if ``scope`` (a module) is entered only by nodes of regions [start, stop)."""
     if not scope:
         return False
-    held = _module_regions(g, regions).get(scope[-1], set())
+    held = module_regions(g, regions).get(scope[-1], set())
     return bool(held) and all(start <= i < stop for i in held)
 
 
@@ -368,7 +371,9 @@ def tight_scope(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> 
     return None
 
 
-def _label(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> str:
+def span_label(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> str:
+    """Readable name of regions ``[start, stop)``: the module only they enter, else their
+    first..last module, else ``regions[start:stop]``."""
     sc = tight_scope(g, regions, start, stop)
     if sc:
         return sc[-1]
@@ -454,7 +459,7 @@ def find_single_units(g: nx.DiGraph, regions: list[Region], segments: list[Segme
     out: list[Segment] = []
     lower = 0
     ends = sorted((seg.start, seg.stop) for seg in segments)
-    for mod, held in sorted(_module_regions(g, regions).items(), key=lambda kv: min(kv[1])):
+    for mod, held in sorted(module_regions(g, regions).items(), key=lambda kv: min(kv[1])):
         a, b = min(held), max(held) + 1
         if len(held) != b - a or taken & set(range(a, b)) or not regions[a].anchor & 2:
             continue
@@ -475,7 +480,7 @@ def find_single_units(g: nx.DiGraph, regions: list[Region], segments: list[Segme
 
 def segment_at(g: nx.DiGraph, regions: list[Region], start: int, p: int, reps: int) -> Segment:
     pattern = tuple(r.signature for r in regions[start:start + p])
-    units = [_make_unit(g, regions, start + i * p, start + (i + 1) * p) for i in range(reps)]
+    units = [make_unit(g, regions, start + i * p, start + (i + 1) * p) for i in range(reps)]
     return Segment(pattern=pattern, sig_id=_digest(pattern), units=units)
 
 
@@ -498,7 +503,7 @@ def find_block0(g: nx.DiGraph, regions: list[Region], seg_start: int, unit_len: 
             owner = None
             while start > lower:
                 r = regions[start - 1]
-                scopes = [_scope_of(g, n, with_leaf=True) for n in r.nodes
+                scopes = [scope_of(g, n, with_leaf=True) for n in r.nodes
                           if g.nodes[n]["op"] in ("call_module", "call_function", "call_method")]
                 if not scopes:
                     break
@@ -597,3 +602,10 @@ def stage_key(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tu
     if sc:
         return sc[:-1]
     return _common_scope(g, regions, start, stop)
+
+
+__all__ = [
+    "Region", "Unit", "Segment", "Stage", "Decomposition", "decompose", "cut_points", "tensor_flow", "is_side_value",
+    "find_segments", "find_single_units", "segment_at", "find_block0", "make_unit", "scope_of", "module_regions",
+    "tight_scope", "span_label", "crossing_modules", "stage_key", "unit_tensor_names",
+]

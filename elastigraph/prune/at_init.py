@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..graph.trace import infer_input_shape
+from ..graph import infer_input_shape
 from ..masks import Mask
 from ..seeds import seeded
 from ..train.tasks import Task
