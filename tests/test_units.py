@@ -250,6 +250,34 @@ def test_third_party_transfers_are_right_or_refused(family, direction):
     assert len(blocks) >= sum(b) - len(b)
 
 
+ISSUE20 = {
+    # adjacent stages of identical blocks with equal depths (network.3 and .4 of the shallow
+    # model were once one stage of two-block units: a silent wrong squeeze)
+    "volo": (_volo, (2, 2, 2, 2), (3, 3, 4, 3), THIRD_PARTY["volo"][3]),
+    # every MaxViT layer holds window then grid attention, siblings of one type: once taken
+    # for a stage of their own, which hid the layers' single-block stages
+    "maxvit": (_maxvit, [2, 2], [3, 4], THIRD_PARTY["maxvit"][3]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(ISSUE20))
+@pytest.mark.parametrize("direction", ["stretch", "squeeze"])
+def test_issue20_volo_and_maxvit_transfer_both_ways(family, direction):
+    make, a, b, pattern = ISSUE20[family]
+    if direction == "squeeze":
+        a, b = b, a
+    torch.manual_seed(0)
+    src, dst = make(a), make(b)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 64, 64))
+    blocks = check_blocks(src, dst, t, pattern)
+    assert len(blocks) >= sum(b) - len(b)
+    if family == "volo":  # stages network.0/2/3/4 each change depth on their own
+        assert [(len(s.src_blocks), len(s.dst_blocks)) for s in t.plan.stages
+                if s.label.startswith("network")] == list(zip(a, b))
+    else:  # each stage's layer 0 downsamples (fixed); the layers after it change depth
+        assert [(len(s.src_blocks), len(s.dst_blocks)) for s in t.plan.stages] == [(x - 1, y - 1) for x, y in zip(a, b)]
+
+
 # ------------------------------------- issue 13 §2: shape side-values do not erase cut points
 
 
