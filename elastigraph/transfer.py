@@ -504,6 +504,12 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
     return name, out
 
 
+def _same_tensors(a: nn.Module, b: nn.Module) -> int:
+    """The number of state_dict tensors if ``a`` and ``b`` have the same names and shapes, else 0."""
+    sa = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    return len(sa) if sa == {k: tuple(v.shape) for k, v in b.state_dict().items()} else 0
+
+
 def _pairs(a: list[tuple[str, tuple]], b: list[tuple[str, tuple]], what: str) -> list[tuple[str, str]]:
     """Pair dst tensors ``a`` with src tensors ``b`` by position (shapes must agree)."""
     if len(a) != len(b) or any(sa != sb for (_, sa), (_, sb) in zip(a, b)):
@@ -569,6 +575,13 @@ def transfer(
     try:
         mt = match(src, dst)
     except SegmentMismatchError as e:
+        same = _same_tensors(src_model, dst_model)
+        if same:
+            raise SegmentMismatchError(
+                f"{src_label} and {dst_label} have the same {same} tensors (names and shapes): their depth setting "
+                "changes how often shared blocks run (one layer reused across the depth, as in ALBERT), not which "
+                "tensors exist, so there is nothing to stretch or squeeze. The ticket applies to the target as it "
+                "is: dst.load_state_dict(src.state_dict()) and elastigraph.masks.install(dst, mask).") from None
         sh, dh = head_tensors(src), head_tensors(dst)
         if [s_ for _, s_ in sh] != [s_ for _, s_ in dh]:
             raise SegmentMismatchError(f"{e} The heads differ ({sh} vs {dh}): for a target trained on another task, "
