@@ -29,7 +29,7 @@ from . import masks as _masks
 from . import provenance as _provenance
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
-from .graph.match import Matching, match, verify
+from .graph.match import Matching, alternating_cause, match, verify
 
 STRETCH_STRATEGIES = {
     "append": "copies at the end of the stage, earliest blocks first, fewest copies each "
@@ -496,7 +496,13 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
         n, m = len(sm.src_labels), len(sm.dst_labels)
         where = f"stage {sm.index} ({sm.label})"
         if entries is None:
-            sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels)
+            try:
+                sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels)
+            except SegmentMismatchError:
+                why = alternating_cause(src, dst, sm)  # the real cause, where the blocks alternate in kinds
+                if why:
+                    raise SegmentMismatchError(f"{where}: {src.name} and {dst.name} do not line up: {why}") from None
+                raise
         else:
             sources = _sources_from_mapping(entries, n, m, has_b0, where)
         out.append(StagePlan(index=sm.index, label=sm.label, block0=sm.block0_label,
