@@ -60,50 +60,51 @@ class Family:
     build: Callable[[str], Any]   # "a" (shallow) / "b" (deep) -> nn.Module
     knob: str                     # e.g. "depths (2, 2, 2, 2) -> (3, 3, 3, 3)"
     example_input: Any = None
+    restep: Callable[[int], "Family"] | None = None  # the family asked for depths that differ by whole periods
 
 
 # ---------------------------------------------------------------------------- depth variants
 
 
-def _two_depths(v: Any) -> tuple[Any, Any] | None:
+def _two_depths(v: Any, step: int = 1) -> tuple[Any, Any] | None:
     """A shallow and a deep value for a depth knob: every stage capped at 2 blocks, then
-    one more block in each stage that had at least 2 (all of them if none had)."""
+    ``step`` more blocks in each stage that had at least 2 (all of them if none had)."""
     if isinstance(v, bool):
         return None
     if isinstance(v, int):  # one number for the whole model (ViT's depth, RegNet's total)
         a = min(v, 4)
-        return a, a + 1
+        return a, a + step
     if isinstance(v, (tuple, list)) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         a = [min(x, 2) for x in v]
         grow = [x >= 2 for x in v] if any(x >= 2 for x in v) else [True] * len(v)
-        b = [x + 1 if g else x for x, g in zip(a, grow)]
+        b = [x + step if g else x for x, g in zip(a, grow)]
         return type(v)(a), type(v)(b)
     return None
 
 
-def _cfg_variants(cfg: Any) -> tuple[Any, Any, str] | None:
+def _cfg_variants(cfg: Any, step: int = 1) -> tuple[Any, Any, str] | None:
     """Depth variants of a dataclass model config: a knob field, or ``blocks`` of block
     configs with a depth ``d`` (timm's ByoModelCfg)."""
     if isinstance(cfg, dict):
         for k in KNOBS:
-            if k in cfg and (tw := _two_depths(cfg[k])) is not None:
+            if k in cfg and (tw := _two_depths(cfg[k], step)) is not None:
                 return dict(cfg, **{k: tw[0]}), dict(cfg, **{k: tw[1]}), f"model_cfg[{k!r}] {tw[0]} -> {tw[1]}"
         return None
     if not dataclasses.is_dataclass(cfg):
         return None
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v) and (inner := _cfg_variants(v)) is not None:  # CspModelCfg.stages
+        if dataclasses.is_dataclass(v) and (inner := _cfg_variants(v, step)) is not None:  # CspModelCfg.stages
             return (dataclasses.replace(cfg, **{f.name: inner[0]}), dataclasses.replace(cfg, **{f.name: inner[1]}),
                     f"model_cfg.{f.name}.{inner[2].split('.', 1)[-1]}")
         if f.name in KNOBS:
             v = getattr(cfg, f.name)
-            tw = _two_depths(v)
+            tw = _two_depths(v, step)
             if tw is not None:
                 return (dataclasses.replace(cfg, **{f.name: tw[0]}), dataclasses.replace(cfg, **{f.name: tw[1]}),
                         f"model_cfg.{f.name} {tw[0]} -> {tw[1]}")
             if isinstance(v, (tuple, list)) and v and all(dataclasses.is_dataclass(b) and hasattr(b, "d") for b in v):
-                tw = _two_depths([b.d for b in v])
+                tw = _two_depths([b.d for b in v], step)
                 if tw is None:
                     return None
                 mk = lambda ds: dataclasses.replace(cfg, **{f.name: tuple(dataclasses.replace(b, d=d) for b, d in zip(v, ds))})  # noqa: E731
@@ -111,14 +112,14 @@ def _cfg_variants(cfg: Any) -> tuple[Any, Any, str] | None:
     return None
 
 
-def _stage_lists(v: Any) -> tuple[list, list] | None:
+def _stage_lists(v: Any, step: int = 1) -> tuple[list, list] | None:
     """Depth variants of a list of stages, each a list of block descriptions (timm's
     EfficientNet / MobileNetV3 ``block_args``): stages cut to their first 2 blocks, then
     the stages that had 2 or more get a copy of their last block."""
     if not (isinstance(v, (list, tuple)) and v and all(isinstance(st, (list, tuple)) and st for st in v)):
         return None
     a = [list(st[:2]) for st in v]
-    b = [list(st) + [copy.deepcopy(st[-1])] if len(orig) >= 2 else list(st) for st, orig in zip(a, v)]
+    b = [list(st) + [copy.deepcopy(st[-1]) for _ in range(step)] if len(orig) >= 2 else list(st) for st, orig in zip(a, v)]
     return a, b
 
 
@@ -164,7 +165,7 @@ def _timm_capture(name: str) -> tuple[Any, str, dict]:
     return seen["cls"], seen["variant"], seen["kwargs"]
 
 
-def _timm_candidates(names: list[str]):
+def _timm_candidates(names: list[str], step: int = 1):
     """(name, class, variant, shallow kwargs, deep kwargs, knob description) for the
     family's models with a depth knob, smallest first."""
     for name in sorted(names, key=_size_rank)[:8]:
@@ -173,30 +174,31 @@ def _timm_candidates(names: list[str]):
         except Exception:
             continue
         for k in KNOBS:
-            if k in kwargs and (tw := _two_depths(kwargs[k])) is not None:
+            if k in kwargs and (tw := _two_depths(kwargs[k], step)) is not None:
                 yield name, cls, variant, dict(kwargs, **{k: tw[0]}), dict(kwargs, **{k: tw[1]}), f"{k} {tw[0]} -> {tw[1]}"
                 break
         else:
-            if (lists := _stage_lists(kwargs.get("block_args"))) is not None:
+            if (lists := _stage_lists(kwargs.get("block_args"), step)) is not None:
                 yield (name, cls, variant, dict(kwargs, block_args=lists[0]), dict(kwargs, block_args=lists[1]),
-                       "block_args: stages of <= 2 blocks, then one more each")
-            elif "model_cfg" in kwargs and (cv := _cfg_variants(kwargs["model_cfg"])):
+                       f"block_args: stages of <= 2 blocks, then {step} more each")
+            elif "model_cfg" in kwargs and (cv := _cfg_variants(kwargs["model_cfg"], step)):
                 yield name, cls, variant, dict(kwargs, model_cfg=cv[0]), dict(kwargs, model_cfg=cv[1]), cv[2]
                 cfg = kwargs["model_cfg"]
                 if dataclasses.is_dataclass(cfg) and isinstance(getattr(cfg, "depth", None), int) and cfg.depth > 4:
                     # a whole-model depth that the constructor spreads over its stages (RegNet):
                     # the model's own depth and one more, where 4 is too few
                     yield (name, cls, variant, dict(kwargs, model_cfg=dataclasses.replace(cfg, depth=cfg.depth)),
-                           dict(kwargs, model_cfg=dataclasses.replace(cfg, depth=cfg.depth + 1)),
-                           f"model_cfg.depth {cfg.depth} -> {cfg.depth + 1}")
+                           dict(kwargs, model_cfg=dataclasses.replace(cfg, depth=cfg.depth + step)),
+                           f"model_cfg.depth {cfg.depth} -> {cfg.depth + step}")
 
 
-def _timm_family(module: str, names: list[str]) -> Family:
+def _timm_family(module: str, names: list[str], step: int = 1) -> Family:
     """The family's smallest model whose two depth variants both build (up to 4 tried)."""
     from timm.models import _builder
 
-    cands = list(_timm_candidates(names))
-    fam = Family(f"timm:{module}", sorted(names, key=_size_rank)[0], _no_knob, "")
+    cands = list(_timm_candidates(names, step))
+    fam = Family(f"timm:{module}", sorted(names, key=_size_rank)[0], _no_knob, "",
+                 restep=lambda k: _timm_family(module, names, k))
     if not cands:
         return fam
     built: dict[str, Any] = {}
@@ -291,7 +293,7 @@ def tv_families() -> list[Family]:
         ("tv:maxvit", "MaxVit", two(lambda b: tvm.MaxVit(input_size=(64, 64), stem_channels=16, partition_size=2,
                                                           block_channels=[16, 32], block_layers=b, head_dim=8,
                                                           stochastic_depth_prob=0.0, num_classes=10),
-                                    [2, 2], [3, 3]), "block_layers [2,2] -> [3,3]"),
+                                    [2, 2], [3, 4]), "block_layers [2,2] -> [3,4]"),
         ("tv:shufflenet", "ShuffleNetV2", two(lambda r: tvm.ShuffleNetV2(r, [16, 24, 48, 96, 128], num_classes=10),
                                               [2, 2, 2], [3, 3, 3]), "stages_repeats [2,2,2] -> [3,3,3]"),
     ]
@@ -301,7 +303,13 @@ def tv_families() -> list[Family]:
 # ---------------------------------------------------------------------------- families: transformers
 
 HF_TYPES = ("gpt2", "llama", "bert", "distilbert", "roberta", "albert", "electra", "opt", "gpt_neox", "mistral",
-            "qwen2", "phi", "gemma", "bloom", "t5", "vit")
+            "qwen2", "phi", "gemma", "bloom", "t5", "vit",
+            # more decoders and encoders (issue 20), each from a tiny config
+            "qwen3", "phi3", "gemma2", "falcon", "gptj", "gpt_neo", "starcoder2", "olmo", "stablelm", "granite",
+            "codegen", "biogpt", "xglm", "deberta-v2", "xlm-roberta", "roformer", "megatron-bert", "dinov2", "deit",
+            "clip_vision_model", "siglip_vision_model")
+# model types whose AutoModel needs inputs the benchmark does not make: their encoder alone
+HF_ENCODERS = {"t5-encoder": "T5EncoderModel", "whisper-encoder": "WhisperModel"}
 _HF_SMALL = {
     "hidden_size": 32, "n_embd": 32, "d_model": 32, "dim": 32, "embedding_size": 32, "word_embed_proj_dim": 32,
     "intermediate_size": 64, "n_inner": 64, "ffn_dim": 64, "d_ff": 64, "hidden_dim": 64,
@@ -310,6 +318,11 @@ _HF_SMALL = {
     "patch_size": 8,
 }
 _HF_DEPTH = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_HF_EXTRA: dict[str, Callable[[int], dict]] = {  # config fields that must agree with the tiny sizes or the depth
+    "gptj": lambda n: {"rotary_dim": 8},
+    "codegen": lambda n: {"rotary_dim": 8},
+    "gpt_neo": lambda n: {"attention_types": [[["global", "local"], n // 2]], "window_size": 4},
+}
 
 
 def hf_families() -> list[Family]:
@@ -317,7 +330,47 @@ def hf_families() -> list[Family]:
         import transformers  # noqa: F401
     except ImportError:
         return []
-    return [_lazy(f"hf:{t}", lambda t=t: _hf_family(t)) for t in HF_TYPES]
+    return ([_lazy(f"hf:{t}", lambda t=t: _hf_family(t)) for t in HF_TYPES]
+            + [_lazy(f"hf:{t}", lambda t=t: _hf_encoder_family(t)) for t in HF_ENCODERS])
+
+
+def _hf_small(default: Any) -> dict[str, Any]:
+    """The tiny sizes that ``default`` (a config) has as settable fields, and special token
+    ids that fit the tiny vocabulary."""
+    small = {k: v for k, v in _HF_SMALL.items()
+             if hasattr(default, k) and not isinstance(getattr(type(default), k, None), property)}
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        v = getattr(default, k, None)
+        if isinstance(v, int) and v >= _HF_SMALL["vocab_size"]:
+            small[k] = 0
+    return small
+
+
+def _hf_encoder_family(key: str) -> Family:
+    """An encoder-decoder model's encoder on its own (T5, Whisper), 2 -> 4 layers."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    model_type = key.removesuffix("-encoder")
+    default = transformers.AutoConfig.for_model(model_type)
+    small = _hf_small(default)
+    if model_type == "whisper":
+        small.update(num_mel_bins=16, max_source_positions=16, max_target_positions=16, decoder_layers=1,
+                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
+        depth, example = "encoder_layers", torch.zeros(2, 16, 32)
+    else:
+        small["num_decoder_layers"] = 1
+        depth, example = "num_layers", None
+
+    def build(which: str):
+        cfg = transformers.AutoConfig.for_model(model_type, **dict(small, **{depth: 2 if which == "a" else 4}))
+        cls = getattr(transformers, HF_ENCODERS[key])
+        m = cls(cfg)
+        return m.get_encoder() if model_type == "whisper" else m
+
+    return Family(f"hf:{key}", HF_ENCODERS[key] + (".encoder" if model_type == "whisper" else ""), build,
+                  f"{depth} 2 -> 4", example)
 
 
 def _hf_family(model_type: str) -> Family:
@@ -325,7 +378,7 @@ def _hf_family(model_type: str) -> Family:
 
     transformers.logging.set_verbosity_error()
     default = transformers.AutoConfig.for_model(model_type)
-    small = {k: v for k, v in _HF_SMALL.items() if hasattr(default, k)}
+    small = _hf_small(default)
     depth = next((k for k in _HF_DEPTH if isinstance(getattr(default, k, None), int)), None)
     if depth is None:
         return Family(f"hf:{model_type}", model_type, _no_knob, "")
@@ -333,7 +386,7 @@ def _hf_family(model_type: str) -> Family:
 
     def build(which: str):
         n = 2 if which == "a" else 4
-        kw = dict(small, **{depth: n})
+        kw = dict(small, **{depth: n}, **_HF_EXTRA.get(model_type, lambda n: {})(n))
         if extra:
             kw["num_decoder_layers"] = n
         cfg = transformers.AutoConfig.for_model(model_type, **kw)
@@ -581,6 +634,19 @@ def run_family(fam: Family | _Lazy, timeout: int) -> dict[str, Any]:
         out["stretch"] = _case(a, b, fam.example_input)
         out["squeeze"] = _case(b, a, fam.example_input)
         out["status"] = "DONE"
+        period = next((int(m.group(1)) for d in ("stretch", "squeeze")
+                       if (m := re.search(r"differ by a multiple of (\d+)", out[d].get("reason", "")))), None)
+        if period and period > 1 and fam.restep is not None:
+            # the first ask was impossible (blocks of alternating kinds change only by whole
+            # periods, as the refusal says): ask for a depth change the family can have
+            out["impossible_ask"] = {"knob": fam.knob, "stretch": out["stretch"], "squeeze": out["squeeze"]}
+            fam = fam.restep(period)
+            a, b = fam.build("a"), fam.build("b")
+            a.eval()
+            b.eval()
+            out["knob"] = fam.knob
+            out["stretch"] = _case(a, b, fam.example_input)
+            out["squeeze"] = _case(b, a, fam.example_input)
     except _Timeout:
         out.update(status="TIMEOUT", reason=f"over {timeout} s")
     except Exception as e:  # the benchmark's own machinery (describing the family) failed
@@ -620,6 +686,7 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "families": len(results),
         "families_with_depth_knob": len(with_knob),
         "families_ok_both_ways": len(fam_ok),
+        "impossible_first_asks": sum(1 for r in with_knob if r.get("impossible_ask")),
         "cases": len(cases),
         **{f"cases_{k.lower()}": v for k, v in count.items()},
         "no_knob_or_build_fail": len(results) - len(with_knob),
@@ -636,7 +703,9 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [
         f"Command: `{command}`", "",
         f"{s['families']} families; {s['families_with_depth_knob']} with a depth knob that builds; "
-        f"{s['families_ok_both_ways']} of those OK both ways. Cases (family x direction): "
+        f"{s['families_ok_both_ways']} of those OK both ways ({s['families_ok_both_ways'] / max(1, s['families_with_depth_knob']):.0%}); "
+        f"{s['impossible_first_asks']} first asked for a depth change their stages cannot have (alternating kinds: "
+        "asked again by whole periods, marked `(re-asked)`). Cases (family x direction): "
         f"{s['cases_ok']} OK, {s['cases_error']} ERROR, {s['cases_crash']} CRASH, {s['cases_wrong']} WRONG, "
         f"{s['cases_timeout']} TIMEOUT.", "",
         "| family | model | depths | capture | stretch | squeeze | reason (first non-OK) |",
@@ -647,7 +716,8 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         if r.get("status") == "DONE":
             reason = next((r[d]["reason"] for d in ("stretch", "squeeze") if r[d]["status"] != "OK"), "")
         reason = reason.replace("|", "/").replace("\n", " ")[:220]
-        lines.append(f"| {r['family']} | {r.get('name', '')} | {r.get('knob', '')} | {r.get('capture', '-')} | "
+        knob = r.get("knob", "") + (" (re-asked)" if r.get("impossible_ask") else "")
+        lines.append(f"| {r['family']} | {r.get('name', '')} | {knob} | {r.get('capture', '-')} | "
                      f"{_short(r, 'stretch')} | {_short(r, 'squeeze')} | {reason} |")
     return "\n".join(lines) + "\n"
 

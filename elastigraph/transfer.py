@@ -30,7 +30,7 @@ from . import provenance as _provenance
 from .seeds import check_seed
 from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
-from .graph.match import Matching, match, verify
+from .graph.match import Matching, alternating_cause, match, verify
 
 STRETCH_STRATEGIES = {
     "append": "copies at the end of the stage, earliest blocks first, fewest copies each "
@@ -525,12 +525,24 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
         n, m = len(sm.src_labels), len(sm.dst_labels)
         where = f"stage {sm.index} ({sm.label})"
         if entries is None:
-            sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels)
+            try:
+                sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels)
+            except SegmentMismatchError:
+                why = alternating_cause(src, dst, sm)  # the real cause, where the blocks alternate in kinds
+                if why:
+                    raise SegmentMismatchError(f"{where}: {src.name} and {dst.name} do not line up: {why}") from None
+                raise
         else:
             sources = _sources_from_mapping(entries, n, m, has_b0, where)
         out.append(StagePlan(index=sm.index, label=sm.label, block0=sm.block0_label,
                              src_blocks=list(sm.src_labels), dst_blocks=list(sm.dst_labels), sources=sources))
     return name, out
+
+
+def _same_tensors(a: nn.Module, b: nn.Module) -> int:
+    """The number of state_dict tensors if ``a`` and ``b`` have the same names and shapes, else 0."""
+    sa = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    return len(sa) if sa == {k: tuple(v.shape) for k, v in b.state_dict().items()} else 0
 
 
 def _pairs(a: list[tuple[str, tuple]], b: list[tuple[str, tuple]], what: str) -> list[tuple[str, str]]:
@@ -606,6 +618,13 @@ def transfer(
     try:
         mt = match(src, dst)
     except SegmentMismatchError as e:
+        same = _same_tensors(src_model, dst_model)
+        if same:
+            raise SegmentMismatchError(
+                f"{src_label} and {dst_label} have the same {same} tensors (names and shapes): their depth setting "
+                "changes how often shared blocks run (one layer reused across the depth, as in ALBERT), not which "
+                "tensors exist, so there is nothing to stretch or squeeze. The ticket applies to the target as it "
+                "is: dst.load_state_dict(src.state_dict()) and elastigraph.masks.install(dst, mask).") from None
         sh, dh = head_tensors(src), head_tensors(dst)
         if [s_ for _, s_ in sh] != [s_ for _, s_ in dh]:
             raise SegmentMismatchError(f"{e} The heads differ ({sh} vs {dh}): for a target trained on another task, "

@@ -125,3 +125,18 @@ def test_hf_cli_route(capsys, tmp_path):
     plan = json.loads((tmp_path / "l4.plan.json").read_text())
     assert plan["stages"][0]["sources"] == [0, 1, 1, 1]
     assert len(eg.masks.load_mask(out)) == 1 + 4 * 7  # lm_head + 7 projections per layer
+
+
+def test_albert_shared_layer_refusal_names_the_real_cause():
+    """ALBERT reuses one layer across its depth: the models have the same tensors."""
+    from elastigraph.errors import SegmentMismatchError
+
+    def albert(n):
+        return T.AlbertModel(T.AlbertConfig(num_hidden_layers=n, hidden_size=32, embedding_size=16,
+                                            intermediate_size=64, num_attention_heads=2, vocab_size=100,
+                                            max_position_embeddings=64))
+
+    src, dst = albert(2), albert(4)
+    with pytest.raises(SegmentMismatchError, match=r"have the same \d+ tensors .*\(one layer reused across the "
+                                                   r"depth, as in ALBERT\)"):
+        eg.transfer(src, _all_matrices(src), dst)

@@ -250,6 +250,34 @@ def test_third_party_transfers_are_right_or_refused(family, direction):
     assert len(blocks) >= sum(b) - len(b)
 
 
+ISSUE20 = {
+    # adjacent stages of identical blocks with equal depths (network.3 and .4 of the shallow
+    # model were once one stage of two-block units: a silent wrong squeeze)
+    "volo": (_volo, (2, 2, 2, 2), (3, 3, 4, 3), THIRD_PARTY["volo"][3]),
+    # every MaxViT layer holds window then grid attention, siblings of one type: once taken
+    # for a stage of their own, which hid the layers' single-block stages
+    "maxvit": (_maxvit, [2, 2], [3, 4], THIRD_PARTY["maxvit"][3]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(ISSUE20))
+@pytest.mark.parametrize("direction", ["stretch", "squeeze"])
+def test_issue20_volo_and_maxvit_transfer_both_ways(family, direction):
+    make, a, b, pattern = ISSUE20[family]
+    if direction == "squeeze":
+        a, b = b, a
+    torch.manual_seed(0)
+    src, dst = make(a), make(b)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 64, 64))
+    blocks = check_blocks(src, dst, t, pattern)
+    assert len(blocks) >= sum(b) - len(b)
+    if family == "volo":  # stages network.0/2/3/4 each change depth on their own
+        assert [(len(s.src_blocks), len(s.dst_blocks)) for s in t.plan.stages
+                if s.label.startswith("network")] == list(zip(a, b))
+    else:  # each stage's layer 0 downsamples (fixed); the layers after it change depth
+        assert [(len(s.src_blocks), len(s.dst_blocks)) for s in t.plan.stages] == [(x - 1, y - 1) for x, y in zip(a, b)]
+
+
 # ------------------------------------- issue 13 §2: shape side-values do not erase cut points
 
 
@@ -585,3 +613,24 @@ def test_units_may_take_entries_of_a_parameter_list():
     src_of = sources_of(src, t)
     assert [src_of[f"gammas.{j}"] for j in range(3)] == ["gammas.0", "gammas.1", "gammas.1"]
     assert [src_of[f"blocks.{j}.fc.weight"] for j in range(3)] == [f"blocks.{i}.fc.weight" for i in (0, 1, 1)]
+
+
+def _twins(d):
+    return timm.models.twins.Twins(img_size=64, embed_dims=(16, 32), num_heads=(1, 2), mlp_ratios=(2, 2), depths=d,
+                                   sr_ratios=(2, 1), wss=(2, 2), num_classes=4)
+
+
+def test_stage_of_alternating_kinds_names_the_period_not_a_single_block():
+    """Twins alternates local and global attention blocks: 2 -> 3 blocks in a stage is
+    refused for that cause (it used to say the source stage had a single block), and the
+    fix it names (whole periods) works (issue 20 §3)."""
+    torch.manual_seed(0)
+    src = _twins((2, 2))
+    with pytest.raises(SegmentMismatchError, match=r"target Twins has block `blocks\.0\.2` in stage `blocks\.0`, of "
+                                                   r"the same kind as `blocks\.0\.0`.*differ by a multiple of 2"):
+        transfer(src, rand_mask(src), _twins((3, 2)), example_input=(2, 3, 64, 64))
+    # the fix: whole periods, from a source holding one (block 0 and the position conv
+    # after it are fixed, then local/global pairs: a source of depth 4 has one pair)
+    src, dst = _twins((4, 2)), _twins((6, 2))
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 3, 64, 64))
+    check_blocks(src, dst, t, r"^(?P<stage>blocks\.\d+)\.(?P<block>\d+)\.(?P<rest>.*)$", parity=True)

@@ -166,7 +166,7 @@ def match(src: ModelGraph, dst: ModelGraph) -> Matching:
     raise SegmentMismatchError(mismatch_message(src, dst, a, b))
 
 
-def _partial_unit(mg: ModelGraph, ids: list[int], r: int, other: str) -> str | None:
+def _partial_unit(mg: ModelGraph, ids: list[int], r: int, other: str, repeat_only: bool = False) -> str | None:
     """If region ``r`` starts a block of a stage whose sibling blocks come in several
     kinds that repeat (regular/shifted, with/without SE), say that the stage's depths do
     not differ by whole repeats."""
@@ -187,10 +187,30 @@ def _partial_unit(mg: ModelGraph, ids: list[int], r: int, other: str) -> str | N
         if p < 2 or p >= len(kinds):
             return None
         first = sibs[kinds.index(kinds[sibs.index(m)])]
+        if repeat_only and first == m:  # name a block that repeats an earlier kind
+            return None
         return (f"{mg.name} has block `{m}` in stage `{parent or mg.name}`, of the same kind as `{first}`, where "
                 f"{other} has none: the blocks of that stage come in {p} kinds that alternate "
                 f"({', '.join(sibs[:p])}, ...), and such a stage is stretched or squeezed only by whole repeats of "
                 f"{p} blocks. Use depths for that stage that differ by a multiple of {p}.")
+    return None
+
+
+def alternating_cause(src: ModelGraph, dst: ModelGraph, sm: "StageMatch") -> str | None:
+    """If the blocks of stage ``sm`` come in kinds that alternate (GCViT's local/global
+    attention, Twins' local/global blocks) in the deeper of the two models, the sentence
+    that says so (their depths must differ by whole periods), else None."""
+    table: dict = {}
+    ids = {id(mg): [table.setdefault(r.signature, len(table)) for r in mg.regions] for mg in (src, dst)}
+    for mg, units, b0, other in ((dst, sm.dst_units, sm.dst_block0, src.name), (src, sm.src_units, sm.src_block0, dst.name)):
+        starts = ([b0[0]] if b0 else []) + [u.start for u in units]
+        if not starts:
+            continue
+        stop = units[-1].stop if units else b0[1]
+        for r in range(min(starts), stop):
+            why = _partial_unit(mg, ids[id(mg)], r, other, repeat_only=True)
+            if why:
+                return why
     return None
 
 

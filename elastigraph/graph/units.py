@@ -425,6 +425,7 @@ def find_segments(g: nx.DiGraph, regions: list[Region]) -> list[Segment]:
                 t += 1
             b = t + p  # regions [a, b) repeat with period p
             best = None
+            runs: dict[int, list[tuple[int, int]]] = {}  # phase -> its runs of >= 2 units
             for s in range(p):
                 if not any(regions[i].has_weights for i in range(a + s, min(a + s + p, b))):
                     continue
@@ -436,15 +437,18 @@ def find_segments(g: nx.DiGraph, regions: list[Region]) -> list[Segment]:
                            and parent(st + reps * p, st + (reps + 1) * p) == parent(st, st + p)):
                         reps += 1
                     if reps >= 2:
+                        runs.setdefault(s, []).append((st, reps))
                         key = (regions[st].anchor, reps, -s)
                         if best is None or key > best[0]:
-                            best = (key, st, reps)
+                            best = (key, s)
                     st += max(reps, 1) * p
             if best is not None:
-                _, st, reps = best
-                for i in range(st, st + reps * p):
-                    taken[i] = True
-                found.append(segment_at(g, regions, st, p, reps))
+                # every run of the chosen phase: adjacent stages of identical blocks
+                # (VOLO's network.2/3/4) are one run of the graph, split by parent module
+                for st, reps in runs[best[1]]:
+                    for i in range(st, st + reps * p):
+                        taken[i] = True
+                    found.append(segment_at(g, regions, st, p, reps))
     found.sort(key=lambda s: s.start)
     return found
 
@@ -459,7 +463,10 @@ def find_single_units(g: nx.DiGraph, regions: list[Region], segments: list[Segme
     out: list[Segment] = []
     lower = 0
     ends = sorted((seg.start, seg.stop) for seg in segments)
-    for mod, held in sorted(module_regions(g, regions).items(), key=lambda kv: min(kv[1])):
+    # outermost modules first: a block of a stage holds modules of its own that may look
+    # like a stage (MaxViT's layer: window then grid attention, siblings of one type);
+    # once the block is taken, with its block 0, nothing inside either is a stage
+    for mod, held in sorted(module_regions(g, regions).items(), key=lambda kv: (kv[0].count("."), min(kv[1]))):
         a, b = min(held), max(held) + 1
         if len(held) != b - a or taken & set(range(a, b)) or not regions[a].anchor & 2:
             continue
@@ -474,7 +481,8 @@ def find_single_units(g: nx.DiGraph, regions: list[Region], segments: list[Segme
         if b0 is None or taken & set(range(*b0)):
             continue
         out.append(segment_at(g, regions, a, b - a, 1))
-        taken |= set(range(a, b))
+        taken |= set(range(a, b)) | set(range(*b0))
+    out.sort(key=lambda s: s.start)
     return out
 
 
