@@ -87,9 +87,13 @@ def metric_of(results: Mapping[str, Any] | None) -> ReportMetric:
         return ACCURACY
 
 
-def record_fields(m: ReportMetric = ACCURACY) -> list[str]:
-    return ["seed", "role", "model", "target", "level", "method", "sparsity", f"test_{m.key}", "test_loss",
-            f"val_{m.key}", "steps", "step"] if m.key != "loss" else RECORD_FIELDS
+def record_fields(m: ReportMetric = ACCURACY, records: Iterable[Mapping[str, Any]] = ()) -> list[str]:
+    """results.csv's columns: the metric's, and the healing columns where a run healed."""
+    out = ["seed", "role", "model", "target", "level", "method", "sparsity", f"test_{m.key}", "test_loss",
+           f"val_{m.key}", "steps", "step"] if m.key != "loss" else list(RECORD_FIELDS)
+    if any(r.get("method") == "heal" for r in records):
+        out[out.index("steps"):out.index("steps")] = [f"before_{m.key}", "sparsity_before", "sparsity_after"]
+    return out
 
 
 def summary_fields(m: ReportMetric = ACCURACY) -> list[str]:
@@ -248,6 +252,29 @@ def compare(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCURAC
     return out
 
 
+def heal_summary(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCURACY) -> list[dict[str, Any]]:
+    """Per (target, level) of the ``heal`` rows: the test metric before and after healing
+    (means over seeds), the paired gain (before - after for a lower-is-better metric,
+    after - before otherwise; 95% t-interval) and the smallest share of exact zeros
+    before and after over seeds."""
+    k = metric.key
+    cells: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r.get("method") == "heal" and isinstance(r.get("before"), Mapping) and r.get(f"test_{k}") is not None:
+            cells[(r["target"], int(r["level"]))].append(r)
+    out = []
+    sign = 1.0 if metric.higher_is_better else -1.0
+    for (target, level), rows in cells.items():
+        before = [float(r["before"][k]) for r in rows]
+        after = [float(r[f"test_{k}"]) for r in rows]
+        gain = mean_interval([sign * (a - b) for a, b in zip(after, before)], LEVEL)
+        out.append({"target": target, "level": level, "before": sum(before) / len(before),
+                    "after": sum(after) / len(after), "gain": gain.mean, "gain_low": gain.low, "gain_high": gain.high,
+                    "zeros_before": min(float(r.get("sparsity_before", math.nan)) for r in rows),
+                    "zeros_after": min(float(r.get("sparsity_after", math.nan)) for r in rows), "n": len(rows)})
+    return out
+
+
 OFF_SCALE_POINTS = 15.0
 """Accuracy plots keep their y-axis on the cells within this many points of the panel's
 best mean; cells further below (a collapsed baseline) are marked at the bottom edge and
@@ -398,7 +425,9 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         "layer_density_png": run_dir / "layer_density.png",
     }
     metric = metric_of(results)
-    write_text(paths["results_csv"], _csv_text(results["records"], record_fields(metric)))
+    rows = [{**r, f"before_{metric.key}": r["before"].get(metric.key)} if isinstance(r.get("before"), Mapping) else r
+            for r in results["records"]]
+    write_text(paths["results_csv"], _csv_text(rows, record_fields(metric, results["records"])))
     write_text(paths["summary_csv"], _csv_text(summarize(results["records"], metric), summary_fields(metric)))
     write_text(paths["comparisons_csv"], _csv_text(compare(results["records"], metric), COMPARISON_FIELDS))
     import matplotlib
@@ -435,6 +464,18 @@ def summary_table(results: Mapping[str, Any]):
         ci = f"[{show(s[f'test_{k}_ci_low'])}, {show(s[f'test_{k}_ci_high'])}]" if s[f"test_{k}_ci_low"] is not None else "-"
         t.add_row(escape(str(s["target"])), escape(str(s["role"])), escape(str(s["method"])), str(s["level"]), f"{100 * s['sparsity']:.2f}%", acc,
                   str(s["n"]), ci, show(s[f"val_{k}_mean"]))
+    heal = heal_summary(recs, m)
+    if heal:
+        h = Table(title=f"healing: the source's trained ticket moved onto the target, then trained under its mask "
+                        f"(test {m.title}; zeros: share of exact zeros in the masked tensors)")
+        for col in ("target", "level", "before", "after", "gain (95% interval)", "zeros before", "zeros after", "n"):
+            h.add_column(col, overflow="fold")
+        for r in heal:
+            ci = f" [{show(r['gain_low'])}, {show(r['gain_high'])}]" if r["gain_low"] is not None else ""
+            h.add_row(escape(str(r["target"])), str(r["level"]), show(r["before"]), show(r["after"]),
+                      show(r["gain"]) + ci, f"{100 * r['zeros_before']:.3f}%", f"{100 * r['zeros_after']:.3f}%",
+                      str(r["n"]))
+        t = Group(t, h)
     rows = compare(recs, m)
     if not rows:
         return t

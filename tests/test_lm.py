@@ -159,6 +159,12 @@ def test_recipe_runs_heals_and_reports_bits_per_byte(tmp_path):
     assert all("test_bpb" in r and "test_acc" not in r for r in res["records"])
     summary = (tmp_path / "run" / "summary.csv").read_text().splitlines()[0]
     assert "test_bpb_mean" in summary
+    header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"test_bpb", "before_bpb", "sparsity_before", "sparsity_after"} <= set(header)
+    from elastigraph.report import heal_summary, metric_of
+
+    (h,) = heal_summary(res["records"], metric_of(res))
+    assert h["gain"] == pytest.approx(heal["before"]["bpb"] - heal["test_bpb"]) and h["zeros_after"] >= h["zeros_before"]
     # the corpus's content is in every step key: one changed file, no step reused
     ids = {r["step"] for r in res["records"]}
     other = _corpus_folder(tmp_path, salt="y")

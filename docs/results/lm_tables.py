@@ -9,13 +9,11 @@ byte and sparsity before and after). Every number comes from the run's results.j
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from elastigraph.report import compare, load_results, metric_of, summarize  # noqa: E402
-from elastigraph.stats import mean_interval  # noqa: E402
+from elastigraph.report import compare, heal_summary, load_results, metric_of, summarize  # noqa: E402
 
 
 def _f(x, d=3):
@@ -45,23 +43,17 @@ def tables(run_dir: str) -> str:
         p = "-" if r["p"] is None else f"{r['p']:.3g}"
         out.append(f"| {r['target']} | {r['level']} | {r['b']} | {r['kind']} | {100 * r['a_sparsity']:.1f}% / "
                    f"{100 * r['b_sparsity']:.1f}% | {r['diff_mean']:+.3f} | {ci} | {p} | {r['verdict']} |")
-    heal = defaultdict(list)
-    for r in res["records"]:
-        if r["method"] == "heal":
-            heal[(r["target"], r["level"])].append(r)
+    heal = heal_summary(res["records"], m)
     if heal:
         out += ["", "Healing (the source's trained ticket moved onto the target, then trained under its mask): "
-                    "test bits per byte and the share of exact zeros in the masked tensors, before and after.", "",
-                "| target | level | bpb before | bpb after | paired gain (95% interval) | zeros before | zeros after | n |",
+                    "test bits per byte before and after (means over seeds), the paired gain with its 95% "
+                    "t-interval, and the smallest share of exact zeros in the masked tensors over seeds.", "",
+                "| target | level | bpb before | bpb after | gain (95% interval) | zeros before | zeros after | n |",
                 "|---|---|---|---|---|---|---|---|"]
-        for (t, lv), rows in heal.items():
-            before = [r["before"][k] for r in rows]
-            after = [r[f"test_{k}"] for r in rows]
-            gain = mean_interval([b - a for b, a in zip(before, after)])
-            ci = f"[{_f(gain.low)}, {_f(gain.high)}]" if gain.low is not None else "-"
-            out.append(f"| {t} | {lv} | {_f(sum(before) / len(before))} | {_f(sum(after) / len(after))} | "
-                       f"{_f(gain.mean)} {ci} | {min(r['sparsity_before'] for r in rows):.4%} | "
-                       f"{min(r['sparsity_after'] for r in rows):.4%} | {len(rows)} |")
+        for r in heal:
+            ci = f" [{_f(r['gain_low'])}, {_f(r['gain_high'])}]" if r["gain_low"] is not None else ""
+            out.append(f"| {r['target']} | {r['level']} | {_f(r['before'])} | {_f(r['after'])} | {_f(r['gain'])}{ci} | "
+                       f"{r['zeros_before']:.4%} | {r['zeros_after']:.4%} | {r['n']} |")
     return "\n".join(out) + "\n"
 
 
