@@ -30,18 +30,17 @@ import time
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks as _masks
 from ..errors import ConfigError, DatasetError
 from . import distributed as _dist
 from .data import ArrayDataset
-from .tasks import get_task
 from .loop import (
-    Progress, TrainConfig, TrainResult, _ArrayBatches, check_data_fits, _evaluate, _Normalizer, _plain_keys, _resolve_device,
-    eval_due, lr_at, steps_per_epoch, total_steps,
+    Progress, StepEngine, TrainConfig, TrainResult, _ArrayBatches, _evaluate, _Normalizer, _plain_keys, _resolve_device,
+    check_data_fits, lr_at, step_loop, steps_per_epoch, total_steps,
 )
+from .tasks import get_task
 
 _SHARED_EXEMPT = ("seed",)
 
@@ -243,69 +242,45 @@ def train_fleet(
         st = member_state(i)
         models[i].load_state_dict(st)
 
-    histories: list[list[dict]] = [[] for _ in range(k)]
-    rewind_states: list[dict | None] = [None] * k
-    lasts: list[dict] = [{} for _ in range(k)]
+    class _FleetEngine(StepEngine):
+        """The fleet as the loop's step engine: one batched forward of every member."""
 
-    def record(step: int, lr: float, loss_sum: Tensor, n_loss: int) -> None:
-        for i in range(k):
-            if test_set is not None:
+        def __init__(self) -> None:
+            self.k, self.loss_shape = k, (k,)
+
+        def losses(self, step: int) -> Tensor:
+            xs, ys = zip(*(s(step) for s in streams))
+            xb, yb = torch.stack(xs), torch.stack(ys)
+            with amp_ctx():
+                out = fwd(effective(params), buffers, norm(xb))
+            return torch.stack([task.loss(out[i], yb[i], label_smoothing=cfg.label_smoothing) for i in range(k)])
+
+        def backward(self, losses: Tensor) -> None:
+            losses.sum().backward()
+
+        def snapshot(self) -> list[dict]:
+            return [member_state(i) for i in range(k)]
+
+        def evaluate(self) -> list[dict[str, float]]:
+            out = []
+            for i in range(k):
+                if test_set is None:
+                    out.append({m.name: float("nan") for m in task.metrics})
+                    continue
                 load_member(i)
                 with torch.no_grad():
-                    te = _evaluate(models[i], test_set, norm, device, amp_ctx, ctx, eval_bs, task)
-                te_loss, te_acc = te["loss"], te["accuracy"]
-            else:
-                te_loss = te_acc = float("nan")
-            tl = float(loss_sum[i].double().item()) / max(1, n_loss)
-            lasts[i] = {"step": step, "epoch": step / spe, "train_loss": tl if n_loss else float("nan"),
-                        "test_loss": te_loss, "test_acc": te_acc, "lr": lr, "time_s": time.perf_counter() - t0}
-            histories[i].append(lasts[i])
+                    out.append(_evaluate(models[i], test_set, norm, device, amp_ctx, ctx, eval_bs, task))
+            return out
 
-    train_s = 0.0
+        def train_losses(self, loss_sum: Tensor, n_loss: int) -> list[float]:
+            return [float(loss_sum[i].double().item()) / max(1, n_loss) for i in range(k)]
+
+        def progress_view(self, lasts: list[dict]) -> dict:
+            return {f: sum(h[f] for h in lasts) / k for f in ("train_loss", "test_acc", "test_loss")}
+
     try:
-        fork = torch.random.fork_rng(devices=[device.index] if cuda else [])
-        with fork:
-            torch.manual_seed(cfg.seed * 1_000_003 + start_step)
-            if rewind_step == start_step:
-                rewind_states = [member_state(i) for i in range(k)]
-            loss_sum = torch.zeros(k, device=device)
-            n_loss, lr = 0, lr_at(cfg, start_step, total)
-            t_seg = time.perf_counter()
-            for step in range(start_step, total):
-                lr = lr_at(cfg, step, total)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                xs, ys = zip(*(s(step) for s in streams))
-                xb, yb = torch.stack(xs), torch.stack(ys)
-                with amp_ctx():
-                    out = fwd(effective(params), buffers, norm(xb))
-                losses = torch.stack([F.cross_entropy(out[i].float(), yb[i], label_smoothing=cfg.label_smoothing)
-                                      for i in range(k)])
-                opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                opt.step()
-                loss_sum += losses.detach()
-                n_loss += 1
-                done = step + 1
-                is_eval = eval_due(cfg, done, total)
-                if is_eval or done == rewind_step:
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    train_s += time.perf_counter() - t_seg
-                    if done == rewind_step:
-                        rewind_states = [member_state(i) for i in range(k)]
-                    if is_eval:
-                        record(done, lr, loss_sum, n_loss)
-                        loss_sum.zero_()
-                        n_loss = 0
-                    t_seg = time.perf_counter()
-                if progress is not None:
-                    mean = {}
-                    if lasts[0]:
-                        mean = {f: sum(h[f] for h in lasts) / k for f in ("train_loss", "test_acc", "test_loss")}
-                    progress(done, total, {"lr": lr, **mean})
-            if start_step == total:
-                record(total, lr, loss_sum, 0)
+        run = step_loop(_FleetEngine(), opt, cfg, total=total, start_step=start_step, rewind_step=rewind_step,
+                        spe=spe, device=device, progress=progress, t0=t0)
     finally:
         for i in range(k):
             load_member(i)
@@ -316,13 +291,13 @@ def train_fleet(
         sd = models[i].state_dict()
         rank = {key: j for j, key in enumerate(orders[i])}
         final = {n: sd[n].detach().to("cpu", copy=True).contiguous() for n in sorted(sd, key=lambda q: rank.get(q, len(rank)))}
-        last = lasts[i]
+        last = run.lasts[i]
         results.append(TrainResult(
-            final_state=final, rewind_state=rewind_states[i], history=histories[i],
+            final_state=final, rewind_state=run.rewinds[i], history=run.histories[i],
             test_acc=float(last.get("test_acc", float("nan"))), test_loss=float(last.get("test_loss", float("nan"))),
             steps=total - start_step, wall_s=wall,
-            images_per_s=(total - start_step) * batch * k / train_s if train_s > 0 else float("nan"),
-            device=str(device), config=cfgs[i].to_dict(),
+            images_per_s=(total - start_step) * batch * k / run.train_s if run.train_s > 0 else float("nan"),
+            device=str(device), config=cfgs[i].to_dict(), metrics=dict(run.metrics[i]),
         ))
     return results
 

@@ -389,6 +389,166 @@ def eval_due(cfg: TrainConfig, done: int, total: int) -> bool:
     return done == total or (cfg.eval_every is not None and done % cfg.eval_every == 0)
 
 
+# --------------------------------------------------------------------------- the step loop
+
+
+@dataclass
+class LoopRun:
+    """What :func:`step_loop` returns, one entry per member of the engine."""
+
+    histories: list[list[dict]]
+    lasts: list[dict]
+    metrics: list[dict]
+    rewinds: list[dict | None]
+    train_s: float
+
+
+class StepEngine:
+    """What the one training loop (:func:`step_loop`) drives: ``k`` members (one network,
+    or a fleet of ``k`` trained as one batched network) sharing the step loop, the
+    schedule, the evaluation and rewind points. :func:`train` plugs in one network,
+    :func:`elastigraph.train.fleet.train_fleet` a fleet."""
+
+    k: int = 1
+    is_main: bool = True
+    loss_shape: tuple[int, ...] = ()
+    """Shape of what :meth:`losses` returns (``()`` for one network, ``(k,)`` for a fleet)."""
+
+    def start(self) -> None:
+        """Called once before the first step (inside the loop's RNG fork)."""
+
+    def losses(self, step: int) -> Tensor:
+        """Forward the batch of ``step``: the loss of every member (a tensor of ``k`` or a scalar)."""
+        raise NotImplementedError
+
+    def backward(self, losses: Tensor) -> None:
+        losses.backward()
+
+    def snapshot(self) -> list[dict]:
+        """Every member's plain state now (the rewind point)."""
+        raise NotImplementedError
+
+    def evaluate(self) -> list[dict[str, float]]:
+        """Every member's test metrics (by metric name)."""
+        raise NotImplementedError
+
+    def train_losses(self, loss_sum: Tensor, n_loss: int) -> list[float]:
+        """Every member's mean training loss since the last record."""
+        raise NotImplementedError
+
+    def progress_view(self, lasts: list[dict]) -> dict:
+        """What the progress callback shows besides the learning rate."""
+        return {k: v for k, v in lasts[0].items() if k != "lr"}
+
+    def finish(self) -> None:
+        """Called once after the last step (inside the loop's RNG fork)."""
+
+
+def step_loop(engine: StepEngine, opt: torch.optim.Optimizer, cfg: TrainConfig, *, total: int, start_step: int,
+              rewind_step: int | None, spe: int, device: torch.device, progress: Progress | None,
+              t0: float) -> LoopRun:
+    """The one training loop: steps ``start_step..total`` of the schedule (learning rate
+    per step, one optimizer step per batch), the rewind snapshot, evaluation every
+    ``cfg.eval_every`` steps and at the end (:func:`eval_due`), progress; the random
+    number stream forked and seeded by ``(cfg.seed, start_step)``. The engine says what
+    a step is for one network or a fleet."""
+    k = engine.k
+    cuda = device.type == "cuda"
+    task = get_task(cfg.task)
+    keys = sorted(task.metrics, key=lambda m: m.key != "loss")  # history fields: test_loss first
+    histories: list[list[dict]] = [[] for _ in range(k)]
+    lasts: list[dict] = [{} for _ in range(k)]
+    metrics: list[dict] = [{} for _ in range(k)]
+    rewinds: list[dict | None] = [None] * k
+
+    def record(step: int, lr: float, loss_sum: Tensor, n_loss: int) -> None:
+        evals = engine.evaluate()
+        tls = engine.train_losses(loss_sum, n_loss)
+        for i in range(k):
+            lasts[i] = {"step": step, "epoch": step / spe, "train_loss": tls[i] if n_loss else float("nan"),
+                        **{f"test_{m.key}": evals[i][m.name] for m in keys}, "lr": lr,
+                        "time_s": time.perf_counter() - t0}
+            metrics[i] = evals[i]
+            histories[i].append(lasts[i])
+
+    train_s = 0.0
+    with torch.random.fork_rng(devices=[device.index] if cuda else []):
+        torch.manual_seed(cfg.seed * 1_000_003 + start_step)
+        engine.start()
+        if rewind_step == start_step:
+            rewinds = list(engine.snapshot())
+        loss_sum = torch.zeros(engine.loss_shape, device=device)
+        n_loss, lr = 0, lr_at(cfg, start_step, total)
+        t_seg = time.perf_counter()
+        for step in range(start_step, total):
+            lr = lr_at(cfg, step, total)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            losses = engine.losses(step)
+            opt.zero_grad(set_to_none=True)
+            engine.backward(losses)
+            opt.step()
+            loss_sum += losses.detach()
+            n_loss += 1
+            done = step + 1
+            is_eval = eval_due(cfg, done, total)
+            if is_eval or done == rewind_step:
+                if cuda:
+                    torch.cuda.synchronize(device)
+                train_s += time.perf_counter() - t_seg
+                if done == rewind_step:
+                    rewinds = list(engine.snapshot())
+                if is_eval:
+                    record(done, lr, loss_sum, n_loss)
+                    loss_sum.zero_()
+                    n_loss = 0
+                t_seg = time.perf_counter()
+            if progress is not None and engine.is_main:
+                progress(done, total, {"lr": lr, **(engine.progress_view(lasts) if lasts[0] else {})})
+        if start_step == total:  # nothing to train: still report where the model stands
+            record(total, lr, loss_sum, 0)
+        engine.finish()
+    return LoopRun(histories, lasts, metrics, rewinds, train_s)
+
+
+class _SingleEngine(StepEngine):
+    """One network (DDP-wrapped under torchrun): :func:`train`'s engine."""
+
+    def __init__(self, model, fwd, fwd_eval, next_batch, norm, amp_ctx, task: Task, cfg: TrainConfig, ctx,
+                 device, test_set, eval_bs: int, order: list[str]):
+        self.model, self.fwd, self.fwd_eval, self.next_batch, self.norm = model, fwd, fwd_eval, next_batch, norm
+        self.amp_ctx, self.task, self.cfg, self.ctx, self.device = amp_ctx, task, cfg, ctx, device
+        self.test_set, self.eval_bs, self.order = test_set, eval_bs, order
+        self.is_main = ctx.is_main
+
+    def start(self) -> None:
+        self.model.train()
+
+    def losses(self, step: int) -> Tensor:
+        xb, yb = self.next_batch(step)
+        with self.amp_ctx():
+            out = self.fwd(self.norm(xb))
+        return self.task.loss(out, yb, label_smoothing=self.cfg.label_smoothing)
+
+    def snapshot(self) -> list[dict]:
+        _dist.broadcast_buffers(self.model, self.ctx)
+        return [_plain_state(self.model, self.order)]
+
+    def evaluate(self) -> list[dict[str, float]]:
+        _dist.broadcast_buffers(self.model, self.ctx)
+        if self.test_set is None:
+            return [{m.name: float("nan") for m in self.task.metrics}]
+        return [_evaluate(self.fwd_eval, self.test_set, self.norm, self.device, self.amp_ctx, self.ctx,
+                          self.eval_bs, self.task)]
+
+    def train_losses(self, loss_sum: Tensor, n_loss: int) -> list[float]:
+        return [_dist.all_reduce_sum(loss_sum.detach().clone().double(), self.ctx).item()
+                / max(1, n_loss * self.ctx.world)]
+
+    def finish(self) -> None:
+        _dist.broadcast_buffers(self.model, self.ctx)
+
+
 def train(
     model: nn.Module,
     train_set: ArrayDataset | FolderDataset,
@@ -435,9 +595,6 @@ def train(
     order = _plain_keys(model)
     if mask is None:
         mask = _masks.from_model(model) or None
-    history: list[dict] = []
-    final_metrics: dict[str, float] = {}
-    rewind_state = None
     try:
         model.to(device)
         if channels_last:
@@ -470,65 +627,10 @@ def train(
         eval_bs = max(256, 2 * batch // ctx.world)
         if isinstance(test_set, (ArrayDataset, TokenDataset)):  # held on the device too, like the train set
             test_set = type(test_set)(test_set.x.to(device), test_set.y.to(device), test_set.spec)
-        spe = steps_per_epoch(len(train_set), batch)
-
-        def record(step: int, lr: float, loss_sum: Tensor, n_loss: int) -> dict:
-            _dist.broadcast_buffers(model, ctx)
-            if test_set is not None:
-                te = _evaluate(fwd_eval, test_set, norm, device, amp_ctx, ctx, eval_bs, task)
-            else:
-                te = {m.name: float("nan") for m in task.metrics}
-            tl = _dist.all_reduce_sum(loss_sum.detach().clone().double(), ctx).item() / max(1, n_loss * ctx.world)
-            tests = {f"test_{m.key}": te[m.name] for m in sorted(task.metrics, key=lambda m: m.key != "loss")}
-            return {"step": step, "epoch": step / spe, "train_loss": tl if n_loss else float("nan"),
-                    **tests, "lr": lr, "time_s": time.perf_counter() - t0, "_metrics": te}
-
-        fork = torch.random.fork_rng(devices=[device.index] if cuda else [])
-        with fork:
-            torch.manual_seed(cfg.seed * 1_000_003 + start_step)
-            model.train()
-            if rewind_step == start_step:
-                _dist.broadcast_buffers(model, ctx)
-                rewind_state = _plain_state(model, order)
-            loss_sum = torch.zeros((), device=device)
-            n_loss, train_s, lr, last = 0, 0.0, lr_at(cfg, start_step, total), {}
-            t_seg = time.perf_counter()
-            for step in range(start_step, total):
-                lr = lr_at(cfg, step, total)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                xb, yb = next_batch(step)
-                with amp_ctx():
-                    out = fwd(norm(xb))
-                loss = task.loss(out, yb, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                n_loss += 1
-                done = step + 1
-                is_eval = eval_due(cfg, done, total)
-                if is_eval or done == rewind_step:
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    train_s += time.perf_counter() - t_seg
-                    if done == rewind_step:
-                        _dist.broadcast_buffers(model, ctx)
-                        rewind_state = _plain_state(model, order)
-                    if is_eval:
-                        last = record(done, lr, loss_sum, n_loss)
-                        final_metrics = last.pop("_metrics")
-                        history.append(last)
-                        loss_sum.zero_()
-                        n_loss = 0
-                    t_seg = time.perf_counter()
-                if progress is not None and ctx.is_main:
-                    progress(done, total, {"lr": lr, **{k: v for k, v in last.items() if k != "lr"}})
-            if start_step == total:  # nothing to train: still report where the model stands
-                last = record(total, lr, loss_sum, 0)
-                final_metrics = last.pop("_metrics")
-                history.append(last)
-            _dist.broadcast_buffers(model, ctx)
+        engine = _SingleEngine(model, fwd, fwd_eval, next_batch, norm, amp_ctx, task, cfg, ctx, device, test_set,
+                               eval_bs, order)
+        run = step_loop(engine, opt, cfg, total=total, start_step=start_step, rewind_step=rewind_step,
+                        spe=steps_per_epoch(len(train_set), batch), device=device, progress=progress, t0=t0)
     finally:
         if _masks.from_model(model):
             _masks.remove(model)
@@ -538,20 +640,22 @@ def train(
     final_state = _plain_state(model, order)
     steps = total - start_step
     dev_label = str(device) + (f" x{ctx.world} (ddp)" if ctx.enabled else "")
+    last = run.lasts[0]
     return TrainResult(
         final_state=final_state,
-        rewind_state=rewind_state,
-        history=history,
+        rewind_state=run.rewinds[0],
+        history=run.histories[0],
         test_acc=float(last.get("test_acc", float("nan"))),
         test_loss=float(last.get("test_loss", float("nan"))),
         steps=steps,
         wall_s=time.perf_counter() - t0,
-        images_per_s=steps * batch / train_s if train_s > 0 else float("nan"),
+        images_per_s=steps * batch / run.train_s if run.train_s > 0 else float("nan"),
         device=dev_label,
         config=cfg.to_dict(),
-        metrics=dict(final_metrics),
+        metrics=dict(run.metrics[0]),
     )
 
 
 __all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate",
+           "StepEngine", "step_loop", "LoopRun",
            "evaluate_metrics", "check_data_fits", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
