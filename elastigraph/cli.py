@@ -133,22 +133,14 @@ def _load_weights(model, path: Path, what: str) -> None:
     model.load_state_dict(state)
 
 
-MAX_PLAN_BYTES = 1 << 20
-
-
 def _read_plan(path: Path):
-    """A plan JSON file (as written next to a transferred mask), size-bounded and decoded
-    with a named error for anything that is not one."""
+    """A plan JSON file (as written next to a transferred mask), read with the bounded
+    JSON reader (size, nesting) and a named error for anything that is not one."""
     from .errors import MappingError
-    from .transfer import Plan
+    from .io import read_json
+    from .transfer import MAX_PLAN_BYTES, Plan
 
-    if path.stat().st_size > MAX_PLAN_BYTES:
-        raise MappingError(f"plan file {path} is {path.stat().st_size:,} bytes; plans are small JSON files "
-                           f"(limit {MAX_PLAN_BYTES:,})")
-    try:
-        return Plan.from_json(path.read_text())
-    except (UnicodeDecodeError, RecursionError) as e:
-        raise MappingError(f"plan file {path} is not a plan JSON file ({type(e).__name__})") from None
+    return Plan.from_dict(read_json(path, f"plan file {path}", max_bytes=MAX_PLAN_BYTES, error=MappingError))
 
 
 def _param_table(model) -> Table:

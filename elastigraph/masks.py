@@ -8,14 +8,12 @@ files (safetensors; open_lth / E-LTH ``mask.pth`` read safely) and sparsity repo
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
 import math
 import os
 import pickle
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -383,16 +381,10 @@ def save_mask(
             ) from e
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write mask file {path}: folder {path.parent} does not exist")
-    # A fresh name in the same folder (same file system, so the rename is atomic); created
-    # by save_file itself, so it gets the usual permissions.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        _st.save_file({k: v.contiguous() for k, v in m.items()}, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: _st.save_file({k: v.contiguous() for k, v in m.items()}, tmp, metadata=header),
+                 mkdir=False)
 
 
 def _sniff(path: Path) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -108,10 +107,9 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
             f"{path} does not exist: the run in {str(run_dir)!r} has not finished; "
             "run `elastigraph run RECIPE --out DIR` again to resume it"
         )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path} is not valid JSON ({e})") from None
+    from .io import read_json
+
+    data = read_json(path, str(path), error=ReportError)
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ReportError(f"{path} has no 'records' list; is it an elastigraph results file?")
     _check_records(data["records"], path, metric_of(data))
@@ -366,23 +364,14 @@ def plot_layer_density(results: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def _save_fig(fig: Any, path: str | Path) -> Path:
-    import os
-    import tempfile
-
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    from .io import atomic_write
+
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:

@@ -127,6 +127,9 @@ def ws(tmp_path_factory) -> dict[str, Path]:
         "res_nan": "nan", "res_level": '{"records": [{"role":"s","target":"t","method":"m","level":"x",'
                                        '"sparsity":0,"test_acc":1}]}',
         "res_layers": '{"records": [], "layer_density": [{"seed":0}]}',
+        "res_deep": '{"records": ' + "[" * 100000 + "]" * 100000 + "}",
+        "res_deep_obj": '{"records": [' + '{"a": ' * 5000 + "1" + "}" * 5000 + "]}",
+        "res_deep_open": "[" * 1000000,
         "res_markup": '{"recipe": "[bold", "seeds": [0], "records": [{"role":"source","target":"[/red]",'
                       '"method":"imp","level":0,"sparsity":0.0,"test_acc":0.5}]}',
         "res_mathtext": '{"recipe": "$\\\\foo$", "seeds": [0], "records": [{"role":"source","target":"$\\\\bad{$",'
@@ -275,9 +278,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("transfer-mask-is-text", ["transfer", "--src", "cifar_resnet_14", "--mask", "{file}", "--dst", "cifar_resnet_20",
                                "--out", "{t}/t.safetensors"], 2, "in no format elastigraph reads"),
 ]
-for _name, _frag in [("plan_int", "src is missing"), ("plan_list", "is a list"), ("plan_badjson", "does not parse"),
+for _name, _frag in [("plan_int", "src is missing"), ("plan_list", "is a list"), ("plan_badjson", "not valid JSON"),
                      ("plan_deep", "plan"), ("plan_stage", "stages[0].index"), ("plan_sources", "stages[0].sources"),
-                     ("plan_bin", "not a plan JSON")]:
+                     ("plan_bin", "not UTF-8")]:
     CASES.append((f"transfer-{_name}", ["transfer", "--src", "cifar_resnet_14", "--mask", "{mask}", "--dst",
                                         "cifar_resnet_20", "--out", "{t}/t.safetensors", "--mapping", "{%s}" % _name],
                   2, _frag))
@@ -332,6 +335,11 @@ CASES += [
     ("report-mathtext-in-labels", ["report", "{res_mathtext}"], 0, "bad{"),
     ("report-missing-dir", ["report", "{t}/nope"], 2, "does not exist"),
     ("report-unfinished", ["report", "{t}"], 2, "has not finished"),
+    # nested JSON is bounded before parsing (issue 21: it died with RecursionError)
+    ("report-deep-json", ["report", "{res_deep}"], 2, "deeper than 64 levels"),
+    ("report-deep-json-objects", ["report", "{res_deep_obj}"], 2, "deeper than 64 levels"),
+    ("report-deep-json-unclosed", ["report", "{res_deep_open}"], 2, "deeper than 64 levels"),
+    ("report-deep-json-json", ["report", "{res_deep}", "--json"], 2, "deeper than 64 levels"),
     # model/data pairing (issue 21): one line naming both sides, for every method
     *[(f"prune-pairing-{meth}-{what}", ["prune", "cifar_resnet_20", "--method", meth, "--sparsity", "0.5",
                                         "--dataset", ds, *extra, "--batch-size", "8", "--iterations", "2",

@@ -1186,9 +1186,9 @@ def _sizes(data: _Data) -> dict[str, int]:
 
 
 def _read_json(path: Path) -> Any:
-    import json
+    from ..io import read_json
 
-    return json.loads(Path(path).read_text())
+    return read_json(path)
 
 
 def _num(x: Any) -> float | None:
