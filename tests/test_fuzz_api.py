@@ -454,6 +454,75 @@ def test_truncated_and_bomb_files_bounded(tmp_path):
         masks.read_mask(p, model=models.create("cifar_resnet_14"))
 
 
+def test_compressed_bomb_refused_before_reading(zip_bomb, monkeypatch):
+    """A 256 KiB torch zip whose one entry inflates to 256 MiB: read_mask refuses it from
+    the zip directory alone (the payload is never read: torch.load is not called), with
+    and without a model; load_lth_mask too."""
+    assert zip_bomb.stat().st_size < 512 * 1024
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(1))
+    net = models.create("cifar_resnet_14")
+    for f in (lambda: masks.read_mask(zip_bomb, model=net), lambda: masks.read_mask(zip_bomb),
+              lambda: masks.load_lth_mask(zip_bomb, model=net)):
+        with pytest.raises(errors.MaskError, match="268,435,456"):
+            f()
+    assert calls == []
+
+
+def test_mask_file_bounded_by_the_models_shapes(tmp_path, monkeypatch):
+    """With a model, a mask file may hold at most 8 bytes per parameter (+1 MiB): an
+    uncompressed archive or a safetensors file declaring more is refused before its
+    tensors are read; right-sized files of every layout still load."""
+    import zipfile
+
+    net = models.create("cifar_resnet_14")
+    budget = masks.mask_budget(net)
+    assert budget == sum(p.numel() for p in net.parameters()) * 8 + (1 << 20)
+    # a stored (uncompressed) archive one entry of which is larger than the budget
+    big = tmp_path / "big.pth"
+    torch.save({"conv.weight": torch.ones(16, 3, 3, 3, dtype=torch.uint8)}, big)
+    with zipfile.ZipFile(big, "a") as z:
+        z.writestr("archive/data/99", b"\0" * (budget + 1))
+    with pytest.raises(errors.MaskError, match="more than a mask of CifarResNet"):
+        masks.read_mask(big, model=net)
+    # safetensors: an unknown key or a wrong declared shape is refused before get_tensor
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    st = tmp_path / "extra.safetensors"
+    save_file({"conv.weight": torch.ones(16, 3, 3, 3, dtype=torch.bool), "huge": torch.zeros(1000, dtype=torch.bool)},
+              str(st))
+    read = []
+    real = safe_open
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self.f = real(*a, **k)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *a):
+            return self.f.__exit__(*a)
+
+        def __getattr__(self, name):
+            if name == "get_tensor":
+                read.append(1)
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(masks, "_st_open", Spy)
+    with pytest.raises(errors.MaskError, match="'huge' is not a parameter"):
+        masks.read_mask(st, model=net)
+    assert read == []
+    monkeypatch.undo()
+    # right-sized files load: safetensors, torch zip, float 0/1 tensors
+    for name, write in [("ok.safetensors", lambda p: masks.save_mask(masks.full_mask(net), p)),
+                        ("ok.pth", lambda p: torch.save({k: v.double() for k, v in masks.full_mask(net).items()}, p))]:
+        write(tmp_path / name)
+        assert masks.read_mask(tmp_path / name, model=net).keys() == masks.full_mask(net).keys()
+
+
 def test_cifar_nested_lists_checked_before_numpy(tmp_path):
     import pickle
 

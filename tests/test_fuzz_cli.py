@@ -412,6 +412,19 @@ def test_cli_bad_input_is_one_clean_error(case, ws, capsys, monkeypatch):
     assert "unpickled!" not in out + err
 
 
+@pytest.mark.parametrize("argv", [
+    ["transfer", "--src", "cifar_resnet_14", "--mask", "{bomb}", "--dst", "cifar_resnet_20", "--out", "{t}/b.safetensors"],
+    ["train", "cifar_resnet_14", "--dataset", "synthetic", "--mask", "{bomb}", "--steps", "1", "--out", "{t}/b.json"],
+], ids=["transfer", "train"])
+def test_compressed_bomb_mask_is_one_clean_error(argv, ws, zip_bomb, capsys, monkeypatch):
+    """A 256 KiB mask file inflating to 256 MiB: one error line, nothing inflated (issue 21)."""
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load reached"))
+    rc = cli.main([_fill(a, {**ws, "bomb": zip_bomb}) for a in argv])
+    out, err = capsys.readouterr()
+    _count(rc, out, err)
+    assert_clean(rc, out, err, 2, "268,435,456")
+
+
 def test_markup_in_labels_runs_and_reports(ws, capsys, tmp_path, monkeypatch):
     """A target label with rich markup finishes the run, prints the summary and every
     later ``report`` (issue: it crashed both)."""
