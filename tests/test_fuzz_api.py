@@ -201,11 +201,37 @@ CASES = [
     ("meta-ticket-applied-to-meta-model-with-real-weights", lambda m: eg.transfer(
         m["src"], _mask(m["src"]), _meta("cifar_resnet_20")).apply(_meta("cifar_resnet_20")), errors.ModelTypeError,
      "meta device"),
+    # silently accepted before (issue 21): bad leaf_modules with the torch.export fallback, zero widths
+    *[(f"leaf-modules-{v!r}", (lambda v: lambda m: eg.analyze(_Untraceable(), (2, 4), leaf_modules=v))(v),
+       errors.ConfigError, "leaf_modules") for v in ("abc", [1], [int], 5, [None])],
+    *[(f"leaf-modules-fx-{v!r}", (lambda v: lambda m: eg.analyze(m["src"], leaf_modules=v))(v),
+       errors.ConfigError, "leaf_modules") for v in ("abc", [1])],
+    *[(f"zero-width-{n}", (lambda n, kw: lambda m: models.create(n, **kw))(n, kw), errors.ModelNameError, "empty")
+      for n, kw in [("cifar_resnet_20", {"width": 0}), ("cifar_resnet_56", {"width": 0})]],
     ("generator-str", lambda m: eg.prune.random(m["src"], 0.5, generator="x"), errors.ConfigError, "torch.Generator"),
     ("generator-int", lambda m: eg.prune.random(m["src"], 0.5, generator=3), errors.ConfigError, "torch.Generator"),
     ("generator-and-seed", lambda m: eg.prune.random(m["src"], 0.5, seed=1, generator=torch.Generator()),
      errors.ConfigError, "not both"),
 ]
+
+
+class _Untraceable(nn.Module):
+    """torch.fx cannot trace it (Python control flow on a shape), torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(x) if x.shape[-1] == 4 else x
+
+
+def test_export_fallback_still_runs_for_good_leaf_modules():
+    """The fallback itself is untouched: valid leaf_modules (or none) still capture."""
+    g = eg.analyze(_Untraceable(), (2, 4), leaf_modules=[nn.Linear])
+    assert g.traced.capture == "torch.export"
 
 
 def _meta(name: str, **kw) -> nn.Module:

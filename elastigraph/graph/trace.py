@@ -10,6 +10,7 @@ of the call (``torch.func.functional_call``), so no data is computed or written.
 from __future__ import annotations
 
 import contextlib
+from collections import abc
 import io
 import math
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import ModelTypeError, TraceError
+from ..errors import ConfigError, ModelTypeError, TraceError
 from ..masks import canonical_names
 
 SOURCE = "__input__"
@@ -117,6 +118,20 @@ def _n_inputs(example_input: Any) -> int:
     return 1
 
 
+def check_leaf_modules(leaf_modules: Any) -> tuple[type, ...]:
+    """``leaf_modules`` as a tuple of ``nn.Module`` subclasses, else :class:`ConfigError`
+    (not a TraceError: a bad argument must not send :func:`build_graph` to its
+    torch.export fallback, which would ignore it)."""
+    if isinstance(leaf_modules, (str, bytes)) or not isinstance(leaf_modules, abc.Iterable):
+        raise ConfigError(f"leaf_modules must be a list of module classes (e.g. leaf_modules=(MyBlock,)), "
+                          f"got {leaf_modules!r}")
+    out = tuple(leaf_modules)
+    bad = [t for t in out if not (isinstance(t, type) and issubclass(t, nn.Module))]
+    if bad:
+        raise ConfigError(f"leaf_modules must be nn.Module subclasses (e.g. leaf_modules=(MyBlock,)), got {bad[:3]}")
+    return out
+
+
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: str | None = None,
           n_inputs: int = 1) -> fx.Graph:
     """Symbolically trace ``model`` (timm's non-traceable layers kept as leaves) into an
@@ -125,10 +140,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
     traced as given if that fails). Raises :class:`TraceError`."""
     if not isinstance(model, nn.Module):
         raise ModelTypeError(f"expected an nn.Module to trace, got {type(model).__name__}")
-    leaf_modules = tuple(leaf_modules)
-    bad = [t for t in leaf_modules if not isinstance(t, type)]
-    if bad:
-        raise TraceError(f"leaf_modules must be module classes (e.g. leaf_modules=(MyBlock,)), got {bad[:3]}")
+    leaf_modules = check_leaf_modules(leaf_modules)
     timm_mods, timm_fns = _timm_leaves()
     tracer = _Tracer(tuple(leaf_modules) + tuple(timm_mods), tuple(timm_fns))
     label = _model_label(model, model_name)
@@ -767,6 +779,7 @@ def build_graph(model: nn.Module, example_input: Any = None, leaf_modules: Seque
     module doc). torch.fx symbolic tracing first (fast, keeps module calls); where it fails
     (data-dependent Python, e.g. every Hugging Face transformers model), non-strict
     ``torch.export`` (see :func:`export_graph`). ``Traced.capture`` says which was used."""
+    leaf_modules = check_leaf_modules(leaf_modules)
     try:
         fxg = trace(model, leaf_modules, model_name=model_name, n_inputs=_n_inputs(example_input))
         capture = "torch.fx"

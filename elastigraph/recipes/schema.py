@@ -413,6 +413,10 @@ class Recipe(_Section):
     lmc: LMCSettings = Field(default_factory=LMCSettings)
     heal: HealSpec | None = None
     """Continue training each transferred *trained* ticket under its mask (see :class:`HealSpec`)."""
+    expect_divergence: bool = False
+    """A training whose loss becomes NaN/inf stops there and is recorded as diverged (steps
+    that need its weights are skipped); the run then exits non-zero, unless this is true:
+    divergence is an expected outcome of the experiment (an LR sweep, a stress test)."""
     smoke: dict[str, Any] = Field(default_factory=dict)
     """Overrides merged into the recipe by ``--smoke`` (same layout as the recipe)."""
 

@@ -25,6 +25,7 @@ so the reported metrics are what the member's weights give.
 from __future__ import annotations
 
 import contextlib
+import math
 import copy
 import time
 from typing import Mapping, Sequence
@@ -40,7 +41,7 @@ from .data import ArrayDataset
 from .tasks import get_task
 from .loop import (
     Progress, TrainConfig, TrainResult, _ArrayBatches, check_data_fits, _evaluate, _Normalizer, _plain_keys, _resolve_device,
-    eval_due, lr_at, steps_per_epoch, total_steps,
+    divergence_due, eval_due, lr_at, steps_per_epoch, total_steps, warn_diverged,
 )
 
 _SHARED_EXEMPT = ("seed",)
@@ -249,6 +250,8 @@ def train_fleet(
 
     def record(step: int, lr: float, loss_sum: Tensor, n_loss: int) -> None:
         for i in range(k):
+            if diverged_at[i] is not None:
+                continue  # NaN weights: nothing to evaluate; the member's result says it diverged
             if test_set is not None:
                 load_member(i)
                 with torch.no_grad():
@@ -262,6 +265,8 @@ def train_fleet(
             histories[i].append(lasts[i])
 
     train_s = 0.0
+    diverged_at: list[int | None] = [None] * k
+    bad_at = torch.full((k,), total, dtype=torch.long, device=device)  # first non-finite loss per member
     try:
         fork = torch.random.fork_rng(devices=[device.index] if cuda else [])
         with fork:
@@ -281,6 +286,16 @@ def train_fleet(
                     out = fwd(effective(params), buffers, norm(xb))
                 losses = torch.stack([F.cross_entropy(out[i].float(), yb[i], label_smoothing=cfg.label_smoothing)
                                       for i in range(k)])
+                # each member's divergence is its own (the summed loss's gradient is 1 per member):
+                # a diverged member is recorded as such and trains on, NaN, until all have diverged
+                bad_at = torch.where(~torch.isfinite(losses.detach()) & (bad_at == total), step, bad_at)
+                if divergence_due(cuda, step, start_step, total, cfg, rewind_step):
+                    for i, b in enumerate(bad_at.tolist()):
+                        if b < total and diverged_at[i] is None:
+                            diverged_at[i] = b
+                            warn_diverged(f"fleet member {i}", b, total, lr_at(cfg, b, total))
+                    if all(d is not None for d in diverged_at):
+                        break
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
@@ -293,7 +308,7 @@ def train_fleet(
                         torch.cuda.synchronize(device)
                     train_s += time.perf_counter() - t_seg
                     if done == rewind_step:
-                        rewind_states = [member_state(i) for i in range(k)]
+                        rewind_states = [member_state(i) if diverged_at[i] is None else None for i in range(k)]
                     if is_eval:
                         record(done, lr, loss_sum, n_loss)
                         loss_sum.zero_()
@@ -301,11 +316,18 @@ def train_fleet(
                     t_seg = time.perf_counter()
                 if progress is not None:
                     mean = {}
-                    if lasts[0]:
-                        mean = {f: sum(h[f] for h in lasts) / k for f in ("train_loss", "test_acc", "test_loss")}
+                    seen = [h for h in lasts if h]
+                    if seen:
+                        mean = {f: sum(h[f] for h in seen) / len(seen) for f in ("train_loss", "test_acc", "test_loss")}
                     progress(done, total, {"lr": lr, **mean})
             if start_step == total:
                 record(total, lr, loss_sum, 0)
+            for i in range(k):  # the last update made a member's weights NaN/inf (no later loss to show it)
+                if diverged_at[i] is None and total > start_step and (not all(
+                        bool(torch.isfinite(v[i]).all()) for v in params.values() if v.is_floating_point())
+                        or not math.isfinite(lasts[i].get("test_loss", 0.0))):
+                    diverged_at[i] = total - 1
+                    warn_diverged(f"fleet member {i}", total - 1, total, lr)
     finally:
         for i in range(k):
             load_member(i)
@@ -316,13 +338,15 @@ def train_fleet(
         sd = models[i].state_dict()
         rank = {key: j for j, key in enumerate(orders[i])}
         final = {n: sd[n].detach().to("cpu", copy=True).contiguous() for n in sorted(sd, key=lambda q: rank.get(q, len(rank)))}
-        last = lasts[i]
+        last = lasts[i] if diverged_at[i] is None else {}
         results.append(TrainResult(
             final_state=final, rewind_state=rewind_states[i], history=histories[i],
             test_acc=float(last.get("test_acc", float("nan"))), test_loss=float(last.get("test_loss", float("nan"))),
             steps=total - start_step, wall_s=wall,
             images_per_s=(total - start_step) * batch * k / train_s if train_s > 0 else float("nan"),
             device=str(device), config=cfgs[i].to_dict(),
+            metrics={} if diverged_at[i] is None else {m.name: float("nan") for m in task.metrics},
+            diverged=diverged_at[i] is not None, diverged_at=diverged_at[i],
         ))
     return results
 

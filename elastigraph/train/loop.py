@@ -506,6 +506,35 @@ def _check_train_args(model: Any, train_set: Any, test_set: Any, cfg: Any, start
 
 
 
+DIVERGENCE_CHECK_EVERY = 25
+"""On CUDA (and under DDP) the loss is checked for NaN/inf every this many steps (and at
+every evaluation and the rewind step): reading it is a device sync (an all-reduce under
+DDP). On one CPU process, every step."""
+
+
+class DivergenceWarning(UserWarning):
+    """A training run stopped because its loss became NaN or infinite."""
+
+
+def divergence_due(sparse: bool, step: int, start_step: int, total: int, cfg: TrainConfig, rewind_step: int | None) -> bool:
+    """Whether the loop reads its non-finite-loss flag before (0-based) ``step``'s update:
+    every step unless ``sparse`` (CUDA, DDP); then every :data:`DIVERGENCE_CHECK_EVERY`
+    steps, before an evaluation or the rewind point, and on the last step (the same on
+    every DDP rank)."""
+    done = step + 1
+    return (not sparse or (done - start_step) % DIVERGENCE_CHECK_EVERY == 0 or eval_due(cfg, done, total)
+            or done == rewind_step)
+
+
+def warn_diverged(what: str, step: int, total: int, lr: float) -> None:
+    """The one message a diverged training gives (a :class:`DivergenceWarning`)."""
+    import warnings
+
+    warnings.warn(f"{what} diverged: the loss is NaN/inf at step {step + 1} of {total} (lr {lr:.4g}); training "
+                  "stopped there and the run is recorded as diverged (metrics NaN). Lower the learning rate "
+                  "(or gamma, warm-up, ...) to train it", DivergenceWarning, stacklevel=3)
+
+
 def eval_due(cfg: TrainConfig, done: int, total: int) -> bool:
     """Whether the run evaluates after ``done`` of ``total`` steps: every
     ``cfg.eval_every`` steps and at the end (one rule for ``train`` and fleets, whose
@@ -562,6 +591,7 @@ def train(
     history: list[dict] = []
     final_metrics: dict[str, float] = {}
     rewind_state = None
+    diverged_at: int | None = None
     try:
         model.to(device)
         if channels_last:
@@ -616,6 +646,7 @@ def train(
                 rewind_state = _plain_state(model, order)
             loss_sum = torch.zeros((), device=device)
             n_loss, train_s, lr, last = 0, 0.0, lr_at(cfg, start_step, total), {}
+            bad_at = torch.full((), total, dtype=torch.long, device=device)  # first step with a non-finite loss
             t_seg = time.perf_counter()
             for step in range(start_step, total):
                 lr = lr_at(cfg, step, total)
@@ -625,6 +656,12 @@ def train(
                 with amp_ctx():
                     out = fwd(norm(xb))
                 loss = task.loss(out, yb, label_smoothing=cfg.label_smoothing)
+                bad_at = torch.where(~torch.isfinite(loss.detach()) & (bad_at == total), bad_at.new_full((), step), bad_at)
+                if divergence_due(cuda or ctx.enabled, step, start_step, total, cfg, rewind_step):
+                    first_bad = int(_dist.all_reduce_min(bad_at.clone(), ctx))
+                    if first_bad < total:
+                        diverged_at = first_bad
+                        break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -652,6 +689,13 @@ def train(
                 last = record(total, lr, loss_sum, 0)
                 final_metrics = last.pop("_metrics")
                 history.append(last)
+            if diverged_at is None and total > start_step and (not all(
+                    bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+                    or not math.isfinite(final_metrics.get("loss", 0.0))):
+                diverged_at = total - 1  # the last updates made the weights (or their loss) NaN/inf: no later step to show it
+            if diverged_at is not None:  # its weights are NaN/inf: nothing to evaluate
+                last, final_metrics = {}, {m.name: float("nan") for m in task.metrics}
+                warn_diverged(f"train {type(model).__name__}", diverged_at, total, lr_at(cfg, diverged_at, total))
             _dist.broadcast_buffers(model, ctx)
     finally:
         if _masks.from_model(model):
@@ -674,8 +718,10 @@ def train(
         device=dev_label,
         config=cfg.to_dict(),
         metrics=dict(final_metrics),
+        diverged=diverged_at is not None,
+        diverged_at=diverged_at,
     )
 
 
-__all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate",
+__all__ = ["MAX_SEED", "check_seed", "device_problem", "DivergenceWarning", "DIVERGENCE_CHECK_EVERY", "TrainConfig", "TrainResult", "train", "evaluate",
            "evaluate_metrics", "check_data_fits", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
