@@ -340,6 +340,7 @@ CASES += [
     ("report-deep-json-objects", ["report", "{res_deep_obj}"], 2, "deeper than 64 levels"),
     ("report-deep-json-unclosed", ["report", "{res_deep_open}"], 2, "deeper than 64 levels"),
     ("report-deep-json-json", ["report", "{res_deep}", "--json"], 2, "deeper than 64 levels"),
+    ("inspect-zero-width", ["inspect", "cifar_resnet_20?width=0"], 2, "empty parameter"),
     # model/data pairing (issue 21): one line naming both sides, for every method
     *[(f"prune-pairing-{meth}-{what}", ["prune", "cifar_resnet_20", "--method", meth, "--sparsity", "0.5",
                                         "--dataset", ds, *extra, "--batch-size", "8", "--iterations", "2",
@@ -423,6 +424,31 @@ def test_compressed_bomb_mask_is_one_clean_error(argv, ws, zip_bomb, capsys, mon
     out, err = capsys.readouterr()
     _count(rc, out, err)
     assert_clean(rc, out, err, 2, "268,435,456")
+
+
+@pytest.mark.parametrize("label", ["[/bold]x", "[/]", "[bold]x[/red]", "x[link=file:///etc]y"])
+def test_markup_in_progress_descriptions(label, ws, capsys, tmp_path):
+    """The progress bars show a recipe label as written (issue 21: '[/bold]x' raised
+    rich's MarkupError); the run ends 0 with no traceback, progress on."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(ws["recipe"].read_text().replace("targets: [{model: cifar_resnet_20}]",
+                                                       "targets: [{model: cifar_resnet_20, label: '%s'}]" % label))
+    rc = cli.main(["run", str(recipe), "--out", str(tmp_path / "run")])  # not -q: progress bars on
+    out, err = capsys.readouterr()
+    _count(rc, out, err)
+    assert_clean(rc, out, err, 0, "")
+    assert f"retrain transferred {label} level=1" in out + err
+
+
+def test_rich_progress_escapes_its_description():
+    from rich.console import Console
+
+    from elastigraph.train import rich_progress
+
+    con = Console(record=True, width=120, force_terminal=False)
+    with rich_progress("[/bold]x [red]y", console=con) as cb:
+        cb(1, 2, {"lr": 0.1})
+    assert "[/bold]x [red]y" in con.export_text()
 
 
 def test_markup_in_labels_runs_and_reports(ws, capsys, tmp_path, monkeypatch):

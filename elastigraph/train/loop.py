@@ -423,11 +423,14 @@ def rich_progress(description: str = "training", *, console=None) -> Iterator[Pr
         with rich_progress("IMP round 3") as cb:
             train(model, tr, te, cfg, progress=cb)
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as _P, TextColumn, TimeRemainingColumn
 
     with _P(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"), console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None, info="")
+        # the description is user text (model specs, recipe labels such as '[/bold]x'): shown
+        # as written, never parsed as rich markup (a MarkupError would end the run)
+        task = bar.add_task(escape(str(description)), total=None, info="")
 
         def cb(step: int, total: int, metrics: dict) -> None:
             info = f"lr {metrics['lr']:.4g}"
