@@ -12,8 +12,10 @@ and the mask baselines: same architecture, same training settings) go through on
 :meth:`Runner.retrain_many`, which trains them as one fleet
 (:func:`elastigraph.train.fleet.train_fleet`) where fleets are on (``fleet="auto"``: on
 CUDA), or spreads them over worker processes (``workers``; each pinned to its share of
-the cores, or one GPU). With several seeds the workers take whole seeds. A step's id
-never depends on how it ran; every step is computed under its lock
+the cores, or one GPU). With several seeds the workers take whole seeds. A training step's
+id holds its numerics (:meth:`Runner.numerics`: ``fp32``, or ``bf16-autocast`` alone on
+CUDA with amp; fleets train in fp32), so fleet and alone share a step exactly where they
+compute the same thing; every step is computed under its lock
 (:meth:`StepCache.lock`), so workers sharing a cache never compute one step twice.
 """
 
@@ -427,7 +429,8 @@ class Runner:
         in_chans, num_classes = data.shape
         return spec.build(in_chans=in_chans, num_classes=num_classes, img_size=data.image_size)
 
-    def _train_settings(self, spec: ModelSpec, seed: int, ds: DatasetSpec | None = None) -> dict[str, Any]:
+    def _train_settings(self, spec: ModelSpec, seed: int, ds: DatasetSpec | None = None, *,
+                        fleet: bool = False) -> dict[str, Any]:
         return {
             "model": spec.label,
             "dataset": self._dataset_settings(ds),
@@ -435,7 +438,23 @@ class Runner:
             "seed": seed,
             "device": self.recipe.device,
             "threads": torch.get_num_threads(),  # CPU results differ between thread counts
+            "numerics": self.numerics(fleet=fleet),
         }
+
+    def numerics(self, *, fleet: bool = False) -> str:
+        """The arithmetic a training step of this run computes in, part of every training
+        step's id: ``"bf16-autocast"`` (alone on CUDA with ``train.amp``, the default) or
+        ``"fp32"`` (the CPU; ``amp: false``; and every fleet, which trains in fp32 on CUDA:
+        see :mod:`elastigraph.train.fleet`). Where a fleet computes what training alone
+        computes (the CPU, or ``amp: false``; up to the order of float sums) both give the
+        same id and share the cached step; where they differ (a GPU with bf16) they are two
+        steps, so which number a step holds never depends on how the cache was filled."""
+        from ..train import TrainConfig
+
+        amp = self.recipe.train.settings().get("amp", TrainConfig.amp)  # unset: TrainConfig's default
+        if fleet or not self._cuda() or not amp:
+            return "fp32"
+        return "bf16-autocast"
 
     # ----- stages
 
@@ -691,8 +710,9 @@ class Runner:
         return self.retrain_many([RetrainRequest(spec, seed, mask_step, weights_step, weights_file, start_step, label,
                                                  init_seed, ds)])[0]
 
-    def _retrain_key(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, StepRecord | None]]:
-        settings = {**self._train_settings(req.spec, req.seed, req.dataset), "start_step": req.start_step, "weights_file": req.weights_file}
+    def _retrain_key(self, req: RetrainRequest, *, fleet: bool = False) -> tuple[str, dict[str, Any], dict[str, StepRecord | None]]:
+        settings = {**self._train_settings(req.spec, req.seed, req.dataset, fleet=fleet), "start_step": req.start_step,
+                    "weights_file": req.weights_file}
         if req.init_seed is not None and req.weights_step is None:
             settings["init_seed"] = req.init_seed
         return "retrain", settings, {"mask": req.mask_step, "weights": req.weights_step}
@@ -751,8 +771,8 @@ class Runner:
                 out[i] = self._retrain_one(requests[i])
         return out  # type: ignore[return-value]
 
-    def _key_ids(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, str]]:
-        kind, settings, inputs = self._retrain_key(req)
+    def _key_ids(self, req: RetrainRequest, *, fleet: bool = False) -> tuple[str, dict[str, Any], dict[str, str]]:
+        kind, settings, inputs = self._retrain_key(req, fleet=fleet)
         return kind, settings, {k: v.id for k, v in inputs.items() if v is not None}
 
     def _load_retrain(self, req: RetrainRequest) -> StepRecord:
@@ -763,7 +783,7 @@ class Runner:
         cannot share one (the caller then runs them alone)."""
         from ..train.fleet import can_fleet, train_fleet
 
-        keys = [self._key_ids(r) for r in reqs]
+        keys = [self._key_ids(r, fleet=True) for r in reqs]  # fleet numerics: see numerics()
         sids = [step_id(*k) for k in keys]
         with contextlib.ExitStack() as stack:
             for sid in sorted(set(sids)):
