@@ -133,22 +133,14 @@ def _load_weights(model, path: Path, what: str) -> None:
     model.load_state_dict(state)
 
 
-MAX_PLAN_BYTES = 1 << 20
-
-
 def _read_plan(path: Path):
-    """A plan JSON file (as written next to a transferred mask), size-bounded and decoded
-    with a named error for anything that is not one."""
+    """A plan JSON file (as written next to a transferred mask), read with the bounded
+    JSON reader (size, nesting) and a named error for anything that is not one."""
     from .errors import MappingError
-    from .transfer import Plan
+    from .io import read_json
+    from .transfer import MAX_PLAN_BYTES, Plan
 
-    if path.stat().st_size > MAX_PLAN_BYTES:
-        raise MappingError(f"plan file {path} is {path.stat().st_size:,} bytes; plans are small JSON files "
-                           f"(limit {MAX_PLAN_BYTES:,})")
-    try:
-        return Plan.from_json(path.read_text())
-    except (UnicodeDecodeError, RecursionError) as e:
-        raise MappingError(f"plan file {path} is not a plan JSON file ({type(e).__name__})") from None
+    return Plan.from_dict(read_json(path, f"plan file {path}", max_bytes=MAX_PLAN_BYTES, error=MappingError))
 
 
 def _param_table(model) -> Table:
@@ -390,17 +382,28 @@ def train(
     if weights is not None:
         _load_weights(net, weights, "--weights")
     m = masks.read_mask(mask, model=net, model_name=model) if mask is not None else None
-    with rich_progress(f"train {model}", console=err_console) as cb:
+    import warnings
+
+    from .train.loop import DivergenceWarning
+
+    with rich_progress(f"train {model}", console=err_console) as cb, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)  # said once below, as the error
         res = _train(net, tr, te, cfg, mask=m, start_step=start_step, progress=None if as_json else cb)
     result = {
         "model": model, "dataset": dataset, "mask": str(mask) if mask else None,
         "sparsity": masks.sparsity(m) if m is not None else 0.0,
         "test_acc": res.test_acc, "test_loss": res.test_loss, "steps": res.steps, "wall_s": res.wall_s,
         "images_per_s": res.images_per_s, "device": res.device, "config": res.config, "history": res.history,
+        **({"diverged": True, "diverged_at": res.diverged_at, "test_acc": None, "test_loss": None} if res.diverged else {}),
     }
     write_json(out, result)
     if save_weights is not None:
         save_tensors(save_weights, res.final_state)
+    if res.diverged:
+        from .errors import DivergedError
+
+        raise DivergedError(f"training {model} diverged: the loss is NaN/inf at step {res.diverged_at + 1} of "
+                            f"{res.steps + start_step} (lr {lr}); {out} records it as diverged. Lower --lr")
     if as_json:
         _emit_json(result)
         return

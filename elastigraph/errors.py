@@ -76,3 +76,12 @@ class OutputLockedError(ElastigraphError, ValueError):
 class PairingError(ElastigraphError, ValueError):
     """A model and the data it is given do not fit each other (input channels or shape,
     number of outputs vs classes, label type, precision); the message names both sides."""
+
+
+class DivergedError(ElastigraphError, ValueError):
+    """Training steps of a recipe run diverged (NaN/inf loss) and the recipe does not say
+    divergence is expected (``expect_divergence: true``). Raised after the run's results
+    and report are written (they show those steps as diverged); ``summary`` holds the
+    run's :class:`~elastigraph.recipes.runner.RunSummary`."""
+
+    summary = None

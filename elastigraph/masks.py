@@ -8,14 +8,12 @@ files (safetensors; open_lth / E-LTH ``mask.pth`` read safely) and sparsity repo
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
 import math
 import os
 import pickle
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -445,16 +443,10 @@ def save_mask(
             ) from e
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write mask file {path}: folder {path.parent} does not exist")
-    # A fresh name in the same folder (same file system, so the rename is atomic); created
-    # by save_file itself, so it gets the usual permissions.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        _st.save_file({k: v.contiguous() for k, v in m.items()}, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: _st.save_file({k: v.contiguous() for k, v in m.items()}, tmp, metadata=header),
+                 mkdir=False)
 
 
 def _sniff(path: Path) -> str:
@@ -471,11 +463,67 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _read_safetensors(path: Path) -> tuple[Mask, dict[str, str]]:
+MAX_MASK_BYTES = 1 << 30
+"""What a mask file may hold (or inflate to) when no model says how large its mask can
+be: 1 GiB. With a model the bound is :func:`mask_budget` of its shapes."""
+
+
+def mask_budget(model: nn.Module | None) -> int:
+    """Bytes a mask file for ``model`` may hold once inflated: every parameter stored at
+    8 bytes an entry (float64/int64, the widest a mask file uses) plus 1 MiB for the
+    container (pickle, header, metadata); :data:`MAX_MASK_BYTES` without a model."""
+    if model is None:
+        return MAX_MASK_BYTES
+    return sum(math.prod(s) for s in _param_shapes(model).values()) * 8 + (1 << 20)
+
+
+def _bound_file(path: Path, model: nn.Module | None, model_name: str | None) -> None:
+    """Refuse a mask file that holds, or declares it will inflate to, more bytes than a
+    mask of ``model`` can need -- from the file's size and, for a torch zip archive, the
+    uncompressed sizes its central directory declares (torch extracts an entry into a
+    buffer of its declared size), before any payload is read."""
+    budget = mask_budget(model)
+    whose = f"a mask of {_model_label(model, model_name)} ({budget:,} bytes at most)" if model is not None else \
+        f"the {budget:,} bytes a mask file may hold without a model to check it against"
+    size = path.stat().st_size
+    if size > budget:
+        raise MaskError(f"mask file {path} is {size:,} bytes, more than {whose}; is it the mask of another model?")
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if not is_zip:
+        return
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise MaskTypeError(f"mask file {path} is not a readable torch.save file ({e}); {_FORMATS_HINT}") from None
+    for i in infos:  # torch.save stores entries uncompressed; a high ratio is a bomb whatever the budget
+        if i.compress_type != zipfile.ZIP_STORED and i.file_size > 100 * i.compress_size + (1 << 20):
+            raise MaskError(
+                f"mask file {path}: entry {i.filename!r} inflates {i.compress_size:,} bytes to {i.file_size:,} "
+                "(torch.save does not compress); refused before reading (a compressed-file bomb)")
+    total = sum(i.file_size for i in infos)
+    if total > budget or len(infos) > 100_000:
+        big = max(infos, key=lambda i: i.file_size)
+        raise MaskError(
+            f"mask file {path} ({size:,} bytes) declares {total:,} bytes once inflated in {len(infos):,} entries "
+            f"(largest: {big.filename!r}, {big.file_size:,} bytes), more than {whose}; refused before reading "
+            "(a compressed-file bomb, or the file of a much larger model)")
+
+
+def _read_safetensors(path: Path, model: nn.Module | None = None,
+                      model_name: str | None = None) -> tuple[Mask, dict[str, str]]:
     try:
         with _st_open(str(path), framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
+            if model is not None:  # keys and declared shapes first: nothing read yet
+                _fits(model, {k: _Declared(f.get_slice(k).get_shape()) for k in f.keys()}, f"mask file {path}",
+                      model_name)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except MaskError:
+        raise
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise MaskTypeError(f"mask file {path} is not a readable safetensors file ({e}); {_FORMATS_HINT}") from e
     version = header.get(_META_VERSION)
@@ -505,6 +553,7 @@ def load_mask(path: str | os.PathLike[str]) -> Mask:
     if kind != "safetensors":
         hint = "; it looks like a torch.save file: use load_lth_mask or read_mask" if kind == "torch" else ""
         raise MaskTypeError(f"mask file {path} is not a safetensors file{hint}; {_FORMATS_HINT}")
+    _bound_file(path, None, None)
     return _read_safetensors(path)[0]
 
 
@@ -522,6 +571,13 @@ def mask_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+class _Declared:
+    """A tensor's shape as a file header declares it (nothing read): for :func:`_fits`."""
+
+    def __init__(self, shape: Any):
+        self.shape = tuple(shape)
+
+
 def _fits(model: nn.Module | None, obj: Any, where: str, model_name: str | None) -> None:
     """With ``model``: every key names one of its parameters and every declared shape is
     its shape -- checked on the raw file contents, before any tensor is converted (a
@@ -533,7 +589,7 @@ def _fits(model: nn.Module | None, obj: Any, where: str, model_name: str | None)
     for key, t in obj.items():
         if isinstance(key, str) and key not in shapes:
             raise MaskError(f"{where}: key {key!r} is not a parameter of {label}; is it the mask of another model?")
-        if isinstance(key, str) and isinstance(t, torch.Tensor) and tuple(t.shape) != tuple(shapes[key]):
+        if isinstance(key, str) and isinstance(t, (torch.Tensor, _Declared)) and tuple(t.shape) != tuple(shapes[key]):
             raise MaskError(f"{where}: entry {key!r} has shape {tuple(t.shape)} but {label}.{key} has shape "
                             f"{tuple(shapes[key])}; is it the mask of another model?")
 
@@ -547,6 +603,7 @@ def load_lth_mask(path: str | os.PathLike[str], *, model: nn.Module | None = Non
     kind = _sniff(path)
     if kind == "safetensors":
         raise MaskTypeError(f"mask file {path} is a safetensors file: use load_mask or read_mask")
+    _bound_file(path, model, model_name)
     try:
         # A file object, not the path: torch.load reroutes paths ending in .safetensors.
         with open(path, "rb") as f:
@@ -577,7 +634,8 @@ def read_mask(path: str | os.PathLike[str], *, model: nn.Module | None = None,
     path = _as_path(path, "read_mask path")
     kind = _sniff(path)
     if kind == "safetensors":
-        m = load_mask(path)
+        _bound_file(path, model, model_name)
+        m = _read_safetensors(path, model, model_name)[0]
         return check_mask(model, m, model_name=model_name) if model is not None else m
     if kind == "torch":
         m = load_lth_mask(path, model=model, model_name=model_name)

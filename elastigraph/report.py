@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -99,7 +98,37 @@ def record_fields(m: ReportMetric = ACCURACY, records: Iterable[Mapping[str, Any
 def summary_fields(m: ReportMetric = ACCURACY) -> list[str]:
     k = m.key
     return ["role", "target", "method", "level", "sparsity", f"test_{k}_mean", f"test_{k}_std", "n",
-            f"test_{k}_ci_low", f"test_{k}_ci_high", f"val_{k}_mean"]
+            f"test_{k}_ci_low", f"test_{k}_ci_high", f"val_{k}_mean", "diverged"]
+
+
+DIVERGED = "diverged"
+"""What every report shows instead of a number for a run whose training diverged."""
+
+
+def _shown_summary(rows: Iterable[Mapping[str, Any]], m: ReportMetric) -> list[dict[str, Any]]:
+    """Summary rows for summary.csv: a cell whose every run diverged says ``diverged``."""
+    out = []
+    for s in rows:
+        s = dict(s)
+        if s["diverged"] and s["n"] == 0:
+            for f in (f"test_{m.key}_mean", f"test_{m.key}_std", f"test_{m.key}_ci_low", f"test_{m.key}_ci_high",
+                      f"val_{m.key}_mean"):
+                s[f] = DIVERGED
+        out.append(s)
+    return out
+
+
+def _shown_records(records: Iterable[Mapping[str, Any]], m: ReportMetric) -> list[dict[str, Any]]:
+    """Records for results.csv: a diverged run's metric cells say ``diverged``."""
+    out = []
+    for r in records:
+        r = dict(r)
+        if r.get("diverged"):
+            for f in (f"test_{m.key}", "test_loss", f"val_{m.key}", f"before_{m.key}"):
+                if f in r or not f.startswith("before_"):
+                    r[f] = DIVERGED
+        out.append(r)
+    return out
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
@@ -112,10 +141,9 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
             f"{path} does not exist: the run in {str(run_dir)!r} has not finished; "
             "run `elastigraph run RECIPE --out DIR` again to resume it"
         )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path} is not valid JSON ({e})") from None
+    from .io import read_json
+
+    data = read_json(path, str(path), error=ReportError)
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ReportError(f"{path} has no 'records' list; is it an elastigraph results file?")
     _check_records(data["records"], path, metric_of(data))
@@ -172,7 +200,8 @@ def summarize(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCUR
     """Mean, sample standard deviation and 95% t-interval of the test ``metric`` over
     seeds, per (role, target, method, level), and its mean on the validation split where
     there is one; sparsity is averaged too (it can drift by seed). Runs whose metric is
-    missing (no test set) count in ``n`` but not in the mean."""
+    missing (no test set) count in ``n`` but not in the mean. Diverged runs are left out of
+    every statistic and of ``n`` and counted in ``diverged``."""
     k = metric.key
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     first_seen: dict[str, int] = {}
@@ -188,16 +217,18 @@ def summarize(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCUR
     out = []
     for key in sorted(groups, key=order):
         rows = groups[key]
+        n_div = sum(1 for r in rows if r.get("diverged"))
+        rows = [r for r in rows if not r.get("diverged")]  # diverged runs: counted apart, never in a statistic
         accs = [float(r[f"test_{k}"]) for r in rows if r.get(f"test_{k}") is not None]
         acc_m, acc_s = _mean_std(accs) if accs else (math.nan, math.nan)
         iv = mean_interval(accs, LEVEL)
         vals = [float(r[f"val_{k}"]) for r in rows if r.get(f"val_{k}") is not None]
-        sp_m, _ = _mean_std([float(r["sparsity"]) for r in rows])
+        sp_m, _ = _mean_std([float(r["sparsity"]) for r in groups[key]])
         out.append({
             "role": key[0], "target": key[1], "method": key[2], "level": key[3],
             "sparsity": sp_m, f"test_{k}_mean": acc_m, f"test_{k}_std": acc_s, "n": len(rows),
             f"test_{k}_ci_low": iv.low, f"test_{k}_ci_high": iv.high,
-            f"val_{k}_mean": _mean_std(vals)[0] if vals else None,
+            f"val_{k}_mean": _mean_std(vals)[0] if vals else None, "diverged": n_div,
         })
     return out
 
@@ -214,7 +245,7 @@ def compare(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCURAC
     cells: dict[tuple[str, int], dict[str, dict[int, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     order: dict[tuple[str, int], int] = {}
     for r in records:
-        if r["role"] != "target" or r.get(f) is None:
+        if r["role"] != "target" or r.get(f) is None or r.get("diverged"):  # a diverged run pairs with nothing
             continue
         key = (r["target"], int(r["level"]))
         order.setdefault(key, len(order))
@@ -342,6 +373,11 @@ def plot_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
                                marker="o", ms=3, capsize=2, lw=1, label=method)[0]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         note = _clip_outliers(ax, rows, metric)
+        div = [s for s in rows if s["diverged"]]
+        if div:  # no point for a diverged run: named under the panel's title instead
+            note = (note + "\n" if note else "") + f"{DIVERGED}: " + ", ".join(
+                f"{s['method']} at {100 * s['sparsity']:.1f}% ({s['diverged']} of {s['diverged'] + s['n']})"
+                for s in div)
         ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel(f"test {metric.label}{f' ({metric.unit})' if metric.unit else ''} ({metric.direction})")
@@ -393,23 +429,14 @@ def plot_layer_density(results: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def _save_fig(fig: Any, path: str | Path) -> Path:
-    import os
-    import tempfile
-
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    from .io import atomic_write
+
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
@@ -427,8 +454,9 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     metric = metric_of(results)
     rows = [{**r, f"before_{metric.key}": r["before"].get(metric.key)} if isinstance(r.get("before"), Mapping) else r
             for r in results["records"]]
-    write_text(paths["results_csv"], _csv_text(rows, record_fields(metric, results["records"])))
-    write_text(paths["summary_csv"], _csv_text(summarize(results["records"], metric), summary_fields(metric)))
+    write_text(paths["results_csv"], _csv_text(_shown_records(rows, metric), record_fields(metric, results["records"])))
+    write_text(paths["summary_csv"], _csv_text(_shown_summary(summarize(results["records"], metric), metric),
+                                               summary_fields(metric)))
     write_text(paths["comparisons_csv"], _csv_text(compare(results["records"], metric), COMPARISON_FIELDS))
     import matplotlib
 
@@ -461,6 +489,8 @@ def summary_table(results: Mapping[str, Any]):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     for s in summarize(recs, m):
         acc = show(s[f"test_{k}_mean"]) + (f" ± {show(s[f'test_{k}_std'])}" if s["n"] > 1 else "")
+        if s["diverged"]:  # never a number for a diverged run
+            acc = DIVERGED if s["n"] == 0 else f"{acc} ({s['diverged']} {DIVERGED})"
         ci = f"[{show(s[f'test_{k}_ci_low'])}, {show(s[f'test_{k}_ci_high'])}]" if s[f"test_{k}_ci_low"] is not None else "-"
         t.add_row(escape(str(s["target"])), escape(str(s["role"])), escape(str(s["method"])), str(s["level"]), f"{100 * s['sparsity']:.2f}%", acc,
                   str(s["n"]), ci, show(s[f"val_{k}_mean"]))

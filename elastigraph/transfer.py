@@ -165,6 +165,10 @@ class StagePlan:
         return ";".join(f"{i}:{','.join(map(str, js))}" for i, js in self.mapping().items())
 
 
+MAX_PLAN_BYTES = 1 << 20
+"""Largest plan JSON read (plans are a few KB)."""
+
+
 @dataclass
 class Plan:
     """Which source block feeds each target block, stage by stage; fixed parts (stem,
@@ -200,11 +204,9 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise MappingError(f"plan JSON does not parse: {e}") from e
-        return cls.from_dict(data)
+        from .io import load_json
+
+        return cls.from_dict(load_json(text, "plan JSON", max_bytes=MAX_PLAN_BYTES, error=MappingError))
 
     def __rich__(self) -> Any:
         from rich.table import Table

@@ -201,11 +201,37 @@ CASES = [
     ("meta-ticket-applied-to-meta-model-with-real-weights", lambda m: eg.transfer(
         m["src"], _mask(m["src"]), _meta("cifar_resnet_20")).apply(_meta("cifar_resnet_20")), errors.ModelTypeError,
      "meta device"),
+    # silently accepted before (issue 21): bad leaf_modules with the torch.export fallback, zero widths
+    *[(f"leaf-modules-{v!r}", (lambda v: lambda m: eg.analyze(_Untraceable(), (2, 4), leaf_modules=v))(v),
+       errors.ConfigError, "leaf_modules") for v in ("abc", [1], [int], 5, [None])],
+    *[(f"leaf-modules-fx-{v!r}", (lambda v: lambda m: eg.analyze(m["src"], leaf_modules=v))(v),
+       errors.ConfigError, "leaf_modules") for v in ("abc", [1])],
+    *[(f"zero-width-{n}", (lambda n, kw: lambda m: models.create(n, **kw))(n, kw), errors.ModelNameError, "empty")
+      for n, kw in [("cifar_resnet_20", {"width": 0}), ("cifar_resnet_56", {"width": 0})]],
     ("generator-str", lambda m: eg.prune.random(m["src"], 0.5, generator="x"), errors.ConfigError, "torch.Generator"),
     ("generator-int", lambda m: eg.prune.random(m["src"], 0.5, generator=3), errors.ConfigError, "torch.Generator"),
     ("generator-and-seed", lambda m: eg.prune.random(m["src"], 0.5, seed=1, generator=torch.Generator()),
      errors.ConfigError, "not both"),
 ]
+
+
+class _Untraceable(nn.Module):
+    """torch.fx cannot trace it (Python control flow on a shape), torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(x) if x.shape[-1] == 4 else x
+
+
+def test_export_fallback_still_runs_for_good_leaf_modules():
+    """The fallback itself is untouched: valid leaf_modules (or none) still capture."""
+    g = eg.analyze(_Untraceable(), (2, 4), leaf_modules=[nn.Linear])
+    assert g.traced.capture == "torch.export"
 
 
 def _meta(name: str, **kw) -> nn.Module:
@@ -452,6 +478,75 @@ def test_truncated_and_bomb_files_bounded(tmp_path):
         masks.load_lth_mask(p)
     with pytest.raises(errors.MaskError):
         masks.read_mask(p, model=models.create("cifar_resnet_14"))
+
+
+def test_compressed_bomb_refused_before_reading(zip_bomb, monkeypatch):
+    """A 256 KiB torch zip whose one entry inflates to 256 MiB: read_mask refuses it from
+    the zip directory alone (the payload is never read: torch.load is not called), with
+    and without a model; load_lth_mask too."""
+    assert zip_bomb.stat().st_size < 512 * 1024
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(1))
+    net = models.create("cifar_resnet_14")
+    for f in (lambda: masks.read_mask(zip_bomb, model=net), lambda: masks.read_mask(zip_bomb),
+              lambda: masks.load_lth_mask(zip_bomb, model=net)):
+        with pytest.raises(errors.MaskError, match="268,435,456"):
+            f()
+    assert calls == []
+
+
+def test_mask_file_bounded_by_the_models_shapes(tmp_path, monkeypatch):
+    """With a model, a mask file may hold at most 8 bytes per parameter (+1 MiB): an
+    uncompressed archive or a safetensors file declaring more is refused before its
+    tensors are read; right-sized files of every layout still load."""
+    import zipfile
+
+    net = models.create("cifar_resnet_14")
+    budget = masks.mask_budget(net)
+    assert budget == sum(p.numel() for p in net.parameters()) * 8 + (1 << 20)
+    # a stored (uncompressed) archive one entry of which is larger than the budget
+    big = tmp_path / "big.pth"
+    torch.save({"conv.weight": torch.ones(16, 3, 3, 3, dtype=torch.uint8)}, big)
+    with zipfile.ZipFile(big, "a") as z:
+        z.writestr("archive/data/99", b"\0" * (budget + 1))
+    with pytest.raises(errors.MaskError, match="more than a mask of CifarResNet"):
+        masks.read_mask(big, model=net)
+    # safetensors: an unknown key or a wrong declared shape is refused before get_tensor
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    st = tmp_path / "extra.safetensors"
+    save_file({"conv.weight": torch.ones(16, 3, 3, 3, dtype=torch.bool), "huge": torch.zeros(1000, dtype=torch.bool)},
+              str(st))
+    read = []
+    real = safe_open
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self.f = real(*a, **k)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *a):
+            return self.f.__exit__(*a)
+
+        def __getattr__(self, name):
+            if name == "get_tensor":
+                read.append(1)
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(masks, "_st_open", Spy)
+    with pytest.raises(errors.MaskError, match="'huge' is not a parameter"):
+        masks.read_mask(st, model=net)
+    assert read == []
+    monkeypatch.undo()
+    # right-sized files load: safetensors, torch zip, float 0/1 tensors
+    for name, write in [("ok.safetensors", lambda p: masks.save_mask(masks.full_mask(net), p)),
+                        ("ok.pth", lambda p: torch.save({k: v.double() for k, v in masks.full_mask(net).items()}, p))]:
+        write(tmp_path / name)
+        assert masks.read_mask(tmp_path / name, model=net).keys() == masks.full_mask(net).keys()
 
 
 def test_cifar_nested_lists_checked_before_numpy(tmp_path):

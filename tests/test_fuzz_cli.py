@@ -127,6 +127,9 @@ def ws(tmp_path_factory) -> dict[str, Path]:
         "res_nan": "nan", "res_level": '{"records": [{"role":"s","target":"t","method":"m","level":"x",'
                                        '"sparsity":0,"test_acc":1}]}',
         "res_layers": '{"records": [], "layer_density": [{"seed":0}]}',
+        "res_deep": '{"records": ' + "[" * 100000 + "]" * 100000 + "}",
+        "res_deep_obj": '{"records": [' + '{"a": ' * 5000 + "1" + "}" * 5000 + "]}",
+        "res_deep_open": "[" * 1000000,
         "res_markup": '{"recipe": "[bold", "seeds": [0], "records": [{"role":"source","target":"[/red]",'
                       '"method":"imp","level":0,"sparsity":0.0,"test_acc":0.5}]}',
         "res_mathtext": '{"recipe": "$\\\\foo$", "seeds": [0], "records": [{"role":"source","target":"$\\\\bad{$",'
@@ -275,9 +278,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("transfer-mask-is-text", ["transfer", "--src", "cifar_resnet_14", "--mask", "{file}", "--dst", "cifar_resnet_20",
                                "--out", "{t}/t.safetensors"], 2, "in no format elastigraph reads"),
 ]
-for _name, _frag in [("plan_int", "src is missing"), ("plan_list", "is a list"), ("plan_badjson", "does not parse"),
+for _name, _frag in [("plan_int", "src is missing"), ("plan_list", "is a list"), ("plan_badjson", "not valid JSON"),
                      ("plan_deep", "plan"), ("plan_stage", "stages[0].index"), ("plan_sources", "stages[0].sources"),
-                     ("plan_bin", "not a plan JSON")]:
+                     ("plan_bin", "not UTF-8")]:
     CASES.append((f"transfer-{_name}", ["transfer", "--src", "cifar_resnet_14", "--mask", "{mask}", "--dst",
                                         "cifar_resnet_20", "--out", "{t}/t.safetensors", "--mapping", "{%s}" % _name],
                   2, _frag))
@@ -332,6 +335,12 @@ CASES += [
     ("report-mathtext-in-labels", ["report", "{res_mathtext}"], 0, "bad{"),
     ("report-missing-dir", ["report", "{t}/nope"], 2, "does not exist"),
     ("report-unfinished", ["report", "{t}"], 2, "has not finished"),
+    # nested JSON is bounded before parsing (issue 21: it died with RecursionError)
+    ("report-deep-json", ["report", "{res_deep}"], 2, "deeper than 64 levels"),
+    ("report-deep-json-objects", ["report", "{res_deep_obj}"], 2, "deeper than 64 levels"),
+    ("report-deep-json-unclosed", ["report", "{res_deep_open}"], 2, "deeper than 64 levels"),
+    ("report-deep-json-json", ["report", "{res_deep}", "--json"], 2, "deeper than 64 levels"),
+    ("inspect-zero-width", ["inspect", "cifar_resnet_20?width=0"], 2, "empty parameter"),
     # model/data pairing (issue 21): one line naming both sides, for every method
     *[(f"prune-pairing-{meth}-{what}", ["prune", "cifar_resnet_20", "--method", meth, "--sparsity", "0.5",
                                         "--dataset", ds, *extra, "--batch-size", "8", "--iterations", "2",
@@ -402,6 +411,44 @@ def test_cli_bad_input_is_one_clean_error(case, ws, capsys, monkeypatch):
     _count(rc, out, err)
     assert_clean(rc, out, err, expect_rc, fragment)
     assert "unpickled!" not in out + err
+
+
+@pytest.mark.parametrize("argv", [
+    ["transfer", "--src", "cifar_resnet_14", "--mask", "{bomb}", "--dst", "cifar_resnet_20", "--out", "{t}/b.safetensors"],
+    ["train", "cifar_resnet_14", "--dataset", "synthetic", "--mask", "{bomb}", "--steps", "1", "--out", "{t}/b.json"],
+], ids=["transfer", "train"])
+def test_compressed_bomb_mask_is_one_clean_error(argv, ws, zip_bomb, capsys, monkeypatch):
+    """A 256 KiB mask file inflating to 256 MiB: one error line, nothing inflated (issue 21)."""
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load reached"))
+    rc = cli.main([_fill(a, {**ws, "bomb": zip_bomb}) for a in argv])
+    out, err = capsys.readouterr()
+    _count(rc, out, err)
+    assert_clean(rc, out, err, 2, "268,435,456")
+
+
+@pytest.mark.parametrize("label", ["[/bold]x", "[/]", "[bold]x[/red]", "x[link=file:///etc]y"])
+def test_markup_in_progress_descriptions(label, ws, capsys, tmp_path):
+    """The progress bars show a recipe label as written (issue 21: '[/bold]x' raised
+    rich's MarkupError); the run ends 0 with no traceback, progress on."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(ws["recipe"].read_text().replace("targets: [{model: cifar_resnet_20}]",
+                                                       "targets: [{model: cifar_resnet_20, label: '%s'}]" % label))
+    rc = cli.main(["run", str(recipe), "--out", str(tmp_path / "run")])  # not -q: progress bars on
+    out, err = capsys.readouterr()
+    _count(rc, out, err)
+    assert_clean(rc, out, err, 0, "")
+    assert f"retrain transferred {label} level=1" in out + err
+
+
+def test_rich_progress_escapes_its_description():
+    from rich.console import Console
+
+    from elastigraph.train import rich_progress
+
+    con = Console(record=True, width=120, force_terminal=False)
+    with rich_progress("[/bold]x [red]y", console=con) as cb:
+        cb(1, 2, {"lr": 0.1})
+    assert "[/bold]x [red]y" in con.export_text()
 
 
 def test_markup_in_labels_runs_and_reports(ws, capsys, tmp_path, monkeypatch):

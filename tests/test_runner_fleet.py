@@ -135,3 +135,33 @@ def test_workers_from_a_two_thread_parent_find_the_steps_they_ran(tmp_path, refe
     ref = [r for r in _records(reference) if r["seed"] == 0]
     assert _records(tmp_path) == ref  # 1 thread each, like the one-thread reference
     assert json.loads((tmp_path / "results.json").read_text())["environment"]["threads"] == 1
+
+
+def test_numerics_are_part_of_every_training_steps_identity(tmp_path, reference, monkeypatch):
+    """Issue 21: what changes the numbers is in the step id. On the CPU a fleet computes
+    what alone computes (fp32 both), so they share ids (test above); every training
+    step's marker records its numerics; on CUDA with bf16 autocast (the default amp) the
+    alone step and the fp32 fleet step are two ids, so a cache never hands one's number
+    out as the other's; a cache from before numerics were in the id is recomputed."""
+    from elastigraph.recipes.cache import step_id
+    from elastigraph.recipes.runner import RetrainRequest, Runner
+
+    markers = _markers(reference)
+    trained = {sid: m for sid, m in markers.items() if sid.split("-")[0] in ("dense", "imp", "retrain")}
+    assert trained and all(m["settings"]["numerics"] == "fp32" for m in trained.values())
+    # the id a cache made before this change gave the step (no numerics): never looked up
+    for sid, m in trained.items():
+        legacy = {k: v for k, v in m["settings"].items() if k != "numerics"}
+        assert step_id(m["kind"], legacy, m["inputs"]) != sid
+    runner = Runner(load_recipe(TINY), tmp_path)
+    assert runner.numerics() == runner.numerics(fleet=True) == "fp32"
+    monkeypatch.setattr(Runner, "_cuda", lambda self: True)  # a GPU run, amp on (the default)
+    assert runner.numerics() == "bf16-autocast" and runner.numerics(fleet=True) == "fp32"
+    sid, m = next((s, m) for s, m in trained.items() if s.startswith("retrain-"))
+    cache = StepCache(reference / "steps")
+    rec = cache.load(sid)
+    req = RetrainRequest(runner.recipe.targets[0].model, 0, rec, None, "", 0, "x")
+    alone, fleet = (step_id(*runner._key_ids(req, fleet=f)) for f in (False, True))
+    assert alone != fleet
+    no_amp = Runner(load_recipe({**TINY, "train": {**TINY["train"], "amp": False}}), tmp_path / "b")
+    assert no_amp.numerics() == no_amp.numerics(fleet=True) == "fp32"  # fp32 alone = the fleet's numbers

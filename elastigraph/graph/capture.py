@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -24,7 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ModelTypeError, TraceError
+from ..errors import ConfigError, ModelTypeError, TraceError
 from .shapes import as_meta_args, default_inputs, propagate_shapes, wants_token_ids
 
 
@@ -153,6 +154,20 @@ def _n_inputs(example_input: Any) -> int:
     return 1
 
 
+def check_leaf_modules(leaf_modules: Any) -> tuple[type, ...]:
+    """``leaf_modules`` as a tuple of ``nn.Module`` subclasses, else :class:`ConfigError`
+    (not a TraceError: a bad argument must not send :func:`capture` to its torch.export
+    fallback, which would ignore it)."""
+    if isinstance(leaf_modules, (str, bytes)) or not isinstance(leaf_modules, abc.Iterable):
+        raise ConfigError(f"leaf_modules must be a list of module classes (e.g. leaf_modules=(MyBlock,)), "
+                          f"got {leaf_modules!r}")
+    out = tuple(leaf_modules)
+    bad = [t for t in out if not (isinstance(t, type) and issubclass(t, nn.Module))]
+    if bad:
+        raise ConfigError(f"leaf_modules must be nn.Module subclasses (e.g. leaf_modules=(MyBlock,)), got {bad[:3]}")
+    return out
+
+
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: str | None = None,
           n_inputs: int = 1) -> Capture:
     """Symbolically trace ``model`` (timm's non-traceable layers kept as leaves) into an
@@ -162,10 +177,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), *, model_name: st
     :class:`TraceError`."""
     if not isinstance(model, nn.Module):
         raise ModelTypeError(f"expected an nn.Module to trace, got {type(model).__name__}")
-    leaf_modules = tuple(leaf_modules)
-    bad = [t for t in leaf_modules if not isinstance(t, type)]
-    if bad:
-        raise TraceError(f"leaf_modules must be module classes (e.g. leaf_modules=(MyBlock,)), got {bad[:3]}")
+    leaf_modules = check_leaf_modules(leaf_modules)
     timm_mods, timm_fns = _timm_leaves()
     tracer = _Tracer(tuple(leaf_modules) + tuple(timm_mods), tuple(timm_fns))
     label = model_name or type(model).__name__
@@ -337,6 +349,7 @@ def capture(model: nn.Module, example_input: Any = None, leaf_modules: Sequence[
     (data-dependent Python, e.g. every Hugging Face transformers model), non-strict
     ``torch.export``. ``Capture.method`` says which was used. Raises :class:`TraceError`
     naming the model and what would work."""
+    leaf_modules = check_leaf_modules(leaf_modules)  # a bad argument must not fall back to export, which ignores it
     try:
         cap = trace(model, leaf_modules, model_name=model_name, n_inputs=_n_inputs(example_input))
     except TraceError as fx_error:

@@ -225,6 +225,17 @@ def create(name: str, *, in_chans: int = 3, num_classes: int = 10, **overrides: 
     for what, v in (("in_chans", in_chans), ("num_classes", num_classes)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ModelNameError(f"{name!r}: {what} must be a positive integer, got {v!r}")
+    model = _build(name, in_chans, num_classes, overrides)
+    empty = [n for n, p in model.named_parameters() if p.numel() == 0]
+    if empty:  # a zero width/size override builds layers with no weights: nothing to train or prune
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "no overrides"
+        raise ModelNameError(f"model {name!r} ({given}) has {len(empty)} empty parameter(s) ({empty[:3]}): a width, "
+                             "channel or size override of 0 builds layers without weights; use positive values")
+    return model
+
+
+def _build(name: str, in_chans: int, num_classes: int, overrides: dict[str, Any]) -> nn.Module:
+    """The model :func:`create` describes, as its constructor builds it."""
     with _constructor_errors(name, overrides):
         if name.startswith("tv:"):
             return _tv(name[3:], in_chans=in_chans, num_classes=num_classes, **overrides)

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ..errors import ConfigError, MaskError
+from ..errors import MaskError
 from ..masks import Mask, _as_mask
 from ..seeds import check_seed
 

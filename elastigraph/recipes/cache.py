@@ -25,13 +25,14 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..io import atomic_write, load_json
 
 CACHE_VERSION = 1
 """Part of every step hash: bump when a step's meaning changes so old caches are not reused."""
@@ -188,20 +189,8 @@ def step_id(kind: str, settings: Mapping[str, Any], inputs: Mapping[str, str]) -
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """The one atomic writer (:func:`elastigraph.io.atomic_write`)."""
+    atomic_write(path, write)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -280,7 +269,7 @@ class StepCache:
         try:
             if marker_path.stat().st_size > MAX_MARKER_BYTES:
                 return f"{MARKER} is larger than {MAX_MARKER_BYTES:,} bytes"
-            marker = json.loads(marker_path.read_text())
+            marker = load_json(marker_path.read_bytes(), MARKER, max_bytes=MAX_MARKER_BYTES)
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
             return f"{MARKER} is unreadable or not JSON ({type(e).__name__})"
         if not isinstance(marker, dict) or marker.get("id") != sid:

@@ -12,8 +12,10 @@ and the mask baselines: same architecture, same training settings) go through on
 :meth:`Runner.retrain_many`, which trains them as one fleet
 (:func:`elastigraph.train.fleet.train_fleet`) where fleets are on (``fleet="auto"``: on
 CUDA), or spreads them over worker processes (``workers``; each pinned to its share of
-the cores, or one GPU). With several seeds the workers take whole seeds. A step's id
-never depends on how it ran; every step is computed under its lock
+the cores, or one GPU). With several seeds the workers take whole seeds. A training step's
+id holds its numerics (:meth:`Runner.numerics`: ``fp32``, or ``bf16-autocast`` alone on
+CUDA with amp; fleets train in fp32), so fleet and alone share a step exactly where they
+compute the same thing; every step is computed under its lock
 (:meth:`StepCache.lock`), so workers sharing a cache never compute one step twice.
 """
 
@@ -31,13 +33,13 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping
+from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .. import masks as _masks
-from ..errors import ConfigError, SegmentMismatchError, StrategyError
+from ..errors import ConfigError, DivergedError, SegmentMismatchError, StrategyError
 from ..train.tasks import Task, get_task, task_of_data
 from ..train.text import is_text_dataset
 from .cache import StepCache, StepRecord, load_tensors, save_tensors, step_id, write_json
@@ -251,13 +253,25 @@ def _worker_job(recipe: Recipe, out: str, cache: str, fleet: str, what: str, kw:
 @dataclass
 class RunSummary:
     """What a run did: where it wrote, how many steps ran or came from the cache, and the
-    flat result records (also in ``results.json``)."""
+    flat result records (also in ``results.json``); ``diverged``: one line per training
+    step that diverged or step skipped because an input diverged."""
 
     out: Path
     executed: int
     skipped: int
     records: list[dict[str, Any]] = field(default_factory=list)
     results_path: Path | None = None
+    diverged: list[str] = field(default_factory=list)
+
+
+class StepDiverged(Exception):
+    """Raised by :meth:`Runner.step` instead of running a step one of whose inputs is a
+    diverged training (its weights are NaN/inf): the caller skips what depends on it."""
+
+
+def diverged(rec: "StepRecord | None") -> bool:
+    """Whether ``rec`` is a training step that diverged."""
+    return rec is not None and bool(rec.result.get("diverged"))
 
 
 class Runner:
@@ -278,6 +292,7 @@ class Runner:
         self.log = log if (log is not None and self.rank == 0) else (lambda s: None)
         self.progress = progress
         self.fleet = fleet
+        self.diverged_skips: list[str] = []
         self.workers = workers
         self.executed = 0
         self.skipped = 0
@@ -335,6 +350,9 @@ class Runner:
 
         ``collective`` steps (training) run on every rank; the others run on rank 0 while
         the rest wait. Only rank 0 writes files and the marker."""
+        bad = [v for v in inputs.values() if diverged(v)]
+        if bad:
+            raise StepDiverged(f"{label or kind}: needs the weights of {bad[0].id}, which diverged")
         ids = {k: v.id for k, v in inputs.items() if v is not None}
         sid = step_id(kind, settings, ids)
         done = self.cache.done(sid) if self.writer else False
@@ -388,7 +406,7 @@ class Runner:
         cfg = cfg or self._config(seed)
         d = self.data(ds)
         bar = self.progress(label) if self.progress is not None and self.writer else contextlib.nullcontext(None)
-        with bar as cb:
+        with bar as cb, self._divergence_log():
             res = train(
                 model, d.train, d.test, cfg, mask=dict(mask) if mask is not None else None,
                 rewind_step=rewind_step, start_step=start_step, progress=cb,
@@ -411,7 +429,8 @@ class Runner:
         in_chans, num_classes = data.shape
         return spec.build(in_chans=in_chans, num_classes=num_classes, img_size=data.image_size)
 
-    def _train_settings(self, spec: ModelSpec, seed: int, ds: DatasetSpec | None = None) -> dict[str, Any]:
+    def _train_settings(self, spec: ModelSpec, seed: int, ds: DatasetSpec | None = None, *,
+                        fleet: bool = False) -> dict[str, Any]:
         return {
             "model": spec.label,
             "dataset": self._dataset_settings(ds),
@@ -419,7 +438,23 @@ class Runner:
             "seed": seed,
             "device": self.recipe.device,
             "threads": torch.get_num_threads(),  # CPU results differ between thread counts
+            "numerics": self.numerics(fleet=fleet),
         }
+
+    def numerics(self, *, fleet: bool = False) -> str:
+        """The arithmetic a training step of this run computes in, part of every training
+        step's id: ``"bf16-autocast"`` (alone on CUDA with ``train.amp``, the default) or
+        ``"fp32"`` (the CPU; ``amp: false``; and every fleet, which trains in fp32 on CUDA:
+        see :mod:`elastigraph.train.fleet`). Where a fleet computes what training alone
+        computes (the CPU, or ``amp: false``; up to the order of float sums) both give the
+        same id and share the cached step; where they differ (a GPU with bf16) they are two
+        steps, so which number a step holds never depends on how the cache was filled."""
+        from ..train import TrainConfig
+
+        amp = self.recipe.train.settings().get("amp", TrainConfig.amp)  # unset: TrainConfig's default
+        if fleet or not self._cuda() or not amp:
+            return "fp32"
+        return "bf16-autocast"
 
     # ----- stages
 
@@ -441,7 +476,8 @@ class Runner:
             model = self._build(spec, seed, ds)
             res = self._train(model, seed=seed, mask=None, start_step=0, rewind_step=k, label=f"{role} {name} dense", ds=ds)
             if self.writer:
-                save_tensors(d / "rewind.safetensors", res.rewind_state)
+                if res.rewind_state is not None:  # None: diverged before the rewind step
+                    save_tensors(d / "rewind.safetensors", res.rewind_state)
                 save_tensors(d / "final.safetensors", res.final_state)
             return _train_result(res, sparsity=0.0)
 
@@ -486,6 +522,9 @@ class Runner:
         levels: list[StepRecord] = []
         prev = dense
         for level in range(1, upto + 1):
+            if diverged(prev):  # the next level prunes prev's NaN weights: the chain stops here
+                self.log(f"[skip] {role} {name} IMP levels {level}..{upto} seed={seed}: level {level - 1} diverged")
+                break
             prev = self.imp_level(spec, seed, level, prev, dense, role, name, ds)
             levels.append(prev)
         return dense, levels
@@ -671,8 +710,9 @@ class Runner:
         return self.retrain_many([RetrainRequest(spec, seed, mask_step, weights_step, weights_file, start_step, label,
                                                  init_seed, ds)])[0]
 
-    def _retrain_key(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, StepRecord | None]]:
-        settings = {**self._train_settings(req.spec, req.seed, req.dataset), "start_step": req.start_step, "weights_file": req.weights_file}
+    def _retrain_key(self, req: RetrainRequest, *, fleet: bool = False) -> tuple[str, dict[str, Any], dict[str, StepRecord | None]]:
+        settings = {**self._train_settings(req.spec, req.seed, req.dataset, fleet=fleet), "start_step": req.start_step,
+                    "weights_file": req.weights_file}
         if req.init_seed is not None and req.weights_step is None:
             settings["init_seed"] = req.init_seed
         return "retrain", settings, {"mask": req.mask_step, "weights": req.weights_step}
@@ -731,8 +771,8 @@ class Runner:
                 out[i] = self._retrain_one(requests[i])
         return out  # type: ignore[return-value]
 
-    def _key_ids(self, req: RetrainRequest) -> tuple[str, dict[str, Any], dict[str, str]]:
-        kind, settings, inputs = self._retrain_key(req)
+    def _key_ids(self, req: RetrainRequest, *, fleet: bool = False) -> tuple[str, dict[str, Any], dict[str, str]]:
+        kind, settings, inputs = self._retrain_key(req, fleet=fleet)
         return kind, settings, {k: v.id for k, v in inputs.items() if v is not None}
 
     def _load_retrain(self, req: RetrainRequest) -> StepRecord:
@@ -743,7 +783,7 @@ class Runner:
         cannot share one (the caller then runs them alone)."""
         from ..train.fleet import can_fleet, train_fleet
 
-        keys = [self._key_ids(r) for r in reqs]
+        keys = [self._key_ids(r, fleet=True) for r in reqs]  # fleet numerics: see numerics()
         sids = [step_id(*k) for k in keys]
         with contextlib.ExitStack() as stack:
             for sid in sorted(set(sids)):
@@ -764,7 +804,7 @@ class Runner:
                 self.cache.prepare(sids[i])
             t0 = time.perf_counter()
             bar = self.progress(label) if self.progress is not None else contextlib.nullcontext(None)
-            with bar as cb:
+            with bar as cb, self._divergence_log():
                 results = train_fleet([m for m, _ in built], data.train, data.test, cfgs,
                                       masks=[mk for _, mk in built], start_step=reqs[pending[0]].start_step, progress=cb)
             wall = round(time.perf_counter() - t0, 3)
@@ -969,7 +1009,29 @@ class Runner:
 
                 write_lmc_csv(self.lmc_rows, self.out / "lmc.csv")
                 plot_lmc(self.lmc_rows, self.out / "lmc.png")
+        self._check_divergence(summary)
         return summary
+
+    def _check_divergence(self, summary: RunSummary) -> None:
+        """Diverged trainings (and the work skipped because of them) end the run with a
+        :class:`DivergedError` -- after results and report are written -- unless the
+        recipe says ``expect_divergence: true``; then they are one log line."""
+        runs = [f"{x['role']} {x['target']} {x['method']} level={x['level']} seed={x['seed']} at step "
+                f"{(x.get('diverged_at') or 0) + 1}" for x in summary.records if x.get("diverged")]
+        summary.diverged = runs + list(dict.fromkeys(self.diverged_skips))
+        if not summary.diverged:
+            return
+        skipped = len(summary.diverged) - len(runs)
+        msg = (f"{len(runs)} training(s) of recipe {self.recipe.name!r} diverged (loss NaN/inf): {'; '.join(runs[:3])}"
+               f"{' ...' if len(runs) > 3 else ''}; {skipped} dependent piece(s) of work skipped. "
+               f"{'results.json and the report in ' + repr(str(self.out)) + ' show them as diverged. ' if self.writer else ''}")
+        if self.recipe.expect_divergence:
+            self.log(f"[note] {msg}(expected: the recipe sets expect_divergence: true)")
+            return
+        err = DivergedError(msg + "Lower the learning rate (or gamma, warm-up), or set expect_divergence: true in "
+                                  "the recipe if divergence is an expected outcome")
+        err.summary = summary
+        raise err
 
     def _run_seed(self, seed: int, levels: list[int], top: int, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The protocol for one seed: the source's IMP, then every target."""
@@ -1008,7 +1070,6 @@ class Runner:
         """Transfer every level's ticket to ``target``, retrain it, and run each baseline of
         the recipe against it (one ``_baseline`` call per baseline and level)."""
         r = self.recipe
-        k = r.prune.rewind_step
         base = set(r.baselines)
         rewind_based = {"random", "random-global", *MASK_BASELINES}
         need_dense = bool(base & {"dense", "imp"}) or (bool(base & rewind_based) and r.baseline_settings.weights == "rewind")
@@ -1022,39 +1083,94 @@ class Runner:
         if "dense" in base and tgt_dense is not None:
             out.append(_record(seed, "target", target.model.label, name, 0, "dense", tgt_dense))
         for lv in levels:
-            src_level = src_levels[lv - 1]
-            tr = self.transfer(target, seed, src_level, src_dense)
-            # the level's retrains (transferred ticket + mask baselines) go through one
-            # retrain_many, which trains them as a fleet or in parallel where that pays
-            requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors",
-                                       0 if target.start_at_step_zero else k,
-                                       f"retrain transferred {name} level={lv} seed={seed}", dataset=target.dataset)]
-            methods = [b for b in r.baselines if b not in ("imp", "dense")]
-            pending = [self._baseline_request(m, target, seed, lv, tr, tgt_dense) for m in methods]
-            requests += [q for q in pending if isinstance(q, RetrainRequest)]
-            trained = iter(self.retrain_many(requests))
-            rt = next(trained)
-            rbs = [next(trained) if isinstance(q, RetrainRequest) else q for q in pending]
-            out.append(_record(seed, "target", target.model.label, name, lv, "transfer", rt))
-            entry: dict[str, Any] = {
-                "seed": seed, "target": name, "level": lv,
-                "source": tr.result["source_layers"], "transfer": tr.result["layers"],
-            }
-            if "imp" in base:
-                imp = tgt_levels[lv - 1]
-                out.append(_record(seed, "target", target.model.label, name, lv, "imp", imp))
-                entry["imp"] = imp.result["layers"]
-            for method, rb in zip(methods, rbs):
-                if rb is not None:
-                    out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
-            layers.append(entry)
-            if r.heal is not None:  # up-scale the trained ticket, then heal it under its mask
-                trained_tr = self.transfer(target, seed, src_level, src_dense, trained=True)
-                out.append(_record(seed, "target", target.model.label, name, lv, "heal",
-                                   self.heal(target, seed, lv, trained_tr)))
-            if r.analyses:
-                self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if tgt_levels else None, tgt_dense)
+            try:
+                out += self._target_level(target, seed, lv, src_dense, src_levels, tgt_dense, tgt_levels, layers)
+            except StepDiverged as e:
+                self._skipped_diverged(f"{name} level={lv} seed={seed}: {e}")
         return out
+
+    @contextlib.contextmanager
+    def _divergence_log(self) -> Iterator[None]:
+        """A training's :class:`~elastigraph.train.loop.DivergenceWarning` as one
+        ``[diverged]`` log line (other warnings pass through unchanged)."""
+        import warnings
+
+        from ..train.loop import DivergenceWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DivergenceWarning)
+            yield
+        for w in caught:
+            if issubclass(w.category, DivergenceWarning):
+                self.log(f"[diverged] {w.message}")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def _skipped_diverged(self, what: str) -> None:
+        """Log and remember work skipped because a training it needs diverged."""
+        self.log(f"[skip] {what}")
+        self.diverged_skips.append(what)
+
+    def _target_level(
+        self, target: TargetSpec, seed: int, lv: int, src_dense: StepRecord, src_levels: list[StepRecord],
+        tgt_dense: StepRecord | None, tgt_levels: list[StepRecord], layers: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Level ``lv`` of :meth:`_target`: the transfer, its retrain and every baseline."""
+        r = self.recipe
+        k = r.prune.rewind_step
+        base = set(r.baselines)
+        name = target.name
+        out: list[dict[str, Any]] = []
+        if lv > len(src_levels):
+            raise StepDiverged(f"the source's IMP chain stopped before level {lv} (a level diverged)")
+        src_level = src_levels[lv - 1]
+        tr = self.transfer(target, seed, src_level, src_dense)
+        # the level's retrains (transferred ticket + mask baselines) go through one
+        # retrain_many, which trains them as a fleet or in parallel where that pays
+        requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors",
+                                   0 if target.start_at_step_zero else k,
+                                   f"retrain transferred {name} level={lv} seed={seed}", dataset=target.dataset)]
+        methods = [b for b in r.baselines if b not in ("imp", "dense")]
+        pending = [self._baseline_or_skip(m, target, seed, lv, tr, tgt_dense) for m in methods]
+        requests += [q for q in pending if isinstance(q, RetrainRequest)]
+        trained = iter(self.retrain_many(requests))
+        rt = next(trained)
+        rbs = [next(trained) if isinstance(q, RetrainRequest) else q for q in pending]
+        out.append(_record(seed, "target", target.model.label, name, lv, "transfer", rt))
+        entry: dict[str, Any] = {
+            "seed": seed, "target": name, "level": lv,
+            "source": tr.result["source_layers"], "transfer": tr.result["layers"],
+        }
+        if "imp" in base and lv <= len(tgt_levels):  # shorter: the target's IMP chain diverged
+            imp = tgt_levels[lv - 1]
+            out.append(_record(seed, "target", target.model.label, name, lv, "imp", imp))
+            entry["imp"] = imp.result["layers"]
+        for method, rb in zip(methods, rbs):
+            if rb is not None:
+                out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
+        layers.append(entry)
+        if r.heal is not None:  # up-scale the trained ticket, then heal it under its mask
+            trained_tr = self.transfer(target, seed, src_level, src_dense, trained=True)
+            out.append(_record(seed, "target", target.model.label, name, lv, "heal",
+                               self.heal(target, seed, lv, trained_tr)))
+        if r.analyses:
+            self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if lv <= len(tgt_levels) else None, tgt_dense)
+        return out
+
+    def _baseline_or_skip(
+        self, method: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord, tgt_dense: StepRecord | None,
+    ) -> "RetrainRequest | StepRecord | None":
+        """:meth:`_baseline_request`, or ``None`` (logged) when it needs a diverged training."""
+        what = f"{method} {target.name} level={lv} seed={seed}"
+        try:
+            q = self._baseline_request(method, target, seed, lv, tr, tgt_dense)
+        except StepDiverged as e:
+            self._skipped_diverged(f"{what}: {e}")
+            return None
+        if isinstance(q, RetrainRequest) and (diverged(q.mask_step) or diverged(q.weights_step)):
+            self._skipped_diverged(f"{what}: needs a training that diverged")
+            return None
+        return q
 
     def _baseline(
         self, method: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord, tgt_dense: StepRecord | None,
@@ -1186,9 +1302,9 @@ def _sizes(data: _Data) -> dict[str, int]:
 
 
 def _read_json(path: Path) -> Any:
-    import json
+    from ..io import read_json
 
-    return json.loads(Path(path).read_text())
+    return read_json(path)
 
 
 def _num(x: Any) -> float | None:
@@ -1227,6 +1343,7 @@ def _train_result(res: Any, *, sparsity: float) -> dict[str, Any]:
         "images_per_s": _num(res.images_per_s),
         "device": str(res.device),
         **{f"val_{m.key}": _num(val.get(m.name)) for m in task.metrics},
+        **({"diverged": True, "diverged_at": int(res.diverged_at)} if getattr(res, "diverged", False) else {}),
     }
 
 
@@ -1248,6 +1365,7 @@ def _record(seed: int, role: str, model: str, name: str, level: int, method: str
         **({k: res[k] for k in ("before", "sparsity_before", "sparsity_after") if k in res}),
         "steps": int(res["steps"]),
         "device": res.get("device"),
+        **({"diverged": True, "diverged_at": res.get("diverged_at")} if res.get("diverged") else {}),
         "step": rec.id,
     }
 

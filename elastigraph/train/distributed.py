@@ -93,4 +93,11 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t
 
 
-__all__ = ["DistContext", "from_env", "init", "wrap", "broadcast_buffers", "all_reduce_sum"]
+def all_reduce_min(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Minimum of ``t`` over all ranks (in place; returned for chaining)."""
+    if ctx.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
+__all__ = ["DistContext", "from_env", "init", "wrap", "broadcast_buffers", "all_reduce_sum", "all_reduce_min"]

@@ -246,7 +246,7 @@ def train_fleet(
         """The fleet as the loop's step engine: one batched forward of every member."""
 
         def __init__(self) -> None:
-            self.k, self.loss_shape = k, (k,)
+            self.k, self.loss_shape, self.sparse_checks = k, (k,), cuda
 
         def losses(self, step: int) -> Tensor:
             xs, ys = zip(*(s(step) for s in streams))
@@ -276,7 +276,13 @@ def train_fleet(
             return [float(loss_sum[i].double().item()) / max(1, n_loss) for i in range(k)]
 
         def progress_view(self, lasts: list[dict]) -> dict:
-            return {f: sum(h[f] for h in lasts) / k for f in ("train_loss", "test_acc", "test_loss")}
+            return {f: sum(h[f] for h in lasts) / len(lasts) for f in ("train_loss", "test_acc", "test_loss")}
+
+        def finite(self, i: int) -> bool:
+            return all(bool(torch.isfinite(v[i]).all()) for v in params.values() if v.is_floating_point())
+
+        def label(self, i: int) -> str:
+            return f"fleet member {i}"
 
     try:
         run = step_loop(_FleetEngine(), opt, cfg, total=total, start_step=start_step, rewind_step=rewind_step,
@@ -298,6 +304,7 @@ def train_fleet(
             steps=total - start_step, wall_s=wall,
             images_per_s=(total - start_step) * batch * k / run.train_s if run.train_s > 0 else float("nan"),
             device=str(device), config=cfgs[i].to_dict(), metrics=dict(run.metrics[i]),
+            diverged=run.diverged_at[i] is not None, diverged_at=run.diverged_at[i],
         ))
     return results
 

@@ -299,11 +299,14 @@ def rich_progress(description: str = "training", *, console=None) -> Iterator[Pr
         with rich_progress("IMP round 3") as cb:
             train(model, tr, te, cfg, progress=cb)
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as _P, TextColumn, TimeRemainingColumn
 
     with _P(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"), console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None, info="")
+        # the description is user text (model specs, recipe labels such as '[/bold]x'): shown
+        # as written, never parsed as rich markup (a MarkupError would end the run)
+        task = bar.add_task(escape(str(description)), total=None, info="")
 
         def cb(step: int, total: int, metrics: dict) -> None:
             info = f"lr {metrics['lr']:.4g}"
@@ -382,6 +385,35 @@ def _check_train_args(model: Any, train_set: Any, test_set: Any, cfg: Any, start
 
 
 
+DIVERGENCE_CHECK_EVERY = 25
+"""On CUDA (and under DDP) the loss is checked for NaN/inf every this many steps (and at
+every evaluation and the rewind step): reading it is a device sync (an all-reduce under
+DDP). On one CPU process, every step."""
+
+
+class DivergenceWarning(UserWarning):
+    """A training run stopped because its loss became NaN or infinite."""
+
+
+def divergence_due(sparse: bool, step: int, start_step: int, total: int, cfg: TrainConfig, rewind_step: int | None) -> bool:
+    """Whether the loop reads its non-finite-loss flag before (0-based) ``step``'s update:
+    every step unless ``sparse`` (CUDA, DDP); then every :data:`DIVERGENCE_CHECK_EVERY`
+    steps, before an evaluation or the rewind point, and on the last step (the same on
+    every DDP rank)."""
+    done = step + 1
+    return (not sparse or (done - start_step) % DIVERGENCE_CHECK_EVERY == 0 or eval_due(cfg, done, total)
+            or done == rewind_step)
+
+
+def warn_diverged(what: str, step: int, total: int, lr: float) -> None:
+    """The one message a diverged training gives (a :class:`DivergenceWarning`)."""
+    import warnings
+
+    warnings.warn(f"{what} diverged: the loss is NaN/inf at step {step + 1} of {total} (lr {lr:.4g}); training "
+                  "stopped there and the run is recorded as diverged (metrics NaN). Lower the learning rate "
+                  "(or gamma, warm-up, ...) to train it", DivergenceWarning, stacklevel=3)
+
+
 def eval_due(cfg: TrainConfig, done: int, total: int) -> bool:
     """Whether the run evaluates after ``done`` of ``total`` steps: every
     ``cfg.eval_every`` steps and at the end (one rule for ``train`` and fleets, whose
@@ -401,6 +433,8 @@ class LoopRun:
     metrics: list[dict]
     rewinds: list[dict | None]
     train_s: float
+    diverged_at: list[int | None]
+    """Per member: the step whose loss was NaN/inf (``None``: it trained to the end)."""
 
 
 class StepEngine:
@@ -440,6 +474,23 @@ class StepEngine:
         """What the progress callback shows besides the learning rate."""
         return {k: v for k, v in lasts[0].items() if k != "lr"}
 
+    sparse_checks: bool = False
+    """Read the non-finite-loss flag only every :data:`DIVERGENCE_CHECK_EVERY` steps (and
+    at evaluations, the rewind point and the end): on CUDA or under DDP, where reading it
+    waits for the device."""
+
+    def first_bad(self, bad_at: Tensor) -> list[int]:
+        """Per member, the first step whose loss was NaN/inf (``total`` if none)."""
+        return [int(v) for v in bad_at.reshape(-1).tolist()]
+
+    def finite(self, i: int) -> bool:
+        """Whether member ``i``'s weights are all finite."""
+        raise NotImplementedError
+
+    def label(self, i: int) -> str:
+        """How a divergence warning names member ``i``."""
+        return f"member {i}"
+
     def finish(self) -> None:
         """Called once after the last step (inside the loop's RNG fork)."""
 
@@ -460,11 +511,14 @@ def step_loop(engine: StepEngine, opt: torch.optim.Optimizer, cfg: TrainConfig, 
     lasts: list[dict] = [{} for _ in range(k)]
     metrics: list[dict] = [{} for _ in range(k)]
     rewinds: list[dict | None] = [None] * k
+    diverged_at: list[int | None] = [None] * k
 
     def record(step: int, lr: float, loss_sum: Tensor, n_loss: int) -> None:
         evals = engine.evaluate()
         tls = engine.train_losses(loss_sum, n_loss)
         for i in range(k):
+            if diverged_at[i] is not None:
+                continue  # NaN weights: nothing to show; the member's result says it diverged
             lasts[i] = {"step": step, "epoch": step / spe, "train_loss": tls[i] if n_loss else float("nan"),
                         **{f"test_{m.key}": evals[i][m.name] for m in keys}, "lr": lr,
                         "time_s": time.perf_counter() - t0}
@@ -478,6 +532,7 @@ def step_loop(engine: StepEngine, opt: torch.optim.Optimizer, cfg: TrainConfig, 
         if rewind_step == start_step:
             rewinds = list(engine.snapshot())
         loss_sum = torch.zeros(engine.loss_shape, device=device)
+        bad_at = torch.full(engine.loss_shape, total, dtype=torch.long, device=device)  # first non-finite loss
         n_loss, lr = 0, lr_at(cfg, start_step, total)
         t_seg = time.perf_counter()
         for step in range(start_step, total):
@@ -485,6 +540,15 @@ def step_loop(engine: StepEngine, opt: torch.optim.Optimizer, cfg: TrainConfig, 
             for g in opt.param_groups:
                 g["lr"] = lr
             losses = engine.losses(step)
+            # a member's divergence is its own (the summed loss's gradient is 1 per member): it
+            # is recorded and trains on, NaN, until every member has diverged
+            bad_at = torch.where(~torch.isfinite(losses.detach()) & (bad_at == total), step, bad_at)
+            if divergence_due(engine.sparse_checks, step, start_step, total, cfg, rewind_step):
+                for i, b in enumerate(engine.first_bad(bad_at)):
+                    if b < total and diverged_at[i] is None:
+                        diverged_at[i] = b
+                if all(d is not None for d in diverged_at):
+                    break
             opt.zero_grad(set_to_none=True)
             engine.backward(losses)
             opt.step()
@@ -497,18 +561,28 @@ def step_loop(engine: StepEngine, opt: torch.optim.Optimizer, cfg: TrainConfig, 
                     torch.cuda.synchronize(device)
                 train_s += time.perf_counter() - t_seg
                 if done == rewind_step:
-                    rewinds = list(engine.snapshot())
+                    rewinds = [st if diverged_at[i] is None else None for i, st in enumerate(engine.snapshot())]
                 if is_eval:
                     record(done, lr, loss_sum, n_loss)
                     loss_sum.zero_()
                     n_loss = 0
                 t_seg = time.perf_counter()
             if progress is not None and engine.is_main:
-                progress(done, total, {"lr": lr, **(engine.progress_view(lasts) if lasts[0] else {})})
+                seen = [h for h in lasts if h]
+                progress(done, total, {"lr": lr, **(engine.progress_view(seen) if seen else {})})
         if start_step == total:  # nothing to train: still report where the model stands
             record(total, lr, loss_sum, 0)
+        for i in range(k):  # the last updates made the weights (or their loss) NaN/inf: no later step shows it
+            if diverged_at[i] is None and total > start_step and (
+                    not engine.finite(i) or not math.isfinite(metrics[i].get("loss", 0.0))):
+                diverged_at[i] = total - 1
+        task_nan = {m.name: float("nan") for m in task.metrics}
+        for i, d in enumerate(diverged_at):
+            if d is not None:  # its weights are NaN/inf: nothing to evaluate
+                lasts[i], metrics[i] = {}, dict(task_nan)
+                warn_diverged(engine.label(i), d, total, lr_at(cfg, d, total))
         engine.finish()
-    return LoopRun(histories, lasts, metrics, rewinds, train_s)
+    return LoopRun(histories, lasts, metrics, rewinds, train_s, diverged_at)
 
 
 class _SingleEngine(StepEngine):
@@ -520,6 +594,16 @@ class _SingleEngine(StepEngine):
         self.amp_ctx, self.task, self.cfg, self.ctx, self.device = amp_ctx, task, cfg, ctx, device
         self.test_set, self.eval_bs, self.order = test_set, eval_bs, order
         self.is_main = ctx.is_main
+        self.sparse_checks = device.type == "cuda" or ctx.enabled
+
+    def first_bad(self, bad_at: Tensor) -> list[int]:
+        return [int(_dist.all_reduce_min(bad_at.clone(), self.ctx))]  # the same on every DDP rank
+
+    def finite(self, i: int) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.is_floating_point())
+
+    def label(self, i: int) -> str:
+        return f"train {type(self.model).__name__}"
 
     def start(self) -> None:
         self.model.train()
@@ -653,9 +737,11 @@ def train(
         device=dev_label,
         config=cfg.to_dict(),
         metrics=dict(run.metrics[0]),
+        diverged=run.diverged_at[0] is not None,
+        diverged_at=run.diverged_at[0],
     )
 
 
-__all__ = ["MAX_SEED", "check_seed", "device_problem", "TrainConfig", "TrainResult", "train", "evaluate",
-           "StepEngine", "step_loop", "LoopRun",
+__all__ = ["MAX_SEED", "check_seed", "device_problem", "DivergenceWarning", "DIVERGENCE_CHECK_EVERY", "TrainConfig",
+           "TrainResult", "train", "evaluate", "StepEngine", "step_loop", "LoopRun",
            "evaluate_metrics", "check_data_fits", "lr_at", "total_steps", "steps_per_epoch", "rich_progress"]
