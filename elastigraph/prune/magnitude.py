@@ -73,11 +73,13 @@ def magnitude(
     nonfloat = [n for n, w in weights.items() if not w.is_floating_point()]
     if nonfloat:
         raise ConfigError(f"{method}: tensors {nonfloat[:3]} are not floating-point weights")
-    scores = {n: w.detach().abs() for n, w in weights.items()}
+    # |w| is taken chunk by chunk inside select: no copy of the weights is made
     if sparsity is not None:
-        new = _core.select(scores, current, scope=scope, density=1.0 - sparsity, method=method)
+        new = _core.select(weights, current, scope=scope, density=1.0 - sparsity, method=method, transform=torch.abs,
+                           nonnegative=True)
     else:
-        new = _core.select(scores, current, scope=scope, keep_remaining=1.0 - fraction, method=method)
+        new = _core.select(weights, current, scope=scope, keep_remaining=1.0 - fraction, method=method,
+                           transform=torch.abs, nonnegative=True)
     return {**new, **{k: v.clone() for k, v in extra.items()}}
 
 
