@@ -49,7 +49,7 @@ def _kept(m: masks.Mask) -> int:
 
 
 def test_registry():
-    assert set(prune.METHODS) == {"imp", "random", "snip", "grasp", "synflow", "magnitude"}
+    assert set(prune.METHODS) == {"imp", "random", "snip", "grasp", "synflow", "magnitude", "wanda"}
     assert prune.by_name("snip") is prune.snip
     with pytest.raises(StrategyError, match="'snp'.*grasp, imp, magnitude, random, snip, synflow"):
         prune.by_name("snp")

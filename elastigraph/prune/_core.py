@@ -197,6 +197,31 @@ def select(
     return out
 
 
+class ReplayedUniform(Mapping[str, torch.Tensor]):
+    """``torch.rand(shape, generator=generator, dtype=float64)`` for each name in order,
+    the numbers an eager dict of draws would hold, without holding them: the generator's
+    state before each draw is kept, and a read draws that tensor again from it. Creating
+    it advances ``generator`` (torch's default one if None) exactly as the eager draws."""
+
+    def __init__(self, shapes: Mapping[str, torch.Size], generator: torch.Generator | None):
+        g = generator if generator is not None else torch.default_generator
+        self._shapes = dict(shapes)
+        self._states = {}
+        for n, shape in self._shapes.items():
+            self._states[n] = g.get_state()
+            torch.rand(shape, generator=g, dtype=torch.float64)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        g = torch.Generator().set_state(self._states[name])
+        return torch.rand(self._shapes[name], generator=g, dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+
 CHUNK = 1 << 20
 """Entries read at a time by :func:`select`: its working memory is a few times this."""
 
@@ -368,3 +393,75 @@ def batches_of(batches: Iterable[Any], method: str, model: nn.Module | None = No
     if n == 0:
         raise ConfigError(f"{method}: no batches given; pass an iterable of (inputs, targets) pairs")
 
+
+# ---------------------------------------------------------------------- N:M semi-structured
+
+
+def parse_n_m(value: Any, method: str) -> tuple[int, int]:
+    """``(n, m)`` from ``"2:4"`` or ``(2, 4)``: keep at most ``n`` of every ``m``
+    consecutive weights along a layer's input dimension (0 < n < m)."""
+    pair = value
+    if isinstance(value, str):
+        parts = value.split(":")
+        pair = tuple(int(p) for p in parts) if len(parts) == 2 and all(p.strip().isdigit() for p in parts) else None
+    ok = (isinstance(pair, (tuple, list)) and len(pair) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in pair) and 0 < pair[0] < pair[1])
+    if not ok:
+        raise ConfigError(f"{method}: n_m must be 'N:M' or (N, M) with 0 < N < M, such as '2:4' or (4, 8); got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def input_last(model: nn.Module | None, name: str) -> bool:
+    """Whether parameter ``name`` stores its input dimension after its output one
+    (nn.Linear, nn.Conv*: ``(out, in, ...)``); False for transformers' ``Conv1D``
+    (GPT-2), whose weight is ``(in, out)``."""
+    if model is None:
+        return True
+    mod_name, _, _attr = name.rpartition(".")
+    return type(model.get_submodule(mod_name)).__name__ != "Conv1D"
+
+
+def as_rows(t: torch.Tensor, in_last: bool) -> torch.Tensor:
+    """``t`` as ``(outputs, inputs)``: one row per output unit (a view where possible)."""
+    return t.reshape(t.shape[0], -1) if in_last else t.reshape(t.shape[0], -1).t()
+
+
+def from_rows(rows: torch.Tensor, like: torch.Tensor, in_last: bool) -> torch.Tensor:
+    """Inverse of :func:`as_rows`: ``rows`` back in the layout of ``like``."""
+    return (rows if in_last else rows.t()).reshape(like.shape).contiguous()
+
+
+def n_m_keep(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int, *, name: str, method: str,
+             prune_low_first: bool = False) -> torch.Tensor:
+    """The N:M mask of one ``(outputs, inputs)`` score matrix: in each run of ``m``
+    consecutive inputs of a row, the ``n`` highest-scoring alive entries are kept (fewer
+    where the run has fewer alive). Ties: the lower index is kept, as a stable descending
+    sort; ``prune_low_first`` instead prunes the ``m - n`` lowest with a stable ascending
+    sort (lower index pruned first, as Wanda's reference sorts)."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ConfigError(f"{method}: {name} has {cols} inputs per output, not a multiple of M={m}; "
+                          f"N:M pruning needs whole groups (leave it out with names=[...])")
+    s = scores.detach().to("cpu", torch.float64).reshape(rows, cols // m, m)
+    live = alive.reshape(rows, cols // m, m)
+    if torch.isnan(s[live]).any():
+        raise ConfigError(f"{method}: scores of {name!r} contain NaN (diverged weights?)")
+    if prune_low_first:
+        s = s.masked_fill(~live, float("-inf"))  # already pruned: first to go
+        order = torch.sort(s, dim=-1, stable=True).indices[..., : m - n]
+        keep = torch.ones_like(live)
+        keep.scatter_(-1, order, False)
+    else:
+        s = s.masked_fill(~live, float("-inf"))
+        order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :n]
+        keep = torch.zeros_like(live)
+        keep.scatter_(-1, order, True)
+    return (keep & live).reshape(rows, cols)
+
+
+def is_n_m(mask: torch.Tensor, n: int, m: int, in_last: bool = True) -> bool:
+    """Whether every run of ``m`` consecutive inputs of every output keeps at most ``n``."""
+    rows = as_rows(mask, in_last)
+    if rows.shape[1] % m:
+        return False
+    return bool((rows.reshape(rows.shape[0], -1, m).sum(-1) <= n).all())
