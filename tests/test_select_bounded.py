@@ -146,3 +146,23 @@ def test_magnitude_names_nan_weights_but_not_pruned_ones():
     got = prune.magnitude(net, mask, sparsity=0.5)
     assert bool(got["0.weight"][0, 0]) and not bool(got["1.weight"][0, 1])  # inf is the largest, kept
     assert sum(int(m.sum()) for m in got.values()) == 12
+
+
+def test_random_pruning_draws_one_tensor_at_a_time_with_the_same_numbers():
+    net = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 10))
+    names = ["0.weight", "1.weight"]
+    for seed in (0, 5):
+        g = torch.Generator().manual_seed(seed)
+        eager = {n: torch.rand(net.get_parameter(n).shape, generator=g, dtype=torch.float64) for n in names}
+        ones = {n: torch.ones(t.shape, dtype=torch.bool) for n, t in eager.items()}
+        want = select_ref(eager, ones, scope="global", density=0.3)
+        got = prune.random(net, 0.7, seed=seed)
+        assert all(torch.equal(got[n], want[n]) for n in names)
+    # the global generator is advanced as the eager draws advanced it
+    torch.manual_seed(3)
+    prune.random(net, 0.5)
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    for n in names:
+        torch.rand(net.get_parameter(n).shape, dtype=torch.float64)
+    assert torch.equal(torch.rand(1), after)
