@@ -213,3 +213,21 @@ def test_n_m_survives_a_depth_transfer_and_training(method, corpus):
         assert (w[~keep] == 0).all(), n
         assert _core.is_n_m(w != 0, 2, 4), n
     assert any(not torch.equal(res.final_state[n], ticket.weights[n]) for n in ticket.mask)  # it trained
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
+@pytest.mark.parametrize("low_first", [False, True])
+def test_n_m_ranks_equal_a_stable_sort_with_ties(n, m, low_first, monkeypatch):
+    monkeypatch.setattr(_core, "CHUNK", 8)  # several row chunks
+    g = torch.Generator().manual_seed(n * 10 + m)
+    s = torch.randint(0, 3, (37, 8 * m), generator=g).to(torch.bfloat16)  # many ties
+    alive = torch.rand(s.shape, generator=g) > 0.2
+    got = _core.n_m_keep(s, alive, n, m, name="s", method="t", prune_low_first=low_first)
+    g3 = s.double().masked_fill(~alive, float("-inf")).reshape(37, -1, m)
+    if low_first:
+        order = torch.sort(g3, dim=-1, stable=True).indices[..., : m - n]
+        want = torch.ones(g3.shape, dtype=torch.bool).scatter_(-1, order, False)
+    else:
+        order = torch.sort(g3, dim=-1, descending=True, stable=True).indices[..., :n]
+        want = torch.zeros(g3.shape, dtype=torch.bool).scatter_(-1, order, True)
+    assert torch.equal(got, (want & alive.reshape(g3.shape)).reshape(37, -1))

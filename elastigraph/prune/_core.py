@@ -442,21 +442,31 @@ def n_m_keep(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int, *, name:
     if cols % m:
         raise ConfigError(f"{method}: {name} has {cols} inputs per output, not a multiple of M={m}; "
                           f"N:M pruning needs whole groups (leave it out with names=[...])")
-    s = scores.detach().to("cpu", torch.float64).reshape(rows, cols // m, m)
-    live = alive.reshape(rows, cols // m, m)
-    if torch.isnan(s[live]).any():
-        raise ConfigError(f"{method}: scores of {name!r} contain NaN (diverged weights?)")
-    if prune_low_first:
-        s = s.masked_fill(~live, float("-inf"))  # already pruned: first to go
-        order = torch.sort(s, dim=-1, stable=True).indices[..., : m - n]
-        keep = torch.ones_like(live)
-        keep.scatter_(-1, order, False)
-    else:
-        s = s.masked_fill(~live, float("-inf"))
-        order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :n]
-        keep = torch.zeros_like(live)
-        keep.scatter_(-1, order, True)
-    return (keep & live).reshape(rows, cols)
+    scores = scores.detach()
+    if scores.dtype not in _NARROW + (torch.float64,):
+        scores = scores.to(torch.float64)
+    out = torch.empty(rows, cols, dtype=torch.bool)
+    step = max(1, (4 * CHUNK) // max(cols, 1))  # rows at a time: bounded working memory
+    for r in range(0, rows, step):
+        s = scores[r : r + step].to("cpu").reshape(-1, cols // m, m)
+        live = alive[r : r + step].reshape(-1, cols // m, m)
+        if bool(torch.isnan(s).any()) and bool(torch.isnan(s[live]).any()):
+            raise ConfigError(f"{method}: scores of {name!r} contain NaN (diverged weights?)")
+        s = s.masked_fill(~live, float("-inf"))  # already pruned: ranked last, pruned first
+        # the rank of each entry in its group, as a stable sort would place it, from the
+        # m pairwise comparisons (exact in the scores' own dtype; linear time, no sort)
+        rank = torch.zeros(s.shape, dtype=torch.uint8)
+        idx = torch.arange(m)
+        for j in range(m):
+            sj = s[..., j : j + 1]
+            before = idx > j  # entry j comes before entries with a higher index
+            if prune_low_first:  # ascending: j precedes i if s_j < s_i, or equal and j < i
+                rank += ((sj < s) | ((sj == s) & before)).to(torch.uint8)
+            else:  # descending: j precedes i if s_j > s_i, or equal and j < i
+                rank += ((sj > s) | ((sj == s) & before)).to(torch.uint8)
+        keep = rank >= m - n if prune_low_first else rank < n
+        out[r : r + step] = (keep & live).reshape(-1, cols)
+    return out
 
 
 def is_n_m(mask: torch.Tensor, n: int, m: int, in_last: bool = True) -> bool:
