@@ -252,7 +252,12 @@ def install(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: s
     """Put ``mask`` into ``model``'s forward with ``torch.nn.utils.prune`` (``weight_orig``
     parameter, ``weight_mask`` buffer, a pre-forward hook). Pruned entries of the
     effective weight are exactly zero whatever the optimizer does to ``weight_orig``.
-    Entries already installed are replaced. Returns ``model``."""
+    Entries already installed are replaced. Returns ``model``.
+
+    The ``weight_mask`` buffers are bool (1 byte an entry, not a float copy of the model;
+    torch's hook multiplies ``weight_orig`` by the mask converted to its dtype, the same
+    numbers as a float 0/1 mask). For a plain model with the pruned entries zeroed and no
+    hooks, use :func:`zero_pruned`."""
     m = check_mask(model, mask, model_name=model_name)
     tied = tied_names(model)
     for name, b in m.items():
@@ -275,7 +280,7 @@ def install(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: s
             # so prune.remove and from_model treat it as any torch-pruned tensor.
             orig = module._parameters[attr]
             if fmask is None:
-                fmask = b.to(device=orig.device, dtype=orig.dtype)
+                fmask = b.to(device=orig.device, dtype=torch.bool)
             method = _tprune.CustomFromMask(fmask)
             method._tensor_name = attr
             del module._parameters[attr]
@@ -283,6 +288,21 @@ def install(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: s
             module.register_buffer(attr + "_mask", fmask)
             setattr(module, attr, method.apply_mask(module))
             module.register_forward_pre_hook(method)
+    return model
+
+
+def zero_pruned(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: str | None = None) -> nn.Module:
+    """Set the entries ``mask`` prunes to zero in ``model``'s weights, in place, with no
+    hooks, buffers or copies: a plain dense-with-zeros model (what a checkpoint folder
+    holds). Training it does not keep the zeros; :func:`install` does. A mask already
+    installed on a weight is made permanent first. Returns ``model``."""
+    m = check_mask(model, mask, model_name=model_name)
+    if any(n in m for n in from_model(model)):
+        remove(model)
+    with torch.no_grad():
+        for name, b in m.items():
+            p = model.get_parameter(name)
+            p.masked_fill_(~b.to(p.device), 0)
     return model
 
 

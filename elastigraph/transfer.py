@@ -28,7 +28,7 @@ from torch import nn
 from . import masks as _masks
 from . import provenance as _provenance
 from .seeds import check_seed
-from .errors import MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
+from .errors import ConfigError, MappingError, MaskError, ModelTypeError, SegmentMismatchError, StrategyError
 from .graph import ModelGraph, analyze
 from .graph.match import Matching, alternating_cause, match, verify
 
@@ -392,6 +392,9 @@ class Ticket:
     unmapped: list[str] = field(default_factory=list)
     reinit: list[str] = field(default_factory=list)
     """Target tensors re-initialised instead of transferred (``head="reinit"``)."""
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
+    """Target state_dict key -> the source state_dict key its weights come from (what a
+    streamed transfer reads from the source checkpoint)."""
 
     def sparsity(self) -> dict[str, float]:
         """Global sparsity of the source mask and of the transferred mask. The transfer keeps
@@ -416,9 +419,12 @@ class Ticket:
         leaves the model's own values in those tensors."""
         return [k for k, v in self.weights.items() if v.is_meta]
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, *, dense: bool = False) -> nn.Module:
         """Copy ``weights`` into ``model`` (into ``*_orig`` where it is already pruned) and
-        install ``mask`` with :func:`elastigraph.masks.install`. Returns ``model``.
+        install ``mask`` with :func:`elastigraph.masks.install` (bool mask buffers), or,
+        with ``dense=True``, zero the pruned entries in place
+        (:func:`elastigraph.masks.zero_pruned`): a plain model with no hooks and no memory
+        beyond its own, whose zeros training does not keep. Returns ``model``.
 
         A ticket planned between meta models (shapes only, no values: cheap planning for
         big models) applies to a real model too: its mask is installed and the tensors
@@ -426,6 +432,8 @@ class Ticket:
         Applying to a meta model installs the mask on shapes, as a plan preview."""
         if not isinstance(model, nn.Module):
             raise ModelTypeError(f"Ticket.apply needs an nn.Module, got {type(model).__name__}")
+        if not isinstance(dense, bool):
+            raise ConfigError(f"Ticket.apply: dense must be True or False, got {dense!r}")
         meta_mask = [k for k, v in self.mask.items() if v.is_meta]
         if meta_mask:
             raise MaskError(f"this ticket's mask has {len(meta_mask)} tensor(s) on the meta device ({meta_mask[:3]}): "
@@ -484,7 +492,10 @@ class Ticket:
                                          "apply the ticket to a model with real parameters (model.to_empty(device="
                                          "'cpu') first)")
                 t.copy_(value)
-        _masks.install(model, self.mask, model_name=label)
+        if dense:
+            _masks.zero_pruned(model, self.mask, model_name=label)
+        else:
+            _masks.install(model, self.mask, model_name=label)
         return compiled
 
     def __rich__(self) -> Any:
@@ -691,7 +702,8 @@ def transfer(
             used.add(v)
     order = {n: i for i, (n, _) in enumerate(dst_model.named_parameters())}
     dst_mask = dict(sorted(dst_mask.items(), key=lambda kv: order.get(kv[0], order.get(kv[0] + "_orig", 0))))
-    return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped)
+    return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped,
+                  sources={k: src_of[k] for k in weights})
 
 
 def _analysed(mg: ModelGraph | None, model: nn.Module, example_input: Any, leaf_modules: Sequence[type], label: str,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elastigraph import masks, models, prune
-from elastigraph.prune._core import _top_k_stable
+from elastigraph.prune import _core
 from elastigraph.errors import ConfigError, MaskError, StrategyError
 
 
@@ -49,7 +49,7 @@ def _kept(m: masks.Mask) -> int:
 
 
 def test_registry():
-    assert set(prune.METHODS) == {"imp", "random", "snip", "grasp", "synflow", "magnitude"}
+    assert set(prune.METHODS) == {"imp", "random", "snip", "grasp", "synflow", "magnitude", "wanda"}
     assert prune.by_name("snip") is prune.snip
     with pytest.raises(StrategyError, match="'snp'.*grasp, imp, magnitude, random, snip, synflow"):
         prune.by_name("snp")
@@ -58,14 +58,17 @@ def test_registry():
 # ------------------------------------------------------------------ selection
 
 
-def test_top_k_equals_stable_sort_with_many_ties():
+def test_top_k_equals_stable_sort_with_many_ties(monkeypatch):
+    monkeypatch.setattr(_core, "CHUNK", 16)  # the radix selection reads chunks: ties span them
     g = torch.Generator().manual_seed(0)
     for n in (1, 7, 300):
         for _ in range(30):
             x = torch.randint(0, 5, (n,), generator=g).double()
             k = int(torch.randint(0, n + 1, (1,), generator=g))
             ref = torch.sort(x, descending=True, stable=True).indices[:k]
-            assert sorted(_top_k_stable(x, k).tolist()) == sorted(ref.tolist())
+            keep = _core.select({"x": x}, {"x": torch.ones(n, dtype=torch.bool)}, scope="global",
+                                density=k / n, method="t")["x"]
+            assert sorted(keep.nonzero().squeeze(1).tolist()) == sorted(ref.tolist())
 
 
 # ------------------------------------------------------------------ magnitude

@@ -5,7 +5,9 @@ data where needed, a target) to a NEW :data:`elastigraph.masks.Mask`:
 - :func:`imp`: iterative magnitude pruning with rewinding, around a training callable;
 - :func:`random`, :func:`snip`, :func:`grasp`, :func:`synflow`: pruning at init;
 - :func:`shuffle`: a mask's entries permuted within each tensor (exact per-tensor counts:
-  the layerwise random and permuted-copies baselines).
+  the layerwise random and permuted-copies baselines);
+- :func:`wanda`: one-shot |w| times input-norm pruning per output row, from calibration
+  batches (language models); it and :func:`magnitude` also make N:M masks (``n_m="2:4"``).
 
 Common rules: the pruned tensors are ``names``, else the mask's keys, else
 :func:`elastigraph.masks.prunable_parameters` (``include_first``/``include_last``);
@@ -23,6 +25,7 @@ from .at_init import grasp, grasp_scores, infer_input_shape, random, snip, synfl
 from .imp import ImpLevel, imp
 from .magnitude import magnitude
 from .shuffle import shuffle
+from .wanda import wanda, wanda_scores
 
 METHODS: dict[str, Callable[..., object]] = {
     "imp": imp,
@@ -31,6 +34,7 @@ METHODS: dict[str, Callable[..., object]] = {
     "snip": snip,
     "grasp": grasp,
     "synflow": synflow,
+    "wanda": wanda,
 }
 
 
@@ -56,5 +60,7 @@ __all__ = [
     "grasp_scores",
     "synflow",
     "shuffle",
+    "wanda",
+    "wanda_scores",
     "infer_input_shape",
 ]

@@ -4,7 +4,7 @@ and the exact, deterministic top-k selection that turns scores into a nested mas
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
@@ -156,25 +156,33 @@ def select(
     keep_remaining: float | None = None,
     clamp: bool = False,
     method: str,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    nonnegative: bool = False,
 ) -> Mask:
     """Keep the highest-scoring entries among those ``current`` keeps; the rest are
     pruned (masks are nested). Exactly ``k = round(total * density)`` entries are kept, or
     ``round(kept * keep_remaining)``; per tensor with ``scope="layerwise"``. Ties keep the
     entry that comes first (tensor order, then flat index): a stable sort, no randomness.
-    ``clamp`` caps k at what is still kept instead of raising."""
+    ``clamp`` caps k at what is still kept instead of raising. ``transform`` (e.g.
+    ``torch.abs``) is applied to each chunk of ``scores`` as it is read, so a score the
+    size of the model need not exist (magnitude ranks ``|w|`` straight from the weights);
+    ``nonnegative``: the (transformed) scores are never negative nor -0.0, a faster path.
+
+    Bounded memory, linear time: the k-th largest score is found by a radix selection
+    over order-preserving integer keys of the scores, 16 bits per pass, reading the
+    tensors in chunks of :data:`CHUNK` entries; nothing but the output masks grows with
+    the model. The result is the same set as a stable descending sort of all scores."""
     if (density is None) == (keep_remaining is None):
         raise ConfigError(f"{method}: give exactly one of density and keep_remaining")
     names = list(current)
-    if scope == "global":
-        groups = [names]
-    else:
-        groups = [[n] for n in names]
+    groups = [names] if scope == "global" else [[n] for n in names]
     out: Mask = {}
     for group in groups:
-        alive = torch.cat([current[n].flatten() for n in group])
-        kept = int(alive.sum())
+        sel = _Selection(group, scores, current, transform, method, nonnegative)
+        kept = sel.kept
+        total = sum(current[n].numel() for n in group)
         if density is not None:
-            k = round_half_up(alive.numel() * density)
+            k = round_half_up(total * density)
         else:
             k = round_half_up(kept * keep_remaining)
         if k > kept:
@@ -185,31 +193,155 @@ def select(
                     f"{kept}: pruning never regrows weights; choose a higher sparsity"
                 )
             k = kept
-        flat = torch.cat([scores[n].detach().to("cpu", torch.float64).flatten() for n in group])
-        idx = alive.nonzero().squeeze(1)
-        cand = flat[idx]
-        if torch.isnan(cand).any():
-            bad = [n for n in group if torch.isnan(scores[n].detach().to("cpu", torch.float64)[current[n]]).any()]
-            raise ConfigError(f"{method}: scores of {bad[:3]} contain NaN (diverged weights or gradients?)")
-        keep = torch.zeros(alive.numel(), dtype=torch.bool)
-        keep[idx[_top_k_stable(cand, k)]] = True
-        for n, part in zip(group, torch.split(keep, [current[n].numel() for n in group])):
-            out[n] = part.view(current[n].shape).clone()
+        out.update(sel.top(k))
     return out
 
 
-def _top_k_stable(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest entries of the 1-d ``x``, ties going to the lower index:
-    the same set as the first k of a stable descending sort, in O(n) (``kthvalue``)."""
-    n = x.numel()
-    if k <= 0:
-        return torch.zeros(0, dtype=torch.long)
-    if k >= n:
-        return torch.arange(n)
-    thr = torch.kthvalue(x, n - k + 1).values  # the k-th largest value
-    above = (x > thr).nonzero().squeeze(1)
-    ties = (x == thr).nonzero().squeeze(1)[: k - above.numel()]
-    return torch.cat([above, ties])
+class ReplayedUniform(Mapping[str, torch.Tensor]):
+    """``torch.rand(shape, generator=generator, dtype=float64)`` for each name in order,
+    the numbers an eager dict of draws would hold, without holding them: the generator's
+    state before each draw is kept, and a read draws that tensor again from it. Creating
+    it advances ``generator`` (torch's default one if None) exactly as the eager draws."""
+
+    def __init__(self, shapes: Mapping[str, torch.Size], generator: torch.Generator | None):
+        g = generator if generator is not None else torch.default_generator
+        self._shapes = dict(shapes)
+        self._states = {}
+        for n, shape in self._shapes.items():
+            self._states[n] = g.get_state()
+            torch.rand(shape, generator=g, dtype=torch.float64)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        g = torch.Generator().set_state(self._states[name])
+        return torch.rand(self._shapes[name], generator=g, dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+
+CHUNK = 1 << 20
+"""Entries read at a time by :func:`select`: its working memory is a few times this."""
+
+_NARROW = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class _Selection:
+    """The exact top-k of the alive entries of some score tensors, by radix selection.
+
+    Scores become integer keys that sort as the floats do (float32 bits when every score
+    is at most 32-bit, which converts exactly; float64 otherwise, as the reference sort
+    used): non-negative floats' bits already sort; a negative float's bits, all but the
+    sign flipped, sort below them. ``-0.0`` is made ``+0.0`` first, as the floats are equal.
+    The first pass (which also counts the alive entries and finds NaNs) histograms the
+    top 16 bits; each further pass the next 16 bits of the keys that share the prefix found
+    so far, until the k-th largest key is known exactly; the last pass writes the masks."""
+
+    def __init__(self, group, scores, current, transform, method, nonnegative):
+        self.group, self.scores, self.current, self.transform, self.method = group, scores, current, transform, method
+        self.nonnegative = nonnegative
+        self.full = {n: bool(current[n].all()) for n in group}  # every entry alive: no masking needed
+        self.wide = any(scores[n].dtype not in _NARROW for n in group)
+        self.bits = 64 if self.wide else 32
+        self._hist0: torch.Tensor | None = None
+        self.kept = self._first_pass()
+
+    def _chunks(self, n: str):
+        """``(start, alive, keys, values)`` per chunk of tensor ``n``: keys of every entry;
+        ``alive`` is None where every entry of the tensor is alive."""
+        s = self.scores[n].detach()
+        s = s.reshape(-1)
+        alive = None if self.full[n] else self.current[n].reshape(-1)
+        dtype = torch.float64 if self.wide else torch.float32
+        for i in range(0, s.numel(), CHUNK):
+            x = s[i : i + CHUNK].to("cpu")
+            if self.transform is not None:
+                x = self.transform(x)
+            yield i, None if alive is None else alive[i : i + CHUNK], self._key(x.to(dtype)), x
+
+    def _key(self, x: torch.Tensor) -> torch.Tensor:
+        itype = torch.int64 if self.wide else torch.int32
+        if self.nonnegative:
+            return x.view(itype)
+        key = (x + 0.0).view(itype)  # -0.0 becomes +0.0
+        return torch.where(key < 0, key ^ ((1 << (self.bits - 1)) - 1), key)
+
+    def _first_pass(self) -> int:
+        kept = 0
+        hist = torch.zeros(1 << 16, dtype=torch.int64)
+        for n in self.group:
+            for _, alive, key, _x in self._chunks(n):
+                if alive is not None:
+                    key = key[alive]
+                kept += key.numel()
+                hist += torch.bincount((key >> (self.bits - 16)) + 0x8000, minlength=1 << 16)
+        # NaN keys sort above +inf's or below -inf's; only if the buckets of the infinities or
+        # beyond hold anything is each tensor looked at for NaNs (to name them)
+        inf = self._key(torch.tensor([float("inf"), float("-inf")], dtype=torch.float64 if self.wide else torch.float32))
+        hi, lo = [int(b) for b in (inf >> (self.bits - 16)) + 0x8000]
+        if int(hist[hi:].sum()) or int(hist[: lo + 1].sum()):
+            bad = [n for n in self.group if any(
+                bool(torch.isnan(x if alive is None else x[alive]).any()) for _, alive, _k, x in self._chunks(n))]
+            if bad:
+                raise ConfigError(f"{self.method}: scores of {bad[:3]} contain NaN (diverged weights or gradients?)")
+        self._hist0 = hist
+        return kept
+
+    def _threshold(self, k: int) -> tuple[int, int]:
+        """The k-th largest alive key and how many entries equal to it are kept."""
+        need = k
+        hist = self._hist0
+        prefix = None
+        shift = self.bits - 16
+        while True:
+            assert hist is not None
+            from_top = hist.flip(0).cumsum(0)
+            j = int(torch.searchsorted(from_top, need))  # first bucket (from the top) reaching need
+            bucket = (1 << 16) - 1 - j
+            need -= int(from_top[j]) - int(hist[bucket])
+            prefix = bucket - 0x8000 if prefix is None else (prefix << 16) | bucket
+            if shift == 0:
+                return prefix, need
+            shift -= 16
+            hist = torch.zeros(1 << 16, dtype=torch.int64)
+            for n in self.group:
+                for _, alive, key, _x in self._chunks(n):
+                    inside = (key >> (shift + 16)) == prefix
+                    if alive is not None:
+                        inside &= alive
+                    key = key[inside]
+                    if key.numel():
+                        hist += torch.bincount((key >> shift) & 0xFFFF, minlength=1 << 16)
+
+    def top(self, k: int) -> Mask:
+        if k <= 0:
+            return {n: torch.zeros(self.current[n].shape, dtype=torch.bool) for n in self.group}
+        if k >= self.kept:
+            return {n: self.current[n].clone() for n in self.group}
+        thr, ties = self._threshold(k)
+        out: Mask = {}
+        for n in self.group:
+            keep = torch.zeros(self.current[n].numel(), dtype=torch.bool)
+            for i, alive, key, _x in self._chunks(n):
+                part = key > thr
+                if alive is not None:
+                    part &= alive
+                if ties > 0:
+                    eq = key == thr
+                    if alive is not None:
+                        eq &= alive
+                    count = int(eq.sum())
+                    if count <= ties:  # every tie of this chunk is kept
+                        part |= eq
+                        ties -= count
+                    else:  # the first ``ties`` of them, in index order
+                        part[eq.nonzero().squeeze(1)[:ties]] = True
+                        ties = 0
+                keep[i : i + part.numel()] = part
+            out[n] = keep.view(self.current[n].shape)
+        return out
 
 
 def scoring_copy(model: nn.Module, current: Mask) -> nn.Module:
@@ -260,3 +392,86 @@ def batches_of(batches: Iterable[Any], method: str, model: nn.Module | None = No
         yield x, y
     if n == 0:
         raise ConfigError(f"{method}: no batches given; pass an iterable of (inputs, targets) pairs")
+
+
+# ---------------------------------------------------------------------- N:M semi-structured
+
+
+def parse_n_m(value: Any, method: str) -> tuple[int, int]:
+    """``(n, m)`` from ``"2:4"`` or ``(2, 4)``: keep at most ``n`` of every ``m``
+    consecutive weights along a layer's input dimension (0 < n < m)."""
+    pair = value
+    if isinstance(value, str):
+        parts = value.split(":")
+        pair = tuple(int(p) for p in parts) if len(parts) == 2 and all(p.strip().isdigit() for p in parts) else None
+    ok = (isinstance(pair, (tuple, list)) and len(pair) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in pair) and 0 < pair[0] < pair[1])
+    if not ok:
+        raise ConfigError(f"{method}: n_m must be 'N:M' or (N, M) with 0 < N < M, such as '2:4' or (4, 8); got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def input_last(model: nn.Module | None, name: str) -> bool:
+    """Whether parameter ``name`` stores its input dimension after its output one
+    (nn.Linear, nn.Conv*: ``(out, in, ...)``); False for transformers' ``Conv1D``
+    (GPT-2), whose weight is ``(in, out)``."""
+    if model is None:
+        return True
+    mod_name, _, _attr = name.rpartition(".")
+    return type(model.get_submodule(mod_name)).__name__ != "Conv1D"
+
+
+def as_rows(t: torch.Tensor, in_last: bool) -> torch.Tensor:
+    """``t`` as ``(outputs, inputs)``: one row per output unit (a view where possible)."""
+    return t.reshape(t.shape[0], -1) if in_last else t.reshape(t.shape[0], -1).t()
+
+
+def from_rows(rows: torch.Tensor, like: torch.Tensor, in_last: bool) -> torch.Tensor:
+    """Inverse of :func:`as_rows`: ``rows`` back in the layout of ``like``."""
+    return (rows if in_last else rows.t()).reshape(like.shape).contiguous()
+
+
+def n_m_keep(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int, *, name: str, method: str,
+             prune_low_first: bool = False) -> torch.Tensor:
+    """The N:M mask of one ``(outputs, inputs)`` score matrix: in each run of ``m``
+    consecutive inputs of a row, the ``n`` highest-scoring alive entries are kept (fewer
+    where the run has fewer alive). Ties: the lower index is kept, as a stable descending
+    sort; ``prune_low_first`` instead prunes the ``m - n`` lowest with a stable ascending
+    sort (lower index pruned first, as Wanda's reference sorts)."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ConfigError(f"{method}: {name} has {cols} inputs per output, not a multiple of M={m}; "
+                          f"N:M pruning needs whole groups (leave it out with names=[...])")
+    scores = scores.detach()
+    if scores.dtype not in _NARROW + (torch.float64,):
+        scores = scores.to(torch.float64)
+    out = torch.empty(rows, cols, dtype=torch.bool)
+    step = max(1, (4 * CHUNK) // max(cols, 1))  # rows at a time: bounded working memory
+    for r in range(0, rows, step):
+        s = scores[r : r + step].to("cpu").reshape(-1, cols // m, m)
+        live = alive[r : r + step].reshape(-1, cols // m, m)
+        if bool(torch.isnan(s).any()) and bool(torch.isnan(s[live]).any()):
+            raise ConfigError(f"{method}: scores of {name!r} contain NaN (diverged weights?)")
+        s = s.masked_fill(~live, float("-inf"))  # already pruned: ranked last, pruned first
+        # the rank of each entry in its group, as a stable sort would place it, from the
+        # m pairwise comparisons (exact in the scores' own dtype; linear time, no sort)
+        rank = torch.zeros(s.shape, dtype=torch.uint8)
+        idx = torch.arange(m)
+        for j in range(m):
+            sj = s[..., j : j + 1]
+            before = idx > j  # entry j comes before entries with a higher index
+            if prune_low_first:  # ascending: j precedes i if s_j < s_i, or equal and j < i
+                rank += ((sj < s) | ((sj == s) & before)).to(torch.uint8)
+            else:  # descending: j precedes i if s_j > s_i, or equal and j < i
+                rank += ((sj > s) | ((sj == s) & before)).to(torch.uint8)
+        keep = rank >= m - n if prune_low_first else rank < n
+        out[r : r + step] = (keep & live).reshape(-1, cols)
+    return out
+
+
+def is_n_m(mask: torch.Tensor, n: int, m: int, in_last: bool = True) -> bool:
+    """Whether every run of ``m`` consecutive inputs of every output keeps at most ``n``."""
+    rows = as_rows(mask, in_last)
+    if rows.shape[1] % m:
+        return False
+    return bool((rows.reshape(rows.shape[0], -1, m).sum(-1) <= n).all())

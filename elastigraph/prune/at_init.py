@@ -47,7 +47,7 @@ def random(
         model, names=names, mask=mask, include_first=include_first, include_last=include_last, method=method,
         needs_values=False,
     )
-    scores = {n: torch.rand(current[n].shape, generator=generator, dtype=torch.float64) for n in names_}
+    scores = _core.ReplayedUniform({n: current[n].shape for n in names_}, generator)  # one tensor at a time
     return _finish(_core.select(scores, current, scope=scope, density=1.0 - sparsity, method=method), extra)
 
 

@@ -24,6 +24,7 @@ def magnitude(
     names: Iterable[str] | None = None,
     include_first: bool = True,
     include_last: bool = True,
+    n_m: str | tuple[int, int] | None = None,
 ) -> Mask:
     """A new mask keeping the largest-|w| weights among those ``mask`` keeps.
 
@@ -32,12 +33,24 @@ def magnitude(
     ``round(total * (1 - sparsity))`` of all prunable weights. ``scope="global"`` ranks all
     tensors together (the LTH papers), ``"layerwise"`` each tensor on its own. For a
     state_dict, which tensors to prune comes from ``names`` or ``mask``. Nothing is modified.
+
+    ``n_m="2:4"`` (or ``(4, 8)``, ...): N:M semi-structured instead, in every pruned tensor
+    each run of M consecutive weights along the input dimension keeps its N largest |w|
+    (ties: the lower index), among those ``mask`` keeps; the sparsity is 1 - N/M. A
+    state_dict's tensors are taken as ``(out, in, ...)``; a model's GPT-2 ``Conv1D``
+    weights as the ``(in, out)`` they are.
     """
     method = "magnitude"
     _core.check_scope(scope, method)
     if fraction is not None and sparsity is not None:
         raise ConfigError(f"{method}: give fraction (one IMP round) or sparsity (one shot), not both")
-    if sparsity is None:
+    if n_m is not None:
+        if fraction is not None or sparsity is not None or scope != "global":
+            raise ConfigError(f"{method}: n_m={n_m!r} sets the sparsity (1 - N/M, per group of M inputs); "
+                              "give it without fraction, sparsity or scope")
+        n_m = _core.parse_n_m(n_m, method)
+        sparsity = 0.0  # not used
+    elif sparsity is None:
         fraction = _core.check_unit(0.2 if fraction is None else fraction, "fraction", method)
     else:
         sparsity = _core.check_unit(sparsity, "sparsity", method)
@@ -73,11 +86,22 @@ def magnitude(
     nonfloat = [n for n, w in weights.items() if not w.is_floating_point()]
     if nonfloat:
         raise ConfigError(f"{method}: tensors {nonfloat[:3]} are not floating-point weights")
-    scores = {n: w.detach().abs() for n, w in weights.items()}
+    if n_m is not None:
+        model = model_or_state if isinstance(model_or_state, nn.Module) else None
+        new = {}
+        for name in names_:
+            il = _core.input_last(model, name)
+            keep = _core.n_m_keep(_core.as_rows(weights[name].detach().abs(), il), _core.as_rows(current[name], il),
+                                  *n_m, name=name, method=method)
+            new[name] = _core.from_rows(keep, current[name], il)
+        return {**new, **{k: v.clone() for k, v in extra.items()}}
+    # |w| is taken chunk by chunk inside select: no copy of the weights is made
     if sparsity is not None:
-        new = _core.select(scores, current, scope=scope, density=1.0 - sparsity, method=method)
+        new = _core.select(weights, current, scope=scope, density=1.0 - sparsity, method=method, transform=torch.abs,
+                               nonnegative=True)
     else:
-        new = _core.select(scores, current, scope=scope, keep_remaining=1.0 - fraction, method=method)
+        new = _core.select(weights, current, scope=scope, keep_remaining=1.0 - fraction, method=method,
+                           transform=torch.abs, nonnegative=True)
     return {**new, **{k: v.clone() for k, v in extra.items()}}
 
 
