@@ -139,7 +139,7 @@ _FUNCS = {"append": stretch_append, "after-run": stretch_after_run, "interpolate
 @dataclass
 class StagePlan:
     """One stage: ``sources[j]`` is the source block (stage-local index) feeding target
-    block ``j``. ``block0`` names the fixed shape-changing block, if the stage has one."""
+    block ``j``, or ``-1`` for a block grown as an identity (``transfer(grow="identity")``). ``block0`` names the fixed shape-changing block, if the stage has one."""
 
     index: int
     label: str
@@ -154,10 +154,11 @@ class StagePlan:
         return "stretch" if m > n else "squeeze" if m < n else "same"
 
     def mapping(self) -> dict[int, list[int]]:
-        """``{source block: [target blocks]}`` (sources that feed nothing are left out)."""
+        """``{source block: [target blocks]}`` (sources that feed nothing, and grown blocks, are left out)."""
         out: dict[int, list[int]] = {}
         for j, i in enumerate(self.sources):
-            out.setdefault(i, []).append(j)
+            if i >= 0:
+                out.setdefault(i, []).append(j)
         return dict(sorted(out.items()))
 
     def mapping_string(self) -> str:
@@ -254,9 +255,9 @@ def _check_plan_dict(d: Any) -> None:
             raise bad(f"stages[{i}].block0", "is not a string or null")
         n, m = len(st["src_blocks"]), len(st["dst_blocks"])
         src = st["sources"]
-        if len(src) != m or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < n for x in src):
+        if len(src) != m or any(isinstance(x, bool) or not isinstance(x, int) or not -1 <= x < n for x in src):
             raise bad(f"stages[{i}].sources", f"must list, for each of the {m} target block(s), a source block "
-                                              f"index in 0..{n - 1}")
+                                              f"index in 0..{n - 1} (or -1: grown)")
 
 
 # ---------------------------------------------------------------------------- mapping strings
@@ -340,7 +341,10 @@ def _check_block0(sources: list[int], has_b0: bool, where: str) -> None:
 
 
 def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, block0: str | None,
-                      dst_labels: Sequence[str] = ()) -> list[int]:
+                      dst_labels: Sequence[str] = (), grow: str | None = None) -> list[int]:
+    if grow == "identity" and m > n and (n == 0 or (n == 1 and block0 is not None)):
+        # nothing to copy: the new blocks are the target's own, grown as identities
+        return [0] * n + [-1] * (m - n)
     if m == n:
         return list(range(n))
     if m == 0:
@@ -358,12 +362,14 @@ def _strategy_sources(n: int, m: int, stretch: str, squeeze: str, where: str, bl
         raise SegmentMismatchError(
             f"{where}: the target has {m} block(s) here ({shown}) and the source has none of that kind at this "
             "place: there is nothing to copy them from. Use a source that has at least one such block in that "
-            "stage, or a target without them."
+            "stage, or a target without them, or grow them as identities (grow='identity': a growth operator, "
+            "not E-LTH)."
         )
     raise SegmentMismatchError(
         f"{where}: the source stage has a single block (block 0 = {block0}, which changes the shape) and the "
         f"target needs {m}: there is nothing to stretch from (block 0 is never copied). Use a source with at "
-        "least 2 blocks in that stage (squeezing to 1 block works)."
+        "least 2 blocks in that stage (squeezing to 1 block works), or grow the new blocks as identities "
+        "(grow='identity': a growth operator, not E-LTH)."
     )
 
 
@@ -518,7 +524,7 @@ class Ticket:
 
 
 def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str | None,
-                 mapping: str | Plan | None) -> tuple[str, list[StagePlan]]:
+                 mapping: str | Plan | None, grow: str | None = None) -> tuple[str, list[StagePlan]]:
     labels = [s.label for s in mt.stages]
     stretch, squeeze = parse_strategy(strategy)
     name = f"{stretch}+{squeeze}"
@@ -539,7 +545,7 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
         where = f"stage {sm.index} ({sm.label})"
         if entries is None:
             try:
-                sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels)
+                sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels, grow)
             except SegmentMismatchError:
                 why = alternating_cause(src, dst, sm)  # the real cause, where the blocks alternate in kinds
                 if why:
@@ -550,6 +556,34 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
         out.append(StagePlan(index=sm.index, label=sm.label, block0=sm.block0_label,
                              src_blocks=list(sm.src_labels), dst_blocks=list(sm.dst_labels), sources=sources))
     return name, out
+
+
+def _grow_identity(grown: list, mt: Matching, src: ModelGraph, dst: ModelGraph, dst_model: nn.Module,
+                   smask: Mapping[str, torch.Tensor], weights: dict, dst_mask: dict) -> None:
+    """Fill ``weights`` and ``dst_mask`` for the blocks grown as identities (see ``grow``)."""
+    own = _masks.plain_state(dst_model.state_dict(), fold_mask=False)
+    for sm, du in grown:
+        shapes = [s_ for _, s_ in du.params]
+        cands = sorted(mt.stages, key=lambda st: abs(st.index - sm.index))
+        su = next((u for st in cands for u in st.src_units if [s_ for _, s_ in u.params] == shapes), None)
+        if su is None:
+            raise SegmentMismatchError(
+                f"grow='identity': target block {du.label} (stage {sm.index}, {sm.label}) has no source block of the "
+                "same tensor shapes to take its mask from; use a source with such a block")
+        for (dn, _), (sn, _) in zip(du.params, su.params):
+            if sn in smask:
+                dst_mask[dn] = smask[sn].clone()
+        zero: set[str] = set()
+        for r in range(du.start, du.stop):
+            ps = dst.regions[r].params
+            if ps:  # the region's last layer with weights: its output is the residual branch's
+                last = ps[-1][0].rpartition(".")[0]
+                zero |= {n for n, _ in ps if n.rpartition(".")[0] == last}
+        for n, _ in du.params + du.buffers:
+            t = own[n].detach().clone()
+            if n in zero:
+                t.zero_()
+            weights[n] = t
 
 
 def _same_tensors(a: nn.Module, b: nn.Module) -> int:
@@ -578,6 +612,7 @@ def transfer(
     seed: int = 0,
     src_graph: ModelGraph | None = None,
     dst_graph: ModelGraph | None = None,
+    grow: str | None = None,
 ) -> Ticket:
     """Transfer a ticket (``src_mask`` + ``src_model``'s weights, its rewind point) onto
     ``dst_model``, a deeper or shallower model of the same family.
@@ -596,8 +631,19 @@ def transfer(
 
     ``src_graph``/``dst_graph``: the models' :func:`~elastigraph.graph.analyze` results,
     where the caller has them (made with the same ``example_input`` and ``leaf_modules``),
-    so that the models are not traced again."""
+    so that the models are not traced again.
+
+    ``grow``: ``None`` (default) refuses a stage whose source has nothing to copy (only
+    its shape-changing block 0, or no block of the kind); ``"identity"`` is a growth
+    operator, not E-LTH (Net2Net's deeper network, LiGO): each new block of such a stage
+    keeps the target's own weights with its residual branch zeroed (in every region of the
+    block, the last layer with weights is set to 0), so it starts as an identity, and it
+    takes the mask of the nearest source block of the same tensor shapes (nearest stage
+    first). The plan marks those blocks with source ``-1``."""
     check_seed(seed, "transfer: seed")
+    if grow not in (None, "identity"):
+        raise StrategyError(f"grow={grow!r}: use None (default: refuse stages with nothing to copy) or 'identity' "
+                            "(new blocks start as identities: a growth operator, not E-LTH)")
     if head == "reinit":
         return transfer_reinit_head(src_model, src_mask, dst_model, strategy=strategy, mapping=mapping,
                                     example_input=example_input, leaf_modules=leaf_modules, seed=seed,
@@ -643,7 +689,7 @@ def transfer(
             raise SegmentMismatchError(f"{e} The heads differ ({sh} vs {dh}): for a target trained on another task, "
                                        "pass head='reinit' to give it a new head at the ticket's head density.") from None
         raise
-    strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping)
+    strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping, grow)
     # never silently wrong: every target block from one whole source block of its stage
     verify(src, dst, mt, [sp.sources for sp in stage_plans])
     plan = Plan(src=src_label, dst=dst_label, strategy=strat_name, stages=stage_plans, fixed_regions=len(mt.fixed))
@@ -657,11 +703,16 @@ def transfer(
         bmap.update(_pairs(rb.buffers, ra.buffers, f"{src_label} region {a} vs {dst_label} region {b}"))
     block_rows: list[tuple[int, int, int, list[str]]] = []
     unit_names: list[list[str]] = []
+    grown: list = []
     for sm, sp in zip(mt.stages, stage_plans):
         off = 1 if sm.has_block0 else 0
         if off:
             block_rows.append((sm.index, 0, 0, [n for r in range(*sm.dst_block0) for n, _ in dst.regions[r].params]))
         for j, du in enumerate(sm.dst_units):
+            if sp.sources[j + off] < 0:
+                grown.append((sm, du))
+                block_rows.append((sm.index, j + off, -1, [n for n, _ in du.params]))
+                continue
             su = sm.src_units[sp.sources[j + off] - off]
             pmap.update(_pairs(du.params, su.params, f"{sm.label}: {su.label} -> {du.label}"))
             bmap.update(_pairs(du.buffers, su.buffers, f"{sm.label}: {su.label} -> {du.label}"))
@@ -700,6 +751,9 @@ def transfer(
         if v in smask:
             dst_mask[k] = smask[v].clone() if v in used else smask[v]
             used.add(v)
+    if grown:
+        _grow_identity(grown, mt, src, dst, dst_model, smask, weights, dst_mask)
+        weights = {k: weights[k] for k in dst_state if k in weights}
     order = {n: i for i, (n, _) in enumerate(dst_model.named_parameters())}
     dst_mask = dict(sorted(dst_mask.items(), key=lambda kv: order.get(kv[0], order.get(kv[0] + "_orig", 0))))
     return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped,

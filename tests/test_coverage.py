@@ -63,6 +63,10 @@ def test_two_depths_and_name_components():
     assert coverage._two_depths(12) == (4, 5)
     assert coverage._two_depths((3, 3, 9, 3)) == ((2, 2, 2, 2), (3, 3, 3, 3))
     assert coverage._two_depths([1, 1, 3]) == ([1, 1, 2], [1, 1, 3])
+    # asked again: by whole periods (alternating kinds), from 2 blocks a stage (single-block sources)
+    assert coverage._two_depths((3, 3, 9, 3), step=2) == ((2, 2, 2, 2), (4, 4, 4, 4))
+    assert coverage._two_depths([1, 1, 1, 1], lo=2) == ([2, 2, 2, 2], [3, 3, 3, 3])
+    assert coverage._two_depths([1, 1, 3], lo=2) == ([2, 2, 2], [3, 3, 3])
     assert coverage._skeleton("trunk.block3.block3-2.f.a.0.weight") == "trunk.block#.block3-#.f.a.#.weight"
     assert coverage._skeleton("encoder.layers.encoder_layer_2.mlp.0.weight") == "encoder.layers.encoder_layer_#.mlp.#.weight"
 
@@ -72,6 +76,23 @@ def test_run_family_reports_ok_both_ways():
     r = coverage.run_family(fam, timeout=120)
     assert r["status"] == "DONE" and coverage.outcomes(r) == ["OK", "OK"], r
     assert r["capture"] == "torch.fx" and r["stretch"]["plan"]["layer2"] == [0, 1, 1, 1]
+
+
+def test_an_impossible_ask_is_asked_again_by_whole_periods():
+    """A stage of alternating kinds refused at +1 block is asked again at +2 and counted apart."""
+    timm = pytest.importorskip("timm")
+
+    def fam(step, lo=0):
+        d = coverage._two_depths((2, 2), step, lo)
+        mk = lambda dd: timm.models.repvit.RepVit(embed_dim=(16, 24), depth=dd, num_classes=4, img_size=64)  # noqa: E731
+        return coverage.Family("timm:repvit-tiny", "RepVit", lambda w: mk(d[0] if w == "a" else d[1]),
+                               f"depth {d[0]} -> {d[1]}", (2, 3, 64, 64), restep=fam)
+
+    r = coverage.run_family(fam(1), timeout=240)
+    assert r["impossible_ask"]["knob"] == "depth (2, 2) -> (3, 3)"
+    assert "come in 2 kinds that alternate" in r["impossible_ask"]["stretch"]["reason"]
+    assert r["knob"] == "depth (2, 2) -> (4, 4)" and coverage.outcomes(r) == ["OK", "OK"], r
+    assert coverage.summary([r])["impossible_first_asks"] == 1
 
 
 def test_eval_levit_can_be_analysed_twice():

@@ -412,6 +412,8 @@ def verify(src: ModelGraph, dst: ModelGraph, mt: Matching, sources: list[list[in
                 f"stage {sm.index}: target blocks in `{_mod(kd, dst)}` would come from source blocks in "
                 f"`{_mod(ks, src)}`, another stage of the module hierarchy; refusing to transfer a wrong ticket")
         for j, du in enumerate(sm.dst_units):
+            if srcs[j + off] < 0:  # grown (transfer(grow="identity")): the target's own block, no source
+                continue
             su = sm.src_units[srcs[j + off] - off]
             where = f"target block {du.label} (stage {sm.index}, {sm.label}) <- source block {su.label}"
             if du.sig_id != su.sig_id:
