@@ -77,13 +77,24 @@ class LMCResult:
     endpoint_acc: tuple[float, float]
     steps: int
     states: tuple[dict[str, Tensor], dict[str, Tensor]] | None = field(default=None, repr=False)
+    diverged: bool = False
+    """True when one of the two trainings diverged (NaN/inf loss): there is no path to
+    measure, so every number is NaN (``None`` in :meth:`to_dict`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (without the weights)."""
+        """JSON-ready (without the weights); a diverged measurement holds ``None`` (never a
+        number) and ``diverged: true``."""
         d = dataclasses.asdict(dataclasses.replace(self, states=None))
         d.pop("states")
         d["data_seeds"] = list(self.data_seeds)
         d["endpoint_acc"] = list(self.endpoint_acc)
+        if not self.diverged:
+            d.pop("diverged")
+            return d
+        for k in ("barrier", "barrier_mean"):
+            d[k] = None
+        d["endpoint_acc"] = [None, None]
+        d["test_acc"] = d["test_loss"] = []
         return d
 
 
@@ -144,6 +155,10 @@ def linear_mode_connectivity(
                     start_step=start_step, progress=progress)
         states.append(res.final_state)
         steps = res.steps
+        if res.diverged:  # NaN weights: no path to measure (train() has said where it diverged)
+            nan = float("nan")
+            return LMCResult(alphas=alphas_for(points), test_acc=[], test_loss=[], barrier=nan, barrier_mean=nan,
+                             data_seeds=seeds, endpoint_acc=(nan, nan), steps=steps, diverged=True)
     dev = getattr(cfg, "device", "auto")
     alphas, accs, losses = interpolation_curve(model, states[0], states[1], test_set, mask=mask, points=points,
                                                device=dev)
@@ -166,6 +181,10 @@ def write_lmc_csv(rows: Sequence[Mapping[str, Any]], path: Any) -> None:
         w.writerow(["seed", "target", "level", "method", "sparsity", "acc_a", "acc_b", "barrier", "barrier_mean",
                     "test_acc_by_alpha"])
         for r in rows:
+            if r.get("diverged"):  # never a number for a diverged measurement
+                w.writerow([r["seed"], r["target"], r["level"], r["method"], f"{r['sparsity']:.6f}",
+                            *["diverged"] * 5])
+                continue
             w.writerow([r["seed"], r["target"], r["level"], r["method"], f"{r['sparsity']:.6f}",
                         f"{r['endpoint_acc'][0]:.6f}", f"{r['endpoint_acc'][1]:.6f}", f"{r['barrier']:.6f}",
                         f"{r['barrier_mean']:.6f}", " ".join(f"{a:.4f}" for a in r["test_acc"])])
@@ -181,9 +200,15 @@ def plot_lmc(rows: Sequence[Mapping[str, Any]], path: Any) -> None:
     import matplotlib.pyplot as plt
 
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    diverged = [r for r in rows if r.get("diverged")]
     for r in rows:
-        groups.setdefault((r["target"], r["method"]), []).append(r)
+        if not r.get("diverged"):  # no path to draw: named in the figure's title instead
+            groups.setdefault((r["target"], r["method"]), []).append(r)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    if diverged:
+        fig.suptitle("diverged (not drawn): " + ", ".join(
+            f"{r['target']} {r['method']} level {r['level']} seed {r['seed']}" for r in diverged[:6])
+            + (" ..." if len(diverged) > 6 else ""), fontsize=8)
     for (target, method), rs in sorted(groups.items()):
         top = max(r["level"] for r in rs)
         curves = torch.tensor([[1 - a for a in r["test_acc"]] for r in rs if r["level"] == top])

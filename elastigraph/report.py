@@ -287,22 +287,33 @@ def heal_summary(records: Iterable[Mapping[str, Any]], metric: ReportMetric = AC
     """Per (target, level) of the ``heal`` rows: the test metric before and after healing
     (means over seeds), the paired gain (before - after for a lower-is-better metric,
     after - before otherwise; 95% t-interval) and the smallest share of exact zeros
-    before and after over seeds."""
+    before and after over seeds. Diverged healings are left out and counted in
+    ``diverged`` (a cell of diverged runs only has no numbers: ``after`` is None)."""
     k = metric.key
     cells: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    div: dict[tuple[str, int], int] = defaultdict(int)
     for r in records:
-        if r.get("method") == "heal" and isinstance(r.get("before"), Mapping) and r.get(f"test_{k}") is not None:
+        if r.get("method") == "heal" and r.get("diverged"):
+            div[(r["target"], int(r["level"]))] += 1
+            cells.setdefault((r["target"], int(r["level"])), [])
+        elif r.get("method") == "heal" and isinstance(r.get("before"), Mapping) and r.get(f"test_{k}") is not None:
             cells[(r["target"], int(r["level"]))].append(r)
     out = []
     sign = 1.0 if metric.higher_is_better else -1.0
     for (target, level), rows in cells.items():
+        if not rows:
+            out.append({"target": target, "level": level, "before": None, "after": None, "gain": None,
+                        "gain_low": None, "gain_high": None, "zeros_before": None, "zeros_after": None, "n": 0,
+                        "diverged": div[(target, level)]})
+            continue
         before = [float(r["before"][k]) for r in rows]
         after = [float(r[f"test_{k}"]) for r in rows]
         gain = mean_interval([sign * (a - b) for a, b in zip(after, before)], LEVEL)
         out.append({"target": target, "level": level, "before": sum(before) / len(before),
                     "after": sum(after) / len(after), "gain": gain.mean, "gain_low": gain.low, "gain_high": gain.high,
                     "zeros_before": min(float(r.get("sparsity_before", math.nan)) for r in rows),
-                    "zeros_after": min(float(r.get("sparsity_after", math.nan)) for r in rows), "n": len(rows)})
+                    "zeros_after": min(float(r.get("sparsity_after", math.nan)) for r in rows), "n": len(rows),
+                    "diverged": div[(target, level)]})
     return out
 
 
@@ -501,10 +512,14 @@ def summary_table(results: Mapping[str, Any]):
         for col in ("target", "level", "before", "after", "gain (95% interval)", "zeros before", "zeros after", "n"):
             h.add_column(col, overflow="fold")
         for r in heal:
+            n = str(r["n"]) + (f" ({r['diverged']} {DIVERGED})" if r["diverged"] else "")
+            if r["n"] == 0:  # every healing of this cell diverged: no number
+                h.add_row(escape(str(r["target"])), str(r["level"]), "-", DIVERGED, DIVERGED, "-", "-", n)
+                continue
             ci = f" [{show(r['gain_low'])}, {show(r['gain_high'])}]" if r["gain_low"] is not None else ""
             h.add_row(escape(str(r["target"])), str(r["level"]), show(r["before"]), show(r["after"]),
                       show(r["gain"]) + ci, f"{100 * r['zeros_before']:.3f}%", f"{100 * r['zeros_after']:.3f}%",
-                      str(r["n"]))
+                      n)
         t = Group(t, h)
     rows = compare(recs, m)
     if not rows:

@@ -189,3 +189,49 @@ def test_cli_train_diverged_is_one_error_line(tmp_path, capsys):
     assert err.strip().splitlines()[-1].startswith("error: training cifar_resnet_14 diverged")
     res = json.loads((tmp_path / "t.json").read_text())
     assert res["diverged"] is True and res["test_acc"] is None
+
+
+def test_lmc_with_a_diverged_training_is_diverged_never_a_number(ds, tmp_path):
+    """Linear mode connectivity whose training diverges: no interpolation is measured,
+    the result and its rows say 'diverged' (None in JSON, cells in lmc.csv, named in the
+    figure), and a healthy row beside it is still drawn."""
+    from elastigraph.analyses import linear_mode_connectivity, plot_lmc, write_lmc_csv
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        bad = linear_mode_connectivity(_net(), ds, ds, TrainConfig(steps=3, batch_size=16, device="cpu", lr=1e30),
+                                       points=3)
+    good = linear_mode_connectivity(_net(), ds, ds, TrainConfig(steps=2, batch_size=16, device="cpu"), points=3)
+    assert bad.diverged and not good.diverged
+    d = bad.to_dict()
+    assert d["diverged"] is True and d["barrier"] is None and d["endpoint_acc"] == [None, None] and d["test_acc"] == []
+    assert json.loads(json.dumps(d, allow_nan=False)) == d  # strict JSON: no NaN anywhere
+    assert "diverged" not in good.to_dict() and 0 <= good.to_dict()["barrier"] <= 1
+    rows = [{"seed": 0, "target": "t", "level": 1, "method": m, "sparsity": 0.2, **r.to_dict()}
+            for m, r in (("transfer", bad), ("imp", good))]
+    write_lmc_csv(rows, tmp_path / "lmc.csv")
+    lines = list(csv.reader((tmp_path / "lmc.csv").open()))
+    assert lines[1][5:] == ["diverged"] * 5 and lines[2][5] != "diverged"
+    plot_lmc(rows, tmp_path / "lmc.png")
+    assert (tmp_path / "lmc.png").stat().st_size > 0
+
+
+def test_heal_table_counts_diverged_healings():
+    """The healing table: a cell whose healings all diverged shows 'diverged', a mixed one
+    counts them beside n; neither enters the gain."""
+    from rich.console import Console
+
+    from elastigraph.report import heal_summary
+
+    base = {"role": "target", "target": "t", "method": "heal", "sparsity": 0.2, "steps": 2}
+    recs = [{**base, "seed": 0, "level": 1, "test_acc": 0.6, "before": {"acc": 0.5},
+             "sparsity_before": 0.2, "sparsity_after": 0.2},
+            {**base, "seed": 1, "level": 1, "test_acc": None, "diverged": True, "diverged_at": 1},
+            {**base, "seed": 0, "level": 2, "test_acc": None, "diverged": True, "diverged_at": 0}]
+    rows = {r["level"]: r for r in heal_summary(recs)}
+    assert rows[1]["n"] == 1 and rows[1]["diverged"] == 1 and rows[1]["gain"] == pytest.approx(0.1)
+    assert rows[2]["n"] == 0 and rows[2]["diverged"] == 1 and rows[2]["after"] is None
+    con = Console(width=200, record=True)
+    con.print(summary_table({"recipe": "r", "seeds": [0, 1], "records": recs}))
+    text = con.export_text()
+    assert "1 (1 diverged)" in text and "0 (1 diverged)" in text

@@ -51,6 +51,9 @@ def tables(run_dir: str) -> str:
                 "| target | level | bpb before | bpb after | gain (95% interval) | zeros before | zeros after | n |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in heal:
+            if r["n"] == 0:  # every healing of the cell diverged: no number
+                out.append(f"| {r['target']} | {r['level']} | - | diverged | diverged | - | - | 0 ({r['diverged']} diverged) |")
+                continue
             ci = f" [{_f(r['gain_low'])}, {_f(r['gain_high'])}]" if r["gain_low"] is not None else ""
             out.append(f"| {r['target']} | {r['level']} | {_f(r['before'])} | {_f(r['after'])} | {_f(r['gain'])}{ci} | "
                        f"{r['zeros_before']:.4%} | {r['zeros_after']:.4%} | {r['n']} |")

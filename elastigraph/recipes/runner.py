@@ -1018,6 +1018,8 @@ class Runner:
         recipe says ``expect_divergence: true``; then they are one log line."""
         runs = [f"{x['role']} {x['target']} {x['method']} level={x['level']} seed={x['seed']} at step "
                 f"{(x.get('diverged_at') or 0) + 1}" for x in summary.records if x.get("diverged")]
+        runs += [f"lmc {x['method']} {x['target']} level={x['level']} seed={x['seed']}"
+                 for x in self.lmc_rows if x.get("diverged")]
         summary.diverged = runs + list(dict.fromkeys(self.diverged_skips))
         if not summary.diverged:
             return
