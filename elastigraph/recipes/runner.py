@@ -37,11 +37,12 @@ import torch
 from torch import nn
 
 from .. import masks as _masks
-from ..errors import ConfigError, SegmentMismatchError, StrategyError
+from ..errors import ConfigError, SegmentMismatchError
 from ..train.tasks import Task, get_task, task_of_data
 from ..train.text import is_text_dataset
 from .cache import StepCache, StepRecord, load_tensors, save_tensors, step_id, write_json
-from .schema import BASELINES, MASK_BASELINES, DatasetSpec, ModelSpec, Recipe, TargetSpec
+from . import baselines
+from .schema import DatasetSpec, ModelSpec, Recipe, TargetSpec
 
 RESULTS = "results.json"
 STEPS_DIR = "steps"
@@ -584,83 +585,6 @@ class Runner:
 
         return self.step("heal", settings, {"ticket": tr}, fn, collective=True, label=label)
 
-    def mask_baseline(self, method: str, target: TargetSpec, seed: int, sparsity: float, weights: StepRecord | None) -> StepRecord:
-        """A ``method`` mask (a key of :data:`MASK_BASELINES`: random-global, magnitude, snip,
-        grasp, synflow) for ``target`` at global ``sparsity``, scored on the target's rewind
-        weights (``weights``) or its initialisation."""
-        bs = self.recipe.baseline_settings
-        data_based = method in ("snip", "grasp")
-        settings = {
-            "method": method, "target": target.model.label, "seed": seed, "sparsity": round(sparsity, 10),
-            "batches": bs.batches if data_based else None,
-            "iterations": bs.synflow_iterations if method == "synflow" else None,
-            "dataset": self._dataset_settings(target.dataset) if data_based else None,
-            "batch_size": self.recipe.train.batch_size if data_based else None,
-            "bn_train_mode": bs.bn_train_mode if data_based and bs.bn_train_mode else None,
-            "threads": torch.get_num_threads() if method in ("snip", "grasp", "synflow") else None,
-            **self.recipe.prune.prunable(),
-        }
-
-        def fn(d: Path) -> dict[str, Any]:
-            model = self._build(target.model, seed, target.dataset)
-            if weights is not None:
-                model.load_state_dict(load_tensors(weights.file("rewind.safetensors")))
-            mask = self._score_mask(method, model, sparsity, seed, target.dataset)
-            _masks.save_mask(mask, d / "mask.safetensors")
-            return {"sparsity": _masks.sparsity(mask), "layers": layer_density(mask)}
-
-        return self.step("mask", settings, {"weights": weights}, fn, label=f"{method} {target.name} seed={seed}")
-
-    def _score_mask(
-        self, method: str, model: nn.Module, sparsity: float, seed: int, ds: DatasetSpec | None = None,
-    ) -> dict[str, torch.Tensor]:
-        from .. import prune
-
-        torch.manual_seed(seed)
-        bs = self.recipe.baseline_settings
-        kw = self.recipe.prune.prunable()  # the same tensors as the IMP tickets
-        if method == "random-global":
-            return prune.random(model, sparsity, seed=seed, **kw)
-        if method == "magnitude":
-            return prune.magnitude(model, sparsity=sparsity, **kw)
-        if method == "synflow":
-            x = self.data(ds).train.x[:1]
-            return prune.synflow(model, sparsity, iterations=bs.synflow_iterations, input_shape=tuple(x.shape[1:]), **kw)
-        batches = normalized_batches(self.data(ds).train, bs.batches, self.recipe.train.batch_size or 128, seed)
-        if self.task.name != "classification":  # the task's loss (cross-entropy over every next byte)
-            kw["loss_fn"] = self.task.loss
-        if method == "snip":
-            return prune.snip(model, batches, sparsity, train_mode=bs.bn_train_mode, **kw)
-        if method == "grasp":
-            return prune.grasp(model, batches, sparsity, train_mode=bs.bn_train_mode, **kw)
-        raise StrategyError(f"unknown baseline {method!r}; known: {list(MASK_BASELINES)}")
-
-    def shuffled_mask(self, method: str, target: TargetSpec, seed: int, ticket: StepRecord) -> StepRecord | None:
-        """The transferred ticket's mask shuffled within each tensor (``prune.shuffle``, the
-        authors' ``shuffle_state_dict``): every tensor (``method="random"``, ElasticLTH
-        ``randomly_prune --strategy layerwise``) or only the copied blocks' tensors
-        (``"permuted"``, ElasticLTH ``permute_copy``). ``None`` when ``permuted`` has no
-        copied block to shuffle (a squeeze, or a same-depth target)."""
-        names = None
-        if method == "permuted":
-            names = ticket.result.get("copied")
-            if names is None:
-                names = copied_tensors(_read_json(ticket.file("blocks.json")))
-            if not names:
-                return None
-        settings = {"method": method, "target": target.model.label, "seed": seed}
-
-        def fn(d: Path) -> dict[str, Any]:
-            from .. import prune
-
-            mask = _masks.load_mask(ticket.file("mask.safetensors"))
-            chosen = [n for n in names if n in mask] if names is not None else list(mask)
-            new = prune.shuffle(mask, seed=seed, names=chosen)
-            _masks.save_mask(new, d / "mask.safetensors")
-            return {"sparsity": _masks.sparsity(new), "layers": layer_density(new), "shuffled": chosen}
-
-        return self.step("mask", settings, {"ticket": ticket}, fn, label=f"{method} {target.name} seed={seed}")
-
     def retrain(
         self, spec: ModelSpec, seed: int, *, mask_step: StepRecord, weights_step: StepRecord | None,
         weights_file: str, start_step: int, label: str, init_seed: int | None = None, ds: DatasetSpec | None = None,
@@ -991,110 +915,69 @@ class Runner:
             records += self._target(target, seed, levels, top, src_dense, src_levels, layers)
         return records
 
+    def _target_runs(self, target: TargetSpec, seed: int, top: int) -> tuple[StepRecord | None, list[StepRecord]]:
+        """The target's own dense run and IMP levels 1..``top``, as far as the recipe's
+        baselines need them (:func:`baselines.prepared`): ``(dense or None, levels)``."""
+        needs = baselines.prepared(self.recipe.baselines, self.recipe.baseline_settings)
+        if "imp" in needs:
+            return self.imp_levels(target.model, seed, top, "target", target.name, target.dataset)
+        if "dense" in needs:
+            return self.dense(target.model, seed, "target", target.name, target.dataset), []
+        return None, []
+
     def _target_chain(self, target: TargetSpec, seed: int, top: int) -> None:
         """The target's own dense/IMP runs, as :meth:`_target` will ask for them."""
-        r = self.recipe
-        base = set(r.baselines)
-        if "imp" in base:
-            self.imp_levels(target.model, seed, top, "target", target.name, target.dataset)
-        elif bool(base & {"dense"}) or (bool(base & {"random", "random-global", *MASK_BASELINES})
-                                         and r.baseline_settings.weights == "rewind"):
-            self.dense(target.model, seed, "target", target.name, target.dataset)
+        self._target_runs(target, seed, top)
 
     def _target(
         self, target: TargetSpec, seed: int, levels: list[int], top: int,
         src_dense: StepRecord, src_levels: list[StepRecord], layers: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         """Transfer every level's ticket to ``target``, retrain it, and run each baseline of
-        the recipe against it (one ``_baseline`` call per baseline and level)."""
+        the recipe against it (one registered function per baseline and level; the
+        target's own tickets, ``reference`` baselines, are recorded first)."""
         r = self.recipe
         k = r.prune.rewind_step
-        base = set(r.baselines)
-        rewind_based = {"random", "random-global", *MASK_BASELINES}
-        need_dense = bool(base & {"dense", "imp"}) or (bool(base & rewind_based) and r.baseline_settings.weights == "rewind")
-        tgt_dense, tgt_levels = None, []
-        if "imp" in base:
-            tgt_dense, tgt_levels = self.imp_levels(target.model, seed, top, "target", target.name, target.dataset)
-        elif need_dense:
-            tgt_dense = self.dense(target.model, seed, "target", target.name, target.dataset)
+        listed = [baselines.get(b) for b in r.baselines]
+        per_level = [b for b in listed if not b.once and b.reference] + [b for b in listed if not b.once and not b.reference]
+        tgt_dense, tgt_levels = self._target_runs(target, seed, top)
         out: list[dict[str, Any]] = []
-        name = target.name
-        if "dense" in base and tgt_dense is not None:
-            out.append(_record(seed, "target", target.model.label, name, 0, "dense", tgt_dense))
+        name, model = target.name, target.model.label
+        for b in listed:
+            if b.once:
+                rec = b.fn(baselines.Level(self, b, target, seed, 0, None, tgt_dense, tgt_levels))
+                if rec is not None:
+                    out.append(_record(seed, "target", model, name, 0, b.name, rec))
         for lv in levels:
             src_level = src_levels[lv - 1]
             tr = self.transfer(target, seed, src_level, src_dense)
-            # the level's retrains (transferred ticket + mask baselines) go through one
+            # the level's retrains (transferred ticket + baselines) go through one
             # retrain_many, which trains them as a fleet or in parallel where that pays
             requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors",
                                        0 if target.start_at_step_zero else k,
                                        f"retrain transferred {name} level={lv} seed={seed}", dataset=target.dataset)]
-            methods = [b for b in r.baselines if b not in ("imp", "dense")]
-            pending = [self._baseline_request(m, target, seed, lv, tr, tgt_dense) for m in methods]
+            pending = [b.fn(baselines.Level(self, b, target, seed, lv, tr, tgt_dense, tgt_levels)) for b in per_level]
             requests += [q for q in pending if isinstance(q, RetrainRequest)]
             trained = iter(self.retrain_many(requests))
             rt = next(trained)
             rbs = [next(trained) if isinstance(q, RetrainRequest) else q for q in pending]
-            out.append(_record(seed, "target", target.model.label, name, lv, "transfer", rt))
+            out.append(_record(seed, "target", model, name, lv, "transfer", rt))
             entry: dict[str, Any] = {
                 "seed": seed, "target": name, "level": lv,
                 "source": tr.result["source_layers"], "transfer": tr.result["layers"],
             }
-            if "imp" in base:
-                imp = tgt_levels[lv - 1]
-                out.append(_record(seed, "target", target.model.label, name, lv, "imp", imp))
-                entry["imp"] = imp.result["layers"]
-            for method, rb in zip(methods, rbs):
+            for b, rb in zip(per_level, rbs):
                 if rb is not None:
-                    out.append(_record(seed, "target", target.model.label, name, lv, method, rb))
+                    out.append(_record(seed, "target", model, name, lv, b.name, rb))
+                    if b.reference:
+                        entry[b.name] = rb.result["layers"]
             layers.append(entry)
             if r.heal is not None:  # up-scale the trained ticket, then heal it under its mask
                 trained_tr = self.transfer(target, seed, src_level, src_dense, trained=True)
-                out.append(_record(seed, "target", target.model.label, name, lv, "heal",
-                                   self.heal(target, seed, lv, trained_tr)))
+                out.append(_record(seed, "target", model, name, lv, "heal", self.heal(target, seed, lv, trained_tr)))
             if r.analyses:
                 self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if tgt_levels else None, tgt_dense)
         return out
-
-    def _baseline(
-        self, method: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord, tgt_dense: StepRecord | None,
-    ) -> StepRecord | None:
-        """The trained ``method`` baseline (see :meth:`_baseline_request`), trained alone."""
-        q = self._baseline_request(method, target, seed, lv, tr, tgt_dense)
-        return self.retrain_many([q])[0] if isinstance(q, RetrainRequest) else q
-
-    def _baseline_request(
-        self, method: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord, tgt_dense: StepRecord | None,
-    ) -> "RetrainRequest | StepRecord | None":
-        """The trained ``method`` baseline for the transferred ticket ``tr`` (level ``lv``):
-        its step record, or ``None`` where the baseline does not apply (``permuted``
-        without copied blocks)."""
-        r = self.recipe
-        k = r.prune.rewind_step
-        name = target.name
-        label = f"retrain {method} {name} level={lv} seed={seed}"
-        use_rewind = r.baseline_settings.weights == "rewind"
-        if method == "imp-matched":
-            return self.imp_matched(target.model, seed, tr, "target", name, target.dataset)
-        if method == "reinit":  # the ticket's mask, a fresh initialisation, trained from step 0
-            return RetrainRequest(target.model, seed, tr, None, "", 0, label, derived_seed(seed, "reinit"), target.dataset)
-        if method == "permuted":  # the ticket's own (transferred) weights, copies' masks shuffled
-            mb = self.shuffled_mask(method, target, seed, tr)
-            if mb is None:
-                self.log(f"[note] permuted {name} level={lv}: no copied blocks (not a stretch); skipped")
-                return None
-            # trained exactly as the ticket is: from step 0 when it moved step-0 weights
-            return RetrainRequest(target.model, seed, mb, tr, "weights.safetensors",
-                                  0 if target.start_at_step_zero else k, label, dataset=target.dataset)
-        if method == "random":
-            mb = self.shuffled_mask(method, target, seed, tr)
-        elif method in MASK_BASELINES:
-            mb = self.mask_baseline(method, target, seed, tr.result["sparsity"], tgt_dense if use_rewind else None)
-        else:
-            raise StrategyError(f"unknown baseline {method!r}; known: {list(BASELINES)}")
-        assert mb is not None
-        return RetrainRequest(target.model, seed, mb, tgt_dense if use_rewind else None, "rewind.safetensors",
-                              k if use_rewind else 0, label, dataset=target.dataset)
 
     # ----- analyses (recipe ``analyses:``; results under ``results.json["lmc"]``)
 

@@ -13,37 +13,31 @@ import copy
 import re
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Annotated, Any, Iterable, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..errors import ElastigraphError, ModelNameError, RecipeError
+from . import baselines as _baselines
 
-BASELINES = ("imp", "imp-matched", "reinit", "random", "random-global", "magnitude", "permuted",
-             "snip", "grasp", "synflow", "dense")
-"""Baseline names a recipe may list (docs/elth.md, "Baselines of the E-LTH protocol"); each
-runs at every transferred level and is compared with the transferred ticket:
+BASELINES = _baselines.names()
+"""The built-in baseline names a recipe may list (docs/elth.md, "Baselines of the E-LTH
+protocol"), each one registered function in :mod:`elastigraph.recipes.baselines`, where
+each is described; a recipe may list any registered name (:func:`baselines.names`)."""
 
-- ``imp``: the target's own IMP ticket at the same level (level-matched);
-- ``imp-matched``: the target's IMP ticket pruned on to the transferred ticket's exact
-  global sparsity (sparsity-matched; see ``Runner.imp_matched``);
-- ``reinit``: the transferred mask, freshly initialised weights (another seed), trained
-  from step 0 (ElasticLTH ``randomly_reinitialize``);
-- ``random``: the transferred mask shuffled within each tensor, exact per-tensor counts
-  (ElasticLTH ``randomly_prune --strategy layerwise``);
-- ``random-global``: uniform random over all prunable weights at the same global sparsity;
-- ``magnitude``: one-shot global magnitude pruning of the target's rewind-point weights
-  (ElasticLTH ``prune_early --strategy sparse_global``);
-- ``permuted``: the transferred ticket with the copied blocks' masks shuffled within
-  each tensor (ElasticLTH ``permute_copy``; stretches only);
-- ``snip``, ``grasp``, ``synflow``: pruning at init at the same global sparsity;
-- ``dense``: the unpruned target (level 0)."""
 
-MASK_BASELINES = {"random-global": "random", "magnitude": "magnitude", "snip": "snip", "grasp": "grasp",
-                  "synflow": "synflow"}
-"""Baselines scored by a pruning method at the transferred ticket's global sparsity:
-baseline name -> :func:`elastigraph.prune.by_name` name."""
+def _known_baseline(v: Any) -> Any:
+    """A recipe's baseline name must be registered (checked when the recipe is read, so a
+    baseline registered by a plugin or a test is accepted)."""
+    known = _baselines.names()
+    if not isinstance(v, str) or v not in known:
+        expected = " or ".join([", ".join(repr(n) for n in known[:-1]), repr(known[-1])]) if len(known) > 1 \
+            else repr(known[0])
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return v
+
 
 # --------------------------------------------------------------------------- YAML
 
@@ -490,7 +484,7 @@ class Recipe(_Section):
     prune: PruneSpec = Field(default_factory=PruneSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     targets: list[TargetSpec] = Field(min_length=1)
-    baselines: list[Literal[BASELINES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    baselines: list[Annotated[Any, AfterValidator(_known_baseline)]] = Field(default_factory=list)
     baseline_settings: BaselineSettings = Field(default_factory=BaselineSettings)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: str | None = None
@@ -713,10 +707,9 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
                 problems.append(("dataset.val_fraction", "a text corpus has its own validation split (by file); "
                                                          "leave val_fraction out"))
             for i, b in enumerate(data.get("baselines") or []):
-                if b == "synflow":
-                    problems.append((f"baselines[{i}]", "synflow scores a network on an all-ones input, which token ids "
-                                                        "do not have (an embedding lookup, not a product); it does not "
-                                                        "apply to language models -- leave it out"))
+                why = _baselines.get(b).not_for_text if isinstance(b, str) and b in _baselines.names() else None
+                if why:
+                    problems.append((f"baselines[{i}]", why))
             for i, t in enumerate(data.get("targets") or []):
                 if isinstance(t, Mapping) and t.get("dataset") is not None:
                     problems.append((f"targets[{i}].dataset", "a language-model recipe trains every target on its corpus"))
@@ -767,8 +760,9 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     baselines = data.get("baselines")
     if isinstance(baselines, list):
         for i, b in enumerate(baselines):
-            if b in MASK_BASELINES:
-                err = _check_prune_method(MASK_BASELINES[b])
+            method = _baselines.get(b).prune_method if isinstance(b, str) and b in _baselines.names() else None
+            if method:
+                err = _check_prune_method(method)
                 if err:
                     problems.append((f"baselines[{i}]", err))
     return problems
