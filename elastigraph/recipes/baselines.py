@@ -21,6 +21,7 @@ Adding a baseline is one such function (and its test); docs/elth.md describes ea
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -29,12 +30,12 @@ import torch
 
 from .. import masks as _masks
 from ..errors import StrategyError
-from .cache import StepRecord
+from .cache import StepRecord, load_tensors
+from .execution import RetrainRequest, derived_seed, layer_density, normalized_batches
 
 if TYPE_CHECKING:  # the runner imports this module; these are for annotations only
     from torch import nn
 
-    from .runner import RetrainRequest
     from .runner import Runner
     from .schema import BaselineSettings, TargetSpec
 
@@ -187,8 +188,7 @@ class Level:
         transferred weights, trained exactly as the ticket is), ``"baseline"`` (the
         target's rewind-point weights or its initialisation, per ``baseline_settings.weights``)
         or ``"init"`` (a fresh initialisation drawn with ``init_seed``, from step 0)."""
-        from .runner import RetrainRequest
-
+    
         r = self.runner.recipe
         k = r.prune.rewind_step
         t = self.target
@@ -231,12 +231,8 @@ class Level:
         }
 
         def fn(d: Path) -> dict[str, Any]:
-            from .runner import layer_density, normalized_batches
-
             model = run._build(t.model, seed, t.dataset)
             if weights is not None:
-                from .cache import load_tensors
-
                 model.load_state_dict(load_tensors(weights.file("rewind.safetensors")))
             torch.manual_seed(seed)
             data = lambda: run.data(t.dataset).train  # noqa: E731 -- loaded only by scorers that use data
@@ -261,8 +257,6 @@ class Level:
 
         def fn(d: Path) -> dict[str, Any]:
             from .. import prune
-            from .runner import layer_density
-
             mask = _masks.load_mask(ticket.file("mask.safetensors"))
             chosen = [n for n in names if n in mask] if names is not None else list(mask)
             new = prune.shuffle(mask, seed=seed, names=chosen)
@@ -271,6 +265,21 @@ class Level:
 
         return self.runner.step("mask", settings, {"ticket": ticket}, fn,
                                 label=f"{self.baseline.name} {self.target.name} seed={seed}")
+
+
+def copied_tensors(blocks: Any) -> list[str]:
+    """Parameter names of the target blocks that are copies: a target block whose source
+    block already fed an earlier target block of its stage (the authors' ``permute_copy``
+    shuffles the same ones: every target position of a source block after the first).
+    ``blocks``: :attr:`elastigraph.transfer.Ticket.blocks` rows or their ``blocks.json`` dicts."""
+    seen: set[tuple[int, int]] = set()
+    out: list[str] = []
+    for row in blocks:
+        st, j, i, names = (row["stage"], row["dst_block"], row["src_block"], row["params"]) if isinstance(row, Mapping) else row
+        if (st, i) in seen:
+            out += list(names)
+        seen.add((st, i))
+    return out
 
 
 # --------------------------------------------------------------------------- the baselines
@@ -295,8 +304,6 @@ def imp_matched(lv: Level) -> StepRecord:
 def reinit(lv: Level) -> RetrainRequest:
     """The transferred mask, freshly initialised weights (another seed), trained from step 0
     (ElasticLTH ``randomly_reinitialize``)."""
-    from .runner import derived_seed
-
     assert lv.ticket is not None
     return lv.retrain(lv.ticket, weights="init", init_seed=derived_seed(lv.seed, "reinit"))
 
@@ -329,12 +336,10 @@ def magnitude(lv: Level) -> RetrainRequest:
 def permuted(lv: Level) -> RetrainRequest | None:
     """The transferred ticket with the copied blocks' masks shuffled within each tensor
     (ElasticLTH ``permute_copy``; stretches only), trained exactly as the ticket is."""
-    from .runner import _read_json, copied_tensors
-
     assert lv.ticket is not None
     names = lv.ticket.result.get("copied")
     if names is None:
-        names = copied_tensors(_read_json(lv.ticket.file("blocks.json")))
+        names = copied_tensors(json.loads(Path(lv.ticket.file("blocks.json")).read_text()))
     if not names:
         lv.runner.log(f"[note] permuted {lv.target.name} level={lv.level}: no copied blocks (not a stretch); skipped")
         return None
