@@ -224,3 +224,28 @@ def test_a_registered_baseline_runs_through_a_recipe(tmp_path):
     assert len(pruned) > 0 and kept.max() <= pruned.min()  # the smallest ones, globally
     with pytest.raises(RecipeError, match="baselines\\[0\\]: 'toy-smallest' is not one of 'imp'"):
         load_recipe(recipe)
+
+
+def test_results_json_reads_back_as_the_typed_records_it_was_written_from(run, tmp_path):
+    """recipes.results is the one schema of results.json: what the runner wrote loads back
+    field for field, and a damaged record is a ReportError naming the field."""
+    from elastigraph.errors import ReportError
+    from elastigraph.recipes import results
+
+    out, _, rows, res = run
+    typed = results.load(out)
+    assert typed.to_dict() == res and list(typed.to_dict()) == list(res)
+    assert [list(r.to_dict()) for r in typed.records] == [list(r) for r in res["records"]]  # the order too
+    t = {r.method: r for r in typed.records if r.role == "target" and r.level == 2}["transfer"]
+    assert t.tests == {k: rows["transfer"][k] for k in ("test_acc", "test_loss")}
+    assert t.val == {"val_acc": rows["transfer"]["val_acc"]} and t.step == rows["transfer"]["step"]
+    assert typed.task.primary.key == "acc" and typed.task.primary.higher_is_better
+    bad = json.loads(json.dumps(res))
+    bad["records"][3]["level"] = "two"
+    (tmp_path / "results.json").write_text(json.dumps(bad))
+    with pytest.raises(ReportError, match=r"records\[3\]\.level is 'two', expected int"):
+        results.load(tmp_path)
+    bad["records"][3]["level"] = 2
+    bad["records"][3]["test_acc"] = "high"
+    with pytest.raises(ReportError, match=r"records\[3\]\.test_acc is 'high'"):
+        results.validate(bad)

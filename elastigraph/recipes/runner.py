@@ -46,29 +46,10 @@ from .execution import (  # noqa: F401 -- the public names stay importable from 
     normalized_batches,
     split_validation,
 )
+from .results import ACCURACY_SPLITS, RESULTS, Record, Results, TaskInfo, environment  # noqa: F401
 from .schema import DatasetSpec, ModelSpec, Recipe, TargetSpec
 
-RESULTS = "results.json"
 LOCK_FILE = ".lock"
-
-def environment() -> dict[str, Any]:
-    """What changes the numbers besides the recipe: torch version and CPU thread count
-    (on CPU, results are bit-exact only for the same machine, torch and thread count)."""
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-
-
-ACCURACY_SPLITS = {
-    "test_acc": "the dataset's test split (never used to choose anything)",
-    "val_acc": "validation split: dataset.val_fraction of the training set, held out from training (None without one)",
-}
-"""Which split each accuracy of results.json comes from."""
-
 
 # --------------------------------------------------------------------------- runner
 
@@ -333,7 +314,7 @@ class Runner(Execution):
         p = r.prune
         levels = p.transfer_levels()
         top = max(levels)
-        records: list[dict[str, Any]] = []
+        records: list[Record] = []
         layers: list[dict[str, Any]] = []
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -349,30 +330,17 @@ class Runner(Execution):
                 records += self._run_seed(seed, levels, top, layers)
         finally:
             self._stop_pool()
-        summary = RunSummary(self.out, self.executed, self.skipped, records)
+        summary = RunSummary(self.out, self.executed, self.skipped, [x.to_dict() for x in records])
         if self.writer:
-            data = self.data()
-            env = {**environment(), "threads": step_threads, "devices": sorted({str(x["device"]) for x in records if x.get("device")})}
-            results = {
-                "recipe": r.name,
-                "source": r.source_name,
-                "targets": [t.name for t in r.targets],
-                "seeds": r.seeds,
-                "environment": env,
-                "task": task_block(self.task),
-                "accuracy_splits": {
-                    **_splits(self.task),
-                    "sizes": _sizes(data),
-                    **({"target_sizes": {t.name: {"dataset": t.dataset.name, **_sizes(self.data(t.dataset))}
-                                         for t in r.targets if t.dataset is not None}}
-                       if any(t.dataset is not None for t in r.targets) else {}),
-                },
-                "records": records,
-                "layer_density": layers,
-            }
-            if r.analyses:
-                results["lmc"] = self.lmc_rows
-            write_json(self.out / RESULTS, results)
+            task = TaskInfo.of(self.task)
+            env = {**environment(), "threads": step_threads, "devices": sorted({str(x.device) for x in records if x.device})}
+            splits = {**task.splits(), "sizes": _sizes(self.data())}
+            if any(t.dataset is not None for t in r.targets):
+                splits["target_sizes"] = {t.name: {"dataset": t.dataset.name, **_sizes(self.data(t.dataset))}
+                                          for t in r.targets if t.dataset is not None}
+            results = Results(r.name, r.source_name, [t.name for t in r.targets], r.seeds, env, task, splits, records,
+                              layers, self.lmc_rows if r.analyses else None)
+            write_json(self.out / RESULTS, results.to_dict())
             summary.results_path = self.out / RESULTS
             from ..report import write_report
 
@@ -384,7 +352,7 @@ class Runner(Execution):
                 plot_lmc(self.lmc_rows, self.out / "lmc.png")
         return summary
 
-    def _run_seed(self, seed: int, levels: list[int], top: int, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _run_seed(self, seed: int, levels: list[int], top: int, layers: list[dict[str, Any]]) -> list[Record]:
         """The protocol for one seed: the source's IMP, then every target."""
         r = self.recipe
         chains = []
@@ -399,7 +367,7 @@ class Runner(Execution):
             self.executed += c.result()
         records = []
         for lv, rec in [(0, src_dense)] + list(enumerate(src_levels, 1)):
-            records.append(_record(seed, "source", r.source.label, r.source_name, lv, "imp" if lv else "dense", rec))
+            records.append(Record.of(seed, "source", r.source.label, r.source_name, lv, "imp" if lv else "dense", rec))
         for target in r.targets:
             records += self._target(target, seed, levels, top, src_dense, src_levels, layers)
         return records
@@ -421,7 +389,7 @@ class Runner(Execution):
     def _target(
         self, target: TargetSpec, seed: int, levels: list[int], top: int,
         src_dense: StepRecord, src_levels: list[StepRecord], layers: list[dict[str, Any]],
-    ) -> list[dict[str, Any]]:
+    ) -> list[Record]:
         """Transfer every level's ticket to ``target``, retrain it, and run each baseline of
         the recipe against it (one registered function per baseline and level; the
         target's own tickets, ``reference`` baselines, are recorded first)."""
@@ -430,13 +398,13 @@ class Runner(Execution):
         listed = [baselines.get(b) for b in r.baselines]
         per_level = [b for b in listed if not b.once and b.reference] + [b for b in listed if not b.once and not b.reference]
         tgt_dense, tgt_levels = self._target_runs(target, seed, top)
-        out: list[dict[str, Any]] = []
+        out: list[Record] = []
         name, model = target.name, target.model.label
         for b in listed:
             if b.once:
                 rec = b.fn(baselines.Level(self, b, target, seed, 0, None, tgt_dense, tgt_levels))
                 if rec is not None:
-                    out.append(_record(seed, "target", model, name, 0, b.name, rec))
+                    out.append(Record.of(seed, "target", model, name, 0, b.name, rec))
         for lv in levels:
             src_level = src_levels[lv - 1]
             tr = self.transfer(target, seed, src_level, src_dense)
@@ -450,20 +418,20 @@ class Runner(Execution):
             trained = iter(self.retrain_many(requests))
             rt = next(trained)
             rbs = [next(trained) if isinstance(q, RetrainRequest) else q for q in pending]
-            out.append(_record(seed, "target", model, name, lv, "transfer", rt))
+            out.append(Record.of(seed, "target", model, name, lv, "transfer", rt))
             entry: dict[str, Any] = {
                 "seed": seed, "target": name, "level": lv,
                 "source": tr.result["source_layers"], "transfer": tr.result["layers"],
             }
             for b, rb in zip(per_level, rbs):
                 if rb is not None:
-                    out.append(_record(seed, "target", model, name, lv, b.name, rb))
+                    out.append(Record.of(seed, "target", model, name, lv, b.name, rb))
                     if b.reference:
                         entry[b.name] = rb.result["layers"]
             layers.append(entry)
             if r.heal is not None:  # up-scale the trained ticket, then heal it under its mask
                 trained_tr = self.transfer(target, seed, src_level, src_dense, trained=True)
-                out.append(_record(seed, "target", model, name, lv, "heal", self.heal(target, seed, lv, trained_tr)))
+                out.append(Record.of(seed, "target", model, name, lv, "heal", self.heal(target, seed, lv, trained_tr)))
             if r.analyses:
                 self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if tgt_levels else None, tgt_dense)
         return out
@@ -522,22 +490,6 @@ class Runner(Execution):
         return self.step("lmc", settings, {"mask": mask_step, "weights": weights_step}, fn, collective=True, label=label)
 
 
-def task_block(task: Task) -> dict[str, Any]:
-    """The ``task`` entry of results.json: what reports read the metrics and their
-    direction from (``metrics[0]`` is the primary one)."""
-    return {"name": task.name, "metrics": [
-        {"name": m.name, "key": m.key, "label": m.label, "higher_is_better": m.higher_is_better,
-         "scale": m.scale, "unit": m.unit} for m in task.metrics]}
-
-
-def _splits(task: Task) -> dict[str, str]:
-    if task.name == "classification":
-        return dict(ACCURACY_SPLITS)
-    key = task.primary.key
-    return {f"test_{key}": "the corpus's test split (files chosen by hash; never used to choose anything)",
-            f"val_{key}": "the corpus's validation split (files chosen by hash), never trained on"}
-
-
 def _sizes(data: _Data) -> dict[str, int]:
     return {"train": len(data.train), "val": len(data.val) if data.val is not None else 0, "test": len(data.test)}
 
@@ -548,28 +500,6 @@ def _zero_share(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tens
     zeros = sum(int((state[k] == 0).sum()) for k in mask)
     total = sum(int(state[k].numel()) for k in mask)
     return zeros / total if total else 0.0
-
-
-def _record(seed: int, role: str, model: str, name: str, level: int, method: str, rec: StepRecord) -> dict[str, Any]:
-    """One row of results.json/CSV (no timings, so reruns compare equal)."""
-    res = rec.result
-    tests = [k for k in res if k.startswith("test_")]  # the task's metrics, primary first
-    primary = tests[0][len("test_"):] if tests else "acc"
-    return {
-        "seed": seed,
-        "role": role,
-        "model": model,
-        "target": name,
-        "level": level,
-        "method": method,
-        "sparsity": round(float(res["sparsity"]), 6),
-        **{k: res[k] for k in tests},
-        f"val_{primary}": res.get(f"val_{primary}"),
-        **({k: res[k] for k in ("before", "sparsity_before", "sparsity_after") if k in res}),
-        "steps": int(res["steps"]),
-        "device": res.get("device"),
-        "step": rec.id,
-    }
 
 
 def run_recipe(
