@@ -213,16 +213,13 @@ def _worker_job(cls: type, recipe: Recipe, out: str, cache: str, fleet: str, met
 # --------------------------------------------------------------------------- execution
 
 
-class Execution:
-    """Steps, data and retrain scheduling for one validated :class:`Recipe` run into
-    ``out`` (see the module docstring); the protocol subclasses it."""
+class Steps:
+    """Cached steps and the data and training they run, for one validated :class:`Recipe`
+    run into ``out``: every step is computed once (under its lock, by rank 0 or by every
+    rank for training), its id the hash of its settings and inputs."""
 
     def __init__(self, recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
-                 cache: str | Path | None = None, wait: bool = False, fleet: str = "auto", workers: int | None = None):
-        if fleet not in FLEET_MODES:
-            raise ConfigError(f"fleet={fleet!r}: use one of {FLEET_MODES}")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise ConfigError(f"workers={workers}: use a number >= 1, or None to choose automatically")
+                 cache: str | Path | None = None, wait: bool = False):
         self.recipe = recipe
         self.out = Path(out)
         self.rank, self.world = _world()
@@ -231,12 +228,9 @@ class Execution:
         self.wait = wait
         self.log = log if (log is not None and self.rank == 0) else (lambda s: None)
         self.progress = progress
-        self.fleet = fleet
-        self.workers = workers
         self.executed = 0
         self.skipped = 0
         self._data: dict[str, _Data] = {}
-        self._pool: Any = None
 
     # ----- plumbing
 
@@ -373,6 +367,24 @@ class Execution:
             "device": self.recipe.device,
             "threads": torch.get_num_threads(),  # CPU results differ between thread counts
         }
+
+
+class Execution(Steps):
+    """:class:`Steps` plus the scheduling of independent retrain steps: as one fleet
+    (``fleet``: ``auto`` = on CUDA, ``on``, ``off``) or over ``workers`` worker processes
+    (``None``: chosen from the hardware and the training length); the protocol
+    subclasses it."""
+
+    def __init__(self, recipe: Recipe, out: str | Path, *, fleet: str = "auto", workers: int | None = None,
+                 **kw: Any):
+        if fleet not in FLEET_MODES:
+            raise ConfigError(f"fleet={fleet!r}: use one of {FLEET_MODES}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ConfigError(f"workers={workers}: use a number >= 1, or None to choose automatically")
+        super().__init__(recipe, out, **kw)
+        self.fleet = fleet
+        self.workers = workers
+        self._pool: Any = None
 
     # ----- retrain steps: alone, as fleets, or in worker processes
 

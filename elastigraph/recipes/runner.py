@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,7 +24,7 @@ import torch
 
 from .. import masks as _masks
 from ..errors import ConfigError, SegmentMismatchError
-from ..train.tasks import Task, get_task
+from ..train.tasks import get_task
 from . import baselines
 from .baselines import copied_tensors
 from .cache import StepRecord, load_tensors, save_tensors, write_json
