@@ -65,14 +65,10 @@ class RunSummary:
     results_path: Path | None = None
 
 
-class Runner(Execution):
-    """Executes one validated :class:`Recipe` into ``out`` (see module docstring)."""
-
-    def __init__(self, recipe: Recipe, out: str | Path, **kw: Any):
-        super().__init__(recipe, out, **kw)
-        self.lmc_rows: list[dict[str, Any]] = []
-
-    # ----- stages
+class Stages(Execution):
+    """The protocol's steps, each one cached step: a dense run, IMP levels, the transfer
+    of a level's ticket, healing, the sparsity-matched IMP ticket and linear mode
+    connectivity. :class:`Runner` schedules them."""
 
     def dense(self, spec: ModelSpec, seed: int, role: str, name: str, ds: DatasetSpec | None = None) -> StepRecord:
         """Level 0: dense training from the seeded initialisation; keeps the weights at
@@ -287,6 +283,41 @@ class Runner(Execution):
             label=f"{role} {name} IMP matched to {100 * sparsity:.2f}% seed={seed}",
         )
 
+    def lmc(
+        self, spec: ModelSpec, seed: int, *, mask_step: StepRecord, weights_step: StepRecord, weights_file: str,
+        start_step: int, label: str, ds: DatasetSpec | None = None,
+    ) -> StepRecord:
+        """Linear mode connectivity of one ticket (:func:`elastigraph.analyses.linear_mode_connectivity`):
+        two trainings from ``weights_step``'s weights under ``mask_step``'s mask with the
+        recipe's two data seeds, the interpolation evaluated at ``lmc.points`` points."""
+        s = self.recipe.lmc
+        settings = {**self._train_settings(spec, seed, ds), "start_step": start_step, "weights_file": weights_file,
+                    "points": s.points, "data_seeds": list(s.data_seeds)}
+
+        def fn(d: Path) -> dict[str, Any]:
+            from ..analyses import linear_mode_connectivity
+
+            model = self._build(spec, seed, ds)
+            model.load_state_dict(load_tensors(weights_step.file(weights_file)))
+            mask = _masks.load_mask(mask_step.file("mask.safetensors"))
+            data = self.data(ds)
+            res = linear_mode_connectivity(model, data.train, data.test, self._config(seed), mask=mask,
+                                           start_step=start_step, data_seeds=s.data_seeds, points=s.points)
+            if self.writer:
+                for tag, st in zip("ab", res.states or ()):
+                    save_tensors(d / f"final_{tag}.safetensors", st)
+            return {**res.to_dict(), "sparsity": _masks.sparsity(mask)}
+
+        return self.step("lmc", settings, {"mask": mask_step, "weights": weights_step}, fn, collective=True, label=label)
+
+
+class Runner(Stages):
+    """Executes one validated :class:`Recipe` into ``out`` (see module docstring)."""
+
+    def __init__(self, recipe: Recipe, out: str | Path, **kw: Any):
+        super().__init__(recipe, out, **kw)
+        self.lmc_rows: list[dict[str, Any]] = []
+
     # ----- the protocol
 
     def run(self) -> RunSummary:
@@ -460,33 +491,6 @@ class Runner(Execution):
             self.lmc_rows.append({"seed": seed, "target": target.name, "model": target.model.label, "level": lv,
                                   "method": method, "step": rec.id,
                                   **{k_: v for k_, v in rec.result.items() if k_ not in ("wall_s", "device")}})
-
-    def lmc(
-        self, spec: ModelSpec, seed: int, *, mask_step: StepRecord, weights_step: StepRecord, weights_file: str,
-        start_step: int, label: str, ds: DatasetSpec | None = None,
-    ) -> StepRecord:
-        """Linear mode connectivity of one ticket (:func:`elastigraph.analyses.linear_mode_connectivity`):
-        two trainings from ``weights_step``'s weights under ``mask_step``'s mask with the
-        recipe's two data seeds, the interpolation evaluated at ``lmc.points`` points."""
-        s = self.recipe.lmc
-        settings = {**self._train_settings(spec, seed, ds), "start_step": start_step, "weights_file": weights_file,
-                    "points": s.points, "data_seeds": list(s.data_seeds)}
-
-        def fn(d: Path) -> dict[str, Any]:
-            from ..analyses import linear_mode_connectivity
-
-            model = self._build(spec, seed, ds)
-            model.load_state_dict(load_tensors(weights_step.file(weights_file)))
-            mask = _masks.load_mask(mask_step.file("mask.safetensors"))
-            data = self.data(ds)
-            res = linear_mode_connectivity(model, data.train, data.test, self._config(seed), mask=mask,
-                                           start_step=start_step, data_seeds=s.data_seeds, points=s.points)
-            if self.writer:
-                for tag, st in zip("ab", res.states or ()):
-                    save_tensors(d / f"final_{tag}.safetensors", st)
-            return {**res.to_dict(), "sparsity": _masks.sparsity(mask)}
-
-        return self.step("lmc", settings, {"mask": mask_step, "weights": weights_step}, fn, collective=True, label=label)
 
 
 def _sizes(data: _Data) -> dict[str, int]:
