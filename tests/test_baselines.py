@@ -176,3 +176,76 @@ def test_thread_count_enters_every_training_and_scoring_step_key(tmp_path):
         torch.set_num_threads(before)
     assert one["threads"] == 1 and two["threads"] == 2
     assert step_id("retrain", one, {}) != step_id("retrain", two, {})
+
+
+def test_a_registered_baseline_runs_through_a_recipe(tmp_path):
+    """Adding a baseline is one registered function: a toy that keeps the *smallest*
+    rewind-point weights is accepted by the schema, gets the target's dense run scheduled
+    for it (``needs=("rewind",)``), is scored at the transferred sparsity in a mask step
+    of its own, retrained from the rewind weights and recorded; unregistered, the schema
+    refuses it again."""
+    from elastigraph.errors import RecipeError
+    from elastigraph.prune import magnitude
+    from elastigraph.recipes import baselines
+
+    @baselines.register("toy-smallest", needs=("rewind",), prune_method="magnitude")
+    def toy(lv):
+        """Keeps the smallest-magnitude weights (a toy)."""
+        def score(s):
+            with torch.no_grad():
+                for p in s.model.parameters():
+                    p.copy_(1.0 / (p.abs() + 1e-12))
+            return magnitude(s.model, sparsity=s.sparsity, **s.prunable)
+
+        return lv.scored(score)
+
+    recipe = {**STRETCH, "name": "toy", "baselines": ["toy-smallest"], "prune": {"rounds": 1, "rewind_step": 1},
+              "dataset": {"name": "synthetic", "train_limit": 32, "test_limit": 16}}
+    try:
+        assert baselines.get("toy-smallest").doc == "Keeps the smallest-magnitude weights (a toy)."
+        run_recipe(load_recipe(recipe), tmp_path)
+    finally:
+        baselines.unregister("toy-smallest")
+    by_id = {m["id"]: m for m in (json.loads(f.read_text()) for f in (tmp_path / "steps").glob(f"*/{MARKER}"))}
+    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["records"]
+            if r["role"] == "target"}
+    assert set(rows) == {"transfer", "toy-smallest"}
+    assert rows["toy-smallest"]["sparsity"] == pytest.approx(rows["transfer"]["sparsity"], abs=1e-6)
+    retrain = by_id[rows["toy-smallest"]["step"]]
+    mask_step = by_id[retrain["inputs"]["mask"]]
+    dense = by_id[retrain["inputs"]["weights"]]  # retrained from the target's rewind weights ...
+    assert mask_step["settings"]["method"] == "toy-smallest" and mask_step["inputs"]["weights"] == dense["id"]
+    assert dense["kind"] == "dense" and dense["settings"]["model"] == "cifar_resnet_20?width=4"
+    assert retrain["settings"]["start_step"] == 1  # ... at the rewind step
+    mask = load_mask(tmp_path / "steps" / mask_step["id"] / "mask.safetensors")
+    w = load_tensors(tmp_path / "steps" / dense["id"] / "rewind.safetensors")
+    kept = torch.cat([w[k].abs()[m] for k, m in mask.items()])
+    pruned = torch.cat([w[k].abs()[~m] for k, m in mask.items()])
+    assert len(pruned) > 0 and kept.max() <= pruned.min()  # the smallest ones, globally
+    with pytest.raises(RecipeError, match="baselines\\[0\\]: 'toy-smallest' is not one of 'imp'"):
+        load_recipe(recipe)
+
+
+def test_results_json_reads_back_as_the_typed_records_it_was_written_from(run, tmp_path):
+    """recipes.results is the one schema of results.json: what the runner wrote loads back
+    field for field, and a damaged record is a ReportError naming the field."""
+    from elastigraph.errors import ReportError
+    from elastigraph.recipes import results
+
+    out, _, rows, res = run
+    typed = results.load(out)
+    assert typed.to_dict() == res and list(typed.to_dict()) == list(res)
+    assert [list(r.to_dict()) for r in typed.records] == [list(r) for r in res["records"]]  # the order too
+    t = {r.method: r for r in typed.records if r.role == "target" and r.level == 2}["transfer"]
+    assert t.tests == {k: rows["transfer"][k] for k in ("test_acc", "test_loss")}
+    assert t.val == {"val_acc": rows["transfer"]["val_acc"]} and t.step == rows["transfer"]["step"]
+    assert typed.task.primary.key == "acc" and typed.task.primary.higher_is_better
+    bad = json.loads(json.dumps(res))
+    bad["records"][3]["level"] = "two"
+    (tmp_path / "results.json").write_text(json.dumps(bad))
+    with pytest.raises(ReportError, match=r"records\[3\]\.level is 'two', expected int"):
+        results.load(tmp_path)
+    bad["records"][3]["level"] = 2
+    bad["records"][3]["test_acc"] = "high"
+    with pytest.raises(ReportError, match=r"records\[3\]\.test_acc is 'high'"):
+        results.validate(bad)

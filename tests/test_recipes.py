@@ -226,3 +226,14 @@ def test_img_size_follows_the_dataset_unless_the_spec_sets_it():
     # size-agnostic models ignore it
     conv = ModelSpec.model_validate("timm:convnext_atto?depths=[1,1,1,1]")
     assert conv.build(in_chans=1, num_classes=10, img_size=28, device="meta").num_classes == 10
+
+
+def test_training_settings_are_checked_by_trainconfig_all_at_once():
+    """recipes.validate asks TrainConfig.problems (the one place hyper-parameters are
+    checked) about every training field at once, each reported by its recipe path."""
+    data = _minimal(train={"schedule": "zigzag", "milestones": [0.5]}, device="abacus")
+    with pytest.raises(RecipeError) as ei:
+        validate_recipe(data, source="t.yaml")
+    paths = [ln.strip().split(":", 1)[0] for ln in str(ei.value).splitlines()[1:]]
+    assert "train.schedule" in paths and "device" in paths
+    assert any("'zigzag' is not one of" in ln for ln in str(ei.value).splitlines())
