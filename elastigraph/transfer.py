@@ -42,6 +42,8 @@ STRETCH_STRATEGIES = {
 SQUEEZE_STRATEGIES = {
     "keep-first": "keep the earliest blocks, drop from the end (the default)",
     "even": "keep evenly spaced blocks (9 -> 3 keeps 0, 4, 8)",
+    "influence": "keep block 0 and the blocks that change their input most on calibration data (block "
+                 "influence, 1 - cos(input, output); needs transfer(..., calibration=batches))",
 }
 DEFAULT_STRATEGY = "append+keep-first"
 """The default layout. For 3 -> 5 blocks (ResNet-20 -> 32, the paper's main grid) append and
@@ -524,7 +526,8 @@ class Ticket:
 
 
 def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str | None,
-                 mapping: str | Plan | None, grow: str | None = None) -> tuple[str, list[StagePlan]]:
+                 mapping: str | Plan | None, grow: str | None = None,
+                 scores: Sequence[Sequence[float]] | None = None) -> tuple[str, list[StagePlan]]:
     labels = [s.label for s in mt.stages]
     stretch, squeeze = parse_strategy(strategy)
     name = f"{stretch}+{squeeze}"
@@ -539,11 +542,18 @@ def _plan_stages(mt: Matching, src: ModelGraph, dst: ModelGraph, strategy: str |
         per_stage = parse_mapping(mapping, len(mt.stages), labels)
         name = "mapping"
     out = []
-    for sm, entries in zip(mt.stages, per_stage):
+    for pos, (sm, entries) in enumerate(zip(mt.stages, per_stage)):
         has_b0 = sm.has_block0
         n, m = len(sm.src_labels), len(sm.dst_labels)
         where = f"stage {sm.index} ({sm.label})"
-        if entries is None:
+        if entries is None and squeeze == "influence" and 1 <= m < n:
+            sc = list(scores[pos]) if scores is not None else []
+            if len(sc) != n:
+                raise StrategyError(f"influence: {where} has {n} source blocks but {len(sc)} scored blocks; give a "
+                                    "mapping instead")
+            ranked = sorted(range(1, n), key=lambda i: (-sc[i] if sc[i] == sc[i] else float("inf"), i))
+            sources = sorted([0] + ranked[: m - 1])  # block 0 kept, then the most influential, in order
+        elif entries is None:
             try:
                 sources = _strategy_sources(n, m, stretch, squeeze, where, sm.block0_label, sm.dst_labels, grow)
             except SegmentMismatchError:
@@ -613,6 +623,7 @@ def transfer(
     src_graph: ModelGraph | None = None,
     dst_graph: ModelGraph | None = None,
     grow: str | None = None,
+    calibration: Any = None,
 ) -> Ticket:
     """Transfer a ticket (``src_mask`` + ``src_model``'s weights, its rewind point) onto
     ``dst_model``, a deeper or shallower model of the same family.
@@ -639,7 +650,11 @@ def transfer(
     keeps the target's own weights with its residual branch zeroed (in every region of the
     block, the last layer with weights is set to 0), so it starts as an identity, and it
     takes the mask of the nearest source block of the same tensor shapes (nearest stage
-    first). The plan marks those blocks with source ``-1``."""
+    first). The plan marks those blocks with source ``-1``.
+
+    ``calibration``: batches of ``src_model``'s inputs (or ``(inputs, targets)`` pairs)
+    for the data-scored squeeze strategy ``"influence"`` (:mod:`elastigraph.influence`);
+    unused otherwise."""
     check_seed(seed, "transfer: seed")
     if grow not in (None, "identity"):
         raise StrategyError(f"grow={grow!r}: use None (default: refuse stages with nothing to copy) or 'identity' "
@@ -689,7 +704,18 @@ def transfer(
             raise SegmentMismatchError(f"{e} The heads differ ({sh} vs {dh}): for a target trained on another task, "
                                        "pass head='reinit' to give it a new head at the ticket's head density.") from None
         raise
-    strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping, grow)
+    scores = None
+    if mapping is None and parse_strategy(strategy)[1] == "influence":
+        if calibration is None:
+            raise StrategyError("the 'influence' squeeze scores blocks on data: pass calibration= (a few batches of "
+                                f"{src_label}'s inputs), or use 'keep-first' / 'even'")
+        from .influence import block_influence
+
+        scores = block_influence(src_model, calibration, graph=src)
+        if len(scores) != len(mt.stages):
+            raise StrategyError(f"influence: the transfer pairs {len(mt.stages)} stage(s) but {src_label}'s analysis "
+                                f"scored {len(scores)}; give a mapping instead")
+    strat_name, stage_plans = _plan_stages(mt, src, dst, strategy, mapping, grow, scores)
     # never silently wrong: every target block from one whole source block of its stage
     verify(src, dst, mt, [sp.sources for sp in stage_plans])
     plan = Plan(src=src_label, dst=dst_label, strategy=strat_name, stages=stage_plans, fixed_regions=len(mt.fixed))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import tiny
 from elastigraph.masks import load_mask
 from elastigraph.recipes import load_recipe, run_recipe
 from elastigraph.recipes.cache import MARKER, load_tensors
@@ -21,18 +22,8 @@ pytest.importorskip("elastigraph.transfer", reason="the runner needs elastigraph
 
 ALL = ["imp", "imp-matched", "reinit", "random", "random-global", "magnitude", "permuted", "snip", "grasp",
        "synflow", "dense"]
-STRETCH = {
-    "name": "baselines",
-    "dataset": {"name": "synthetic", "train_limit": 64, "test_limit": 32, "val_fraction": 0.25},
-    "source": "cifar_resnet_14?width=4",
-    "prune": {"rounds": 2, "fraction": 0.2, "rewind_step": 1, "levels": [2]},
-    "train": {"steps": 2, "batch_size": 16, "augment": False},
-    "targets": [{"model": "cifar_resnet_20?width=4"}],
-    "baselines": ALL,
-    "baseline_settings": {"synflow_iterations": 2},
-    "seeds": [0],
-    "device": "cpu",
-}
+STRETCH = tiny(name="baselines", dataset={"val_fraction": 0.25}, prune={"levels": [2]}, baselines=ALL,
+               baseline_settings={"synflow_iterations": 2})
 
 
 @pytest.fixture(scope="module")

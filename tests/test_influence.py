@@ -59,3 +59,35 @@ def test_influence_refuses_a_stretch_and_no_data():
         influence_mapping(src, dst, [torch.randn(2, 3, 32, 32)])
     with pytest.raises(ConfigError, match="no batches"):
         block_influence(src, [])
+
+
+def test_influence_is_a_squeeze_strategy_of_transfer():
+    torch.manual_seed(0)
+    src, dst = create("cifar_resnet_32"), create("cifar_resnet_20")
+    _silence(src, "layer1.3.", ("bn2.weight", "bn2.bias"))
+    x = [torch.randn(4, 3, 32, 32)]
+    ticket = eg.transfer(src, eg.masks.full_mask(src), dst, strategy="influence", calibration=x)
+    assert ticket.plan.stages[0].sources == [int(p.split(":")[0]) for p in influence_mapping(src, dst, x).split("|")[0].split(";")]
+    assert 3 not in ticket.plan.stages[0].sources and ticket.plan.strategy == "append+influence"
+    with pytest.raises(StrategyError, match="calibration="):
+        eg.transfer(src, eg.masks.full_mask(src), dst, strategy="influence")
+
+
+def test_a_recipe_squeezes_by_influence_scored_on_the_trained_source(tmp_path):
+    from elastigraph.recipes import load_recipe, run_recipe
+
+    data = {"name": "influence", "dataset": {"name": "synthetic", "train_limit": 64, "test_limit": 32, "val_fraction": 0.25},
+            "source": "mlp?depth=4&width=16", "prune": {"rounds": 1, "rewind_step": 1},
+            "train": {"steps": 3, "batch_size": 16, "augment": False},
+            "targets": [{"model": "mlp?depth=2&width=16", "strategy": "influence", "label": "M2"},
+                        {"model": "mlp?depth=2&width=16", "strategy": "even", "label": "M2-even"}],
+            "baselines": ["random"], "seeds": [0], "device": "cpu"}
+    run_recipe(load_recipe(data), tmp_path, workers=1)
+    plans = {}
+    for d in (tmp_path / "steps").iterdir():
+        if d.name.startswith("transfer-"):
+            import json
+
+            plan = json.loads((d / "plan.json").read_text())
+            plans[plan["strategy"]] = plan["stages"][0]["sources"]
+    assert set(plans) == {"mapping", "append+even"} and plans["mapping"][0] == 0 and len(plans["mapping"]) == 2

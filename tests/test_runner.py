@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tiny import tiny
 from elastigraph.masks import load_mask
 from elastigraph.recipes import load_recipe, run_recipe
 from elastigraph.recipes.cache import MARKER
@@ -26,17 +27,7 @@ HAVE_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
     os.environ.get("FASHION_MNIST_ROOT")
 )
 
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "train_limit": 64, "test_limit": 32},
-    "source": "cifar_resnet_14?width=4",
-    "prune": {"rounds": 2, "fraction": 0.2, "rewind_step": 1},
-    "train": {"steps": 2, "batch_size": 16, "augment": False},
-    "targets": [{"model": "cifar_resnet_20?width=4"}],
-    "baselines": ["random", "dense"],
-    "seeds": [0],
-    "device": "cpu",
-}
+TINY = tiny()
 """12 steps: source dense + 2 IMP levels, target dense, and per level: transfer,
 retrain, random mask, retrain."""
 

@@ -10,23 +10,14 @@ import time
 import pytest
 import torch
 
+from tiny import tiny
 from elastigraph.errors import ConfigError
 from elastigraph.recipes import load_recipe, run_recipe
 from elastigraph.recipes.cache import MARKER, StepCache
 
 pytest.importorskip("elastigraph.transfer", reason="the runner needs elastigraph.transfer")
 
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "train_limit": 64, "test_limit": 32},
-    "source": "cifar_resnet_14?width=4",
-    "prune": {"rounds": 1, "fraction": 0.2, "rewind_step": 1},
-    "train": {"steps": 2, "batch_size": 16, "augment": False},
-    "targets": [{"model": "cifar_resnet_20?width=4"}],
-    "baselines": ["random", "dense"],
-    "seeds": [0, 1],
-    "device": "cpu",
-}
+TINY = tiny(prune={"rounds": 1}, seeds=[0, 1])
 
 
 def _markers(out):

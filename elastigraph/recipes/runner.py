@@ -23,7 +23,8 @@ from typing import Any, Mapping
 import torch
 
 from .. import masks as _masks
-from ..errors import ConfigError, DivergedError, SegmentMismatchError
+from ..errors import ConfigError, DivergedError, SegmentMismatchError, StrategyError
+from ..transfer import parse_strategy
 from ..train.tasks import get_task
 from . import baselines
 from .baselines import copied_tensors
@@ -51,6 +52,8 @@ from .results import ACCURACY_SPLITS, RESULTS, Record, Results, TaskInfo, enviro
 from .schema import DatasetSpec, ModelSpec, Recipe, TargetSpec
 
 LOCK_FILE = ".lock"
+INFLUENCE_BATCHES = 2
+"""Batches of the validation split the ``influence`` squeeze scores blocks on."""
 
 # --------------------------------------------------------------------------- runner
 
@@ -176,8 +179,11 @@ class Stages(Execution):
             src_mask = _masks.load_mask(level.file("mask.safetensors"))
             dst = self._build(target.model, seed, target.dataset)
             x = self.data().train.x
+            strategy, mapping = target.strategy, target.mapping
+            if mapping is None and parse_strategy(strategy)[1] == "influence":
+                strategy, mapping = None, self._influence_mapping(target, seed, level, src_mask, dst)
             try:
-                ticket = transfer(src, src_mask, dst, strategy=target.strategy, mapping=target.mapping,
+                ticket = transfer(src, src_mask, dst, strategy=strategy, mapping=mapping,
                                   example_input=(2, *x.shape[1:]), head=target.head, seed=derived_seed(seed, "head"))
             except SegmentMismatchError as e:
                 if "head='reinit'" not in str(e):
@@ -203,6 +209,25 @@ class Stages(Execution):
             "transfer", settings, {"mask": level, "weights": level if trained else src_dense}, fn,
             label=f"{self.recipe.source_name} -> {target.name}{' (trained)' if trained else ''} seed={seed}",
         )
+
+    def _influence_mapping(self, target: TargetSpec, seed: int, level: StepRecord, src_mask: Any,
+                           dst: Any) -> str:
+        """The ``influence`` squeeze of a recipe: block influence scored on the source's
+        *trained* weights at this level (what the layer-pruning literature scores), on
+        :data:`INFLUENCE_BATCHES` batches of the validation split (the training split when
+        there is none), as the mapping every ticket of this transfer uses."""
+        from ..influence import influence_mapping
+
+        src = self._build(self.recipe.source, seed)
+        src.load_state_dict(load_tensors(level.file("final.safetensors")))
+        data = self.data()
+        split = data.val if data.val is not None else data.train
+        batches = normalized_batches(split, INFLUENCE_BATCHES, self.recipe.train.batch_size or 128, seed)
+        x = data.train.x
+        try:
+            return influence_mapping(src, dst, batches, example_input=(2, *x.shape[1:]))
+        except StrategyError as e:
+            raise StrategyError(f"target {target.name!r}: {e}") from None
 
     def heal(self, target: TargetSpec, seed: int, lv: int, tr: StepRecord) -> StepRecord:
         """"Up-scale, then heal": train the transferred *trained* ticket ``tr`` under its

@@ -155,8 +155,13 @@ def _plan_problem(src: Any, dst: Any, target: Mapping[str, Any], image_shape: tu
     from .. import masks
     from ..transfer import transfer
 
+    from ..transfer import parse_strategy
+
+    strategy = target.get("strategy")
+    if isinstance(strategy, str) and parse_strategy(strategy)[1] == "influence":
+        strategy = None  # scored on data at run time: plan the layout with the default squeeze now
     try:
-        transfer(src, masks.full_mask(src), dst, strategy=target.get("strategy"), mapping=target.get("mapping"),
+        transfer(src, masks.full_mask(src), dst, strategy=strategy, mapping=target.get("mapping"),
                  example_input=(2, *image_shape))
     except ElastigraphError as e:
         return str(e)
