@@ -783,7 +783,7 @@ def transfer(
     order = {n: i for i, (n, _) in enumerate(dst_model.named_parameters())}
     dst_mask = dict(sorted(dst_mask.items(), key=lambda kv: order.get(kv[0], order.get(kv[0] + "_orig", 0))))
     return Ticket(mask=dst_mask, weights=weights, plan=plan, src_mask=smask, blocks=block_rows, unmapped=unmapped,
-                  sources={k: src_of[k] for k in weights})
+                  sources={k: src_of[k] for k in weights if k in src_of})  # grown blocks: none
 
 
 def _analysed(mg: ModelGraph | None, model: nn.Module, example_input: Any, leaf_modules: Sequence[type], label: str,
