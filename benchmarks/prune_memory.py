@@ -1,6 +1,9 @@
 """Peak memory and time of magnitude pruning and mask installation on a random-init Llama
 (issue 23): hidden 1024, 16 heads, vocabulary 32,000, intermediate 2730 (8 layers: the
 issue's 165 M-parameter model), 4 and 8 layers, built with ``elastigraph.models.create``.
+Phases: ``magnitude`` (global, sparsity 0.5), ``magnitude_2:4``, ``install`` (of the
+magnitude mask), ``transfer`` (a random mask onto a model of L + 4 layers, as the issue's
+table) and ``apply`` (``Ticket.apply`` of that transfer).
 
 Each model is measured in its own subprocess; ``s`` is wall-clock time, ``cpu s`` the
 process's user+system CPU time (all threads), which a loaded machine inflates less. Peak memory is the process's resident-set
@@ -81,6 +84,16 @@ def child(layers: int, phases: list[str]) -> dict:
             mask, s, cpu, peak = _measure(lambda: eg.prune.magnitude(model, sparsity=0.5))
         elif phase == "magnitude_2:4":
             _, s, cpu, peak = _measure(lambda: eg.prune.magnitude(model, n_m=(2, 4), names=names))
+        elif phase == "transfer":  # the issue's table: a random mask, L -> L + 4 layers
+            torch.manual_seed(1)
+            dst = eg.models.create("hf:llama", num_hidden_layers=layers + 4, **LLAMA)
+            rmask = eg.prune.random(model, 0.5, seed=0)
+            ticket, s, cpu, peak = _measure(lambda: eg.transfer(model, rmask, dst))
+            del rmask
+        elif phase == "apply":
+            _, s, cpu, peak = _measure(lambda: ticket.apply(dst))
+        elif phase == "apply_dense":  # a plain dense-with-zeros model (run it instead of apply)
+            _, s, cpu, peak = _measure(lambda: ticket.apply(dst, dense=True))
         elif phase == "install":
             if mask is None:
                 mask = eg.prune.magnitude(model, sparsity=0.5)
