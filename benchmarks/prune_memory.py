@@ -1,11 +1,15 @@
 """Peak memory and time of magnitude pruning and mask installation on a random-init Llama
 (issue 23): hidden 1024, 16 heads, vocabulary 32,000, intermediate 2730 (8 layers: the
 issue's 165 M-parameter model), 4 and 8 layers, built with ``elastigraph.models.create``.
+Phases: ``magnitude`` (global, sparsity 0.5), ``magnitude_2:4``, ``install`` (of the
+magnitude mask), ``transfer`` (a random mask onto a model of L + 4 layers, as the issue's
+table) and ``apply`` (``Ticket.apply`` of that transfer).
 
 Each model is measured in its own subprocess; ``s`` is wall-clock time, ``cpu s`` the
 process's user+system CPU time (all threads), which a loaded machine inflates less. Peak memory is the process's resident-set
-high-water mark (``VmHWM``), reset (``/proc/self/clear_refs``) after the model is built, so
-the number is what the step adds on top of the model already in memory.
+high-water mark (``VmHWM``), reset (``/proc/self/clear_refs``) after the model is built and
+freed heap is returned to the OS (``malloc_trim``), so the number is what the step adds on
+top of what is already in memory.
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/prune_memory.py --out prune_memory.json
 """
@@ -36,8 +40,20 @@ def _reset_peak() -> None:
         f.write("5")
 
 
+def _trim() -> None:
+    """Give freed heap back to the OS (glibc), so memory an earlier step freed is not
+    reused unseen by the next one's peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _measure(fn):
     gc.collect()
+    _trim()
     base = _status("VmRSS")
     _reset_peak()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -61,13 +77,23 @@ def child(layers: int, phases: list[str]) -> dict:
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     row = {"layers": layers, "params": params, "model_bytes": model_bytes, "threads": torch.get_num_threads()}
     mask = None
+    # down_proj's 2730 inputs are not whole groups of 4: 2:4 on every other weight
+    names = [n for n in eg.masks.prunable_parameters(model) if model.get_parameter(n).shape[1] % 4 == 0]
     for phase in phases:
         if phase == "magnitude":
             mask, s, cpu, peak = _measure(lambda: eg.prune.magnitude(model, sparsity=0.5))
         elif phase == "magnitude_2:4":
-            # down_proj's 2730 inputs are not whole groups of 4: 2:4 on every other weight
-            names = [n for n in eg.masks.prunable_parameters(model) if model.get_parameter(n).shape[1] % 4 == 0]
             _, s, cpu, peak = _measure(lambda: eg.prune.magnitude(model, n_m=(2, 4), names=names))
+        elif phase == "transfer":  # the issue's table: a random mask, L -> L + 4 layers
+            torch.manual_seed(1)
+            dst = eg.models.create("hf:llama", num_hidden_layers=layers + 4, **LLAMA)
+            rmask = eg.prune.random(model, 0.5, seed=0)
+            ticket, s, cpu, peak = _measure(lambda: eg.transfer(model, rmask, dst))
+            del rmask
+        elif phase == "apply":
+            _, s, cpu, peak = _measure(lambda: ticket.apply(dst))
+        elif phase == "apply_dense":  # a plain dense-with-zeros model (run it instead of apply)
+            _, s, cpu, peak = _measure(lambda: ticket.apply(dst, dense=True))
         elif phase == "install":
             if mask is None:
                 mask = eg.prune.magnitude(model, sparsity=0.5)

@@ -51,6 +51,16 @@ def atomic_write(path: str | Path, write: Callable[[str], None], *, suffix: str 
     return path
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_write`)."""
+
+    def w(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return atomic_write(path, w)
+
+
 # --------------------------------------------------------------------------- YAML
 
 
@@ -208,5 +218,5 @@ def read_json(path: str | Path, what: str | None = None, *, max_depth: int = MAX
     return load_json(path.read_bytes(), what, max_depth=max_depth, max_bytes=max_bytes, error=error)
 
 
-__all__ = ["atomic_write", "load_yaml", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "load_json", "read_json",
+__all__ = ["atomic_write", "write_text", "load_yaml", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "load_json", "read_json",
            "json_depth", "MAX_JSON_DEPTH", "MAX_JSON_BYTES"]

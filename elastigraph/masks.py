@@ -248,6 +248,18 @@ def _split(name: str) -> tuple[str, str]:
     return mod, attr
 
 
+class _BoolMask(_tprune.CustomFromMask):
+    """torch's ``CustomFromMask`` multiplying by the mask buffer as it is (bool): torch's
+    own ``apply_mask`` converts the mask to the weight's dtype first, and autograd keeps that
+    float copy, the size of the weight, alive with every effective weight. The product is
+    the same numbers (``w * True == w``, ``w * False == 0 * w``), forward and backward."""
+
+    def apply_mask(self, module: nn.Module) -> torch.Tensor:
+        mask = getattr(module, self._tensor_name + "_mask")
+        orig = getattr(module, self._tensor_name + "_orig")
+        return orig * mask
+
+
 def install(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: str | None = None) -> nn.Module:
     """Put ``mask`` into ``model``'s forward with ``torch.nn.utils.prune`` (``weight_orig``
     parameter, ``weight_mask`` buffer, a pre-forward hook). Pruned entries of the
@@ -281,7 +293,7 @@ def install(model: nn.Module, mask: Mapping[str, torch.Tensor], *, model_name: s
             orig = module._parameters[attr]
             if fmask is None:
                 fmask = b.to(device=orig.device, dtype=torch.bool)
-            method = _tprune.CustomFromMask(fmask)
+            method = _BoolMask(fmask)
             method._tensor_name = attr
             del module._parameters[attr]
             module.register_parameter(attr + "_orig", orig)

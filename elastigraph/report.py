@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import ReportError
-from .recipes.cache import write_text
+from .io import write_text
 from .stats import mean_interval, paired_test
 
 RECORD_FIELDS = ["seed", "role", "model", "target", "level", "method", "sparsity", "test_acc", "test_loss", "val_acc",
@@ -146,6 +146,9 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
     data = read_json(path, str(path), error=ReportError)
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ReportError(f"{path} has no 'records' list; is it an elastigraph results file?")
+    from .recipes.results import validate
+
+    validate(data, str(path))  # the typed schema the runner writes (recipes/results.py): every field checked
     _check_records(data["records"], path, metric_of(data))
     ld = data.get("layer_density", [])
     if not isinstance(ld, list) or not all(

@@ -40,6 +40,11 @@ def test_installed_mask_is_bool_and_trains_like_a_float_mask():
     assert len(bufs) == 3 and all(b.dtype == torch.bool for b in bufs.values())
     assert sum(b.nbytes for b in bufs.values()) == sum(m.numel() for m in mask.values())  # 1 byte an entry
     assert all(ref.get_buffer(n).dtype == torch.float32 for n in bufs)
+    # the effective weight's autograd graph holds the bool buffer itself, not a float copy
+    saved = net[0].weight.grad_fn
+    assert saved._saved_self is None and saved._saved_other.dtype == torch.bool
+    assert saved._saved_other.data_ptr() == net[0].weight_mask.data_ptr()
+    assert ref[0].weight.grad_fn._saved_self.dtype == torch.float32  # torch's: a float copy of the mask
     a, b = _steps(ref), _steps(net)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
     assert all(torch.equal(masks.from_model(net)[n], mask[n]) for n in mask)

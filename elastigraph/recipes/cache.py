@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import atomic_write, load_json
+from ..io import atomic_write, load_json, write_text  # noqa: F401 (write_text: re-exported)
 
 CACHE_VERSION = 1
 """Part of every step hash: bump when a step's meaning changes so old caches are not reused."""
@@ -200,16 +200,6 @@ def write_json(path: str | Path, obj: Any) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
-
-    _atomic(Path(path), w)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` atomically."""
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
 
     _atomic(Path(path), w)
 

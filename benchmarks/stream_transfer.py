@@ -1,0 +1,152 @@
+"""Streamed folder-to-folder transfer of a ~1B-parameter Llama (issue 23, "done when").
+
+Set-up (nothing downloaded): a random-init Llama with TinyLlama-1.1B's shape (hidden
+2048, intermediate 5632, 32 heads, 4 key/value heads, vocabulary 32000, 22 layers) is
+written as bf16 safetensors shards of 1 GB straight from a meta-device model, one
+tensor at a time. Then, each in its own subprocess, ``transfer_folder`` stretches it to
+33 layers (1.5x) with a global magnitude mask (sparsity 0.5) and with a 2:4 mask, and the
+peak resident memory of that process (``VmHWM``) and its time are reported; the result is
+loaded with ``from_pretrained`` (in another subprocess) to check it.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/stream_transfer.py --work /tmp/stream --out stream.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIG = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4,
+              vocab_size=32000, num_hidden_layers=22, max_position_embeddings=2048)
+
+
+def _hwm() -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def write_source(path: Path, layers: int) -> int:
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    cfg = transformers.LlamaConfig(**{**CONFIG, "num_hidden_layers": layers}, torch_dtype="bfloat16")
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    shard, size, files, wmap, total, params = {}, 0, [], {}, 0, 0
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shard, str(path / name), metadata={"format": "pt"})
+            files.append(list(shard))
+        shard, size = {}, 0
+
+    for k, t in model.state_dict().items():
+        if t.dim() == 1:
+            v = torch.ones(t.shape, dtype=torch.bfloat16)
+        else:
+            v = (torch.randn(t.shape, generator=g) * 0.02).to(torch.bfloat16)
+        if size + v.numel() * 2 > (1 << 30):
+            flush()
+        shard[k] = v
+        size += v.numel() * 2
+        total += v.numel() * 2
+        params += v.numel()
+    flush()
+    for i, keys in enumerate(files):
+        new = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
+        os.replace(path / f"model-{i + 1:05d}.safetensors", path / new)
+        wmap.update({k: new for k in keys})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wmap}))
+    cfg.save_pretrained(str(path))
+    return params
+
+
+def child_transfer(src: str, dst: str, layers: int, kind: str) -> dict:
+    from elastigraph.transfer_folder import transfer_folder
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    kw = {"sparsity": 0.5} if kind == "magnitude" else {"n_m": "2:4"}
+    transfer_folder(src, dst, num_hidden_layers=layers, overwrite=True, **kw)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"kind": kind, "seconds": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1), "peak_rss_bytes": _hwm()}
+
+
+def child_load(dst: str) -> dict:
+    import torch
+    import transformers
+
+    t0 = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.bfloat16)
+    n = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        out = model(torch.tensor([[1, 2, 3, 4]])).logits
+    return {"loaded_params": n, "layers": model.config.num_hidden_layers, "finite": bool(torch.isfinite(out).all()),
+            "load_s": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/stream_transfer")
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--out", default="stream_transfer.json")
+    ap.add_argument("--kinds", nargs="+", default=["magnitude", "2:4"])
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        if args.child[0] == "transfer":
+            print(json.dumps(child_transfer(args.child[1], args.child[2], int(args.child[3]), args.child[4])))
+        else:
+            print(json.dumps(child_load(args.child[1])))
+        return
+    work = Path(args.work)
+    src = work / "src"
+    t0 = time.perf_counter()
+    if not (src / "model.safetensors.index.json").is_file():
+        params = write_source(src, args.layers)
+    else:
+        params = None
+    setup_s = time.perf_counter() - t0
+    src_bytes = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    rows = []
+    target = args.layers * 3 // 2
+    for kind in args.kinds:
+        dst = work / f"dst-{kind.replace(':', 'of')}"
+        cmd = [sys.executable, __file__, "--child", "transfer", str(src), str(dst), str(target), kind]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(res.stderr[-3000:])
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        row["dst_bytes"] = sum(p.stat().st_size for p in dst.glob("*.safetensors") if p.name != "mask.safetensors")
+        res = subprocess.run([sys.executable, __file__, "--child", "load", str(dst)], capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(res.stderr[-3000:])
+        row.update(json.loads(res.stdout.strip().splitlines()[-1]))
+        rows.append(row)
+        shutil.rmtree(dst)
+    gb = 1 / 2**30
+    print(f"source: {args.layers} layers, {src_bytes * gb:.2f} GB bf16 (set-up {setup_s:.0f} s); target {target} layers")
+    print(f"{'mask':>10} {'s':>7} {'cpu s':>7} {'peak RSS':>9} {'output':>8} {'loads':>6}")
+    for r in rows:
+        print(f"{r['kind']:>10} {r['seconds']:>7.1f} {r['cpu_s']:>7.1f} {r['peak_rss_bytes'] * gb:>7.2f}GB "
+              f"{r['dst_bytes'] * gb:>6.2f}GB {str(r['finite'] and r['layers'] == target):>6}")
+    Path(args.out).write_text(json.dumps({"source_layers": args.layers, "source_bytes": src_bytes, "params": params,
+                                          "target_layers": target, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
