@@ -278,7 +278,7 @@ def export_graph(model: nn.Module, example_input: Any = None, *, model_name: str
                 ep = torch.export.export(_Outputs(model), tuple(args), strict=False)
                 gm = ep.module()
         except Exception as e:  # export raises many types (Unsupported, UserError, RuntimeError, ...)
-            errors.append(f"{[tuple(a.shape) for a in args]}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            errors.append(f"{[tuple(a.shape) for a in args]}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
             continue
         graph, constants = _rebase_exported(gm, model)
         return Capture(graph=graph, method="torch.export", constants=constants,
