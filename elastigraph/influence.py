@@ -16,7 +16,7 @@ block 0 and the most influential other blocks (in their order) and drops the res
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
 import torch.fx as fx
@@ -148,35 +148,23 @@ def _module_runner(model: nn.Module, mg: ModelGraph, spans: list[list[tuple[int,
     return run
 
 
-def influence_mapping(src: nn.Module, dst: nn.Module, batches: Iterable[Any], *, example_input: Any = None,
-                      scores: Sequence[Sequence[float]] | None = None) -> str:
+def influence_mapping(src: nn.Module, dst: nn.Module, batches: Iterable[Any], *, example_input: Any = None) -> str:
     """A ``mapping=`` string for :func:`elastigraph.transfer` from ``src`` to a shallower
-    ``dst``: in every stage the transfer pairs, when ``dst`` has fewer blocks, keep block
-    0 and the most influential of the others (:func:`block_influence` of ``src`` on
-    ``batches``; ties: the earlier block), in their order; stages of equal depth map one
-    to one. A stage that grows is refused (influence chooses blocks to drop)."""
+    ``dst``: the plan of ``transfer(strategy="influence", calibration=batches)`` (block 0
+    and the most influential other blocks of every squeezed stage, in their order; stages
+    of equal depth map one to one). A stage that grows is refused (influence chooses
+    blocks to drop)."""
     from . import masks as _masks
     from .transfer import transfer
 
-    plan = transfer(src, _masks.full_mask(src), dst, example_input=example_input).plan  # the default pairing
-    if scores is None:
-        scores = block_influence(src, batches, example_input=example_input)
-    if len(scores) != len(plan.stages):
-        raise StrategyError(f"influence: the transfer pairs {len(plan.stages)} stage(s) but the analysis of "
-                            f"{type(src).__name__} scored {len(scores)}; give a mapping instead")
-    parts = []
-    for st, sc in zip(plan.stages, scores):
-        n, m = len(st.src_blocks), len(st.dst_blocks)
-        if m > n:
-            raise StrategyError(f"influence: stage {st.label!r} grows from {n} to {m} blocks; block influence "
-                                "chooses blocks to drop (a squeeze), use a stretch strategy for this stage")
-        if len(sc) != n:
-            raise StrategyError(f"influence: stage {st.label!r} has {n} source blocks in the plan but {len(sc)} "
-                                "scored blocks; give a mapping instead")
-        ranked = sorted(range(1, n), key=lambda i: (-sc[i] if sc[i] == sc[i] else float("inf"), i))
-        kept = sorted([0] + ranked[: m - 1])
-        parts.append(";".join(f"{i}:{j}" for j, i in enumerate(kept)))
-    return "|".join(parts)
+    plan = transfer(src, _masks.full_mask(src), dst, strategy="influence", calibration=batches,
+                    example_input=example_input).plan
+    for st in plan.stages:
+        if st.kind == "stretch":
+            raise StrategyError(f"influence: stage {st.label!r} grows from {len(st.src_blocks)} to "
+                                f"{len(st.dst_blocks)} blocks; block influence chooses blocks to drop (a squeeze), "
+                                "use a stretch strategy for this stage")
+    return "|".join(st.mapping_string() for st in plan.stages)
 
 
 __all__ = ["block_influence", "influence_mapping"]
