@@ -287,6 +287,97 @@ def compare(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCURAC
     return out
 
 
+HYPOTHESIS_FIELDS = ["comparison", "claim", "level", "a_sparsity", "b_sparsity", "a_mean", "b_mean", "diff_mean",
+                     "diff_std", "n", "seeds_missing", "diff_low", "diff_high", "interval", "margin", "p", "p_holm",
+                     "verdict"]
+
+
+def _cells(records: Iterable[Mapping[str, Any]], key: str) -> dict[tuple[str, str, int], dict[int, Mapping[str, Any]]]:
+    """``(label, method, level)`` -> {seed: record} over the records with a number (a
+    diverged run pairs with nothing); ``dense`` cells are level 0."""
+    out: dict[tuple[str, str, int], dict[int, Mapping[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if r.get(key) is None or r.get("diverged"):
+            continue
+        out[(str(r["target"]), str(r["method"]), int(r["level"]))][int(r["seed"])] = r
+    return out
+
+
+def check_hypotheses(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's pre-registered primary comparisons (``results.json["hypotheses"]``, from
+    the recipe's ``hypotheses`` section), each tested as declared and corrected together
+    with Holm's method; [] for a run without one.
+
+    ``better``: two-sided paired t-test, ``1 - alpha`` interval; ``non-inferior``: one-
+    sided test against the margin (``interval`` is the ``1 - 2 alpha`` two-sided one,
+    whose end on the worse side is the one-sided bound); ``equivalent``: TOST. A claim's
+    ``verdict`` holds only when its Holm-adjusted p is below ``alpha`` (and, for
+    ``better``, names the side the difference favours). The intervals are per comparison,
+    not adjusted. Seeds are paired; a seed missing on either side is counted in
+    ``seeds_missing``, never silently dropped."""
+    from .stats import equivalence_test, holm, noninferiority_test
+
+    h = results.get("hypotheses") if isinstance(results, Mapping) else None
+    if not h:
+        return []
+    metric = metric_of(results)
+    f = f"test_{metric.key}"
+    cells = _cells(results["records"], f)
+    alpha = float(h.get("alpha", 0.05))
+    seeds_all = [int(s) for s in results.get("seeds", [])]
+    rows: list[dict[str, Any]] = []
+    for c in h["primary"]:
+        (la, ma), (lb, mb) = c["a"].split("/"), c["b"].split("/")
+        level = int(c.get("level", 0))
+        ka = (la, ma, 0 if ma == "dense" else level)
+        kb = (lb, mb, 0 if mb == "dense" else level)
+        A, B = cells.get(ka, {}), cells.get(kb, {})
+        seeds = sorted(set(A) & set(B))
+        missing = sorted(set(seeds_all) - set(seeds)) if seeds_all else []
+        row: dict[str, Any] = {"comparison": f"{c['a']} vs {c['b']}", "claim": c["claim"], "level": level,
+                               "n": len(seeds), "seeds_missing": " ".join(map(str, missing))}
+        if len(seeds) < 2:
+            rows.append({**row, "verdict": "not enough paired seeds", "p": None})
+            continue
+        a = [float(A[s][f]) for s in seeds]
+        b = [float(B[s][f]) for s in seeds]
+        b_mean = sum(b) / len(b)
+        margin = float(h["margin"]) * (abs(b_mean) if h.get("margin_kind", "relative") == "relative" else 1.0)
+        row.update(a_sparsity=sum(float(A[s]["sparsity"]) for s in seeds) / len(seeds),
+                   b_sparsity=sum(float(B[s]["sparsity"]) for s in seeds) / len(seeds),
+                   a_mean=sum(a) / len(a), b_mean=b_mean)
+        if c["claim"] == "better":
+            t = paired_test(a, b, 1.0 - alpha, higher_is_better=metric.higher_is_better)
+            d = t.as_dict()
+            row.update(diff_mean=d["diff_mean"], diff_std=d["diff_std"], diff_low=d["diff_low"],
+                       diff_high=d["diff_high"], interval=f"{1 - alpha:.0%} two-sided", margin=None, p=t.p,
+                       _side=t.verdict)
+        else:
+            test = (noninferiority_test(a, b, margin, higher_is_better=metric.higher_is_better, alpha=alpha)
+                    if c["claim"] == "non-inferior" else equivalence_test(a, b, margin, alpha=alpha))
+            d = test.as_dict()
+            row.update(diff_mean=d["diff_mean"], diff_std=d["diff_std"], diff_low=d["diff_low"],
+                       diff_high=d["diff_high"], interval=f"{1 - 2 * alpha:.0%} two-sided (one-sided {1 - alpha:.0%})",
+                       margin=margin, p=test.p)
+        rows.append(row)
+    adjusted = holm([r.get("p") for r in rows])
+    for r, ph in zip(rows, adjusted):
+        side = r.pop("_side", None)
+        if r.get("verdict"):
+            continue
+        r["p_holm"] = ph
+        ok = ph is not None and ph < alpha
+        if r["claim"] == "better":
+            a_name, b_name = r["comparison"].split(" vs ")
+            r["verdict"] = ({"a better": f"{a_name} better", "b better": f"{b_name} better"}.get(side, "no difference shown")
+                            if ok else "no difference shown")
+        elif r["claim"] == "non-inferior":
+            r["verdict"] = "non-inferior" if ok else "non-inferiority not shown"
+        else:
+            r["verdict"] = "equivalent" if ok else "equivalence not shown"
+    return rows
+
+
 def heal_summary(records: Iterable[Mapping[str, Any]], metric: ReportMetric = ACCURACY) -> list[dict[str, Any]]:
     """Per (target, level) of the ``heal`` rows: the test metric before and after healing
     (means over seeds), the paired gain (before - after for a lower-is-better metric,
@@ -473,6 +564,9 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     write_text(paths["summary_csv"], _csv_text(_shown_summary(summarize(results["records"], metric), metric),
                                                summary_fields(metric)))
     write_text(paths["comparisons_csv"], _csv_text(compare(results["records"], metric), COMPARISON_FIELDS))
+    if results.get("hypotheses"):
+        paths["hypotheses_csv"] = run_dir / "hypotheses.csv"
+        write_text(paths["hypotheses_csv"], _csv_text(check_hypotheses(results), HYPOTHESIS_FIELDS))
     import matplotlib
 
     # labels are user text: '$' must not start matplotlib mathtext ('$\\x$' would crash)
@@ -525,6 +619,28 @@ def summary_table(results: Mapping[str, Any]):
                       show(r["gain"]) + ci, f"{100 * r['zeros_before']:.3f}%", f"{100 * r['zeros_after']:.3f}%",
                       n)
         t = Group(t, h)
+    hyp = check_hypotheses(results)
+    if hyp:
+        hy = Table(title=f"pre-registered primary comparisons (Holm over these {len(hyp)}; margin "
+                         f"{results['hypotheses']['margin']:g} {results['hypotheses'].get('margin_kind', 'relative')}; "
+                         f"difference a - b in test {m.label}, {m.direction})")
+        for col in ("comparison", "claim", "level", "sparsity a / b", "diff", "interval", "margin", "n", "p", "Holm p",
+                    "verdict"):
+            hy.add_column(col, overflow="fold")
+        for r in hyp:
+            if r.get("diff_mean") is None:
+                hy.add_row(escape(r["comparison"]), r["claim"], str(r["level"]), "-", "-", "-", "-", str(r["n"]), "-",
+                           "-", escape(r["verdict"]))
+                continue
+            ci = f"[{show(r['diff_low'])}, {show(r['diff_high'])}]" if r["diff_low"] is not None else "-"
+            hy.add_row(escape(r["comparison"]), r["claim"], str(r["level"]),
+                       f"{100 * r['a_sparsity']:.2f}% / {100 * r['b_sparsity']:.2f}%",
+                       ("+" if r["diff_mean"] >= 0 else "") + show(r["diff_mean"]),
+                       f"{ci} ({r['interval'].split(' ')[0]})", "-" if r["margin"] is None else show(r["margin"]),
+                       str(r["n"]) + (f" (missing {r['seeds_missing']})" if r["seeds_missing"] else ""),
+                       "-" if r["p"] is None else f"{r['p']:.3g}",
+                       "-" if r.get("p_holm") is None else f"{r['p_holm']:.3g}", f"[bold]{escape(r['verdict'])}[/bold]")
+        t = Group(t, hy)
     rows = compare(recs, m)
     if not rows:
         return t

@@ -156,4 +156,102 @@ def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95, *,
     return PairedTest(iv, t, p, verdict)
 
 
-__all__ = ["Interval", "PairedTest", "betainc", "mean_interval", "paired_test", "t_cdf", "t_quantile"]
+@dataclass(frozen=True)
+class MarginTest:
+    """A one-sided test of ``a - b`` against a margin (non-inferiority) or two of them
+    (TOST equivalence) over matched seeds. ``margin`` is in the metric's unit (> 0);
+    ``low``/``high`` the two-sided ``1 - 2*alpha`` interval of the mean difference (its
+    ends are the one-sided ``1 - alpha`` bounds); ``p`` the one-sided p-value (TOST: the
+    larger of the two); None where n < 2 or the differences have no spread. ``shown``
+    is whether the claim holds at ``alpha`` before any correction for multiple tests."""
+
+    diff: Interval
+    margin: float
+    p: float | None
+    shown: bool
+    alpha: float
+
+    def as_dict(self) -> dict:
+        d = self.diff
+        return {"diff_mean": d.mean, "diff_std": d.std, "n": d.n, "diff_low": d.low, "diff_high": d.high,
+                "margin": self.margin, "p": self.p, "shown": self.shown}
+
+
+def _diffs(a: Sequence[float], b: Sequence[float], what: str) -> list[float]:
+    if len(a) != len(b):
+        raise ConfigError(f"{what}: {len(a)} values against {len(b)}; pair them by seed first")
+    return [float(x) - float(y) for x, y in zip(a, b)]
+
+
+def _one_sided_p(d: Sequence[float], shift: float) -> float | None:
+    """P(T >= t) for t = (mean(d) - shift) / se: small when the mean lies clearly above
+    ``shift`` (None without a spread)."""
+    n = len(d)
+    if n < 2:
+        return None
+    m = sum(d) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
+    if sd == 0:
+        return None
+    return 1.0 - t_cdf((m - shift) / (sd / math.sqrt(n)), n - 1)
+
+
+def noninferiority_test(a: Sequence[float], b: Sequence[float], margin: float, *, higher_is_better: bool = True,
+                        alpha: float = 0.05) -> MarginTest:
+    """Is ``a`` not worse than ``b`` by ``margin`` or more? H0: a is worse by at least the
+    margin (``a - b <= -margin`` when higher is better, ``>= +margin`` when lower is
+    better), rejected by a one-sided paired t-test at ``alpha``; equivalently, the one-
+    sided ``1 - alpha`` bound of the difference lies inside the margin. A non-significant
+    difference is never evidence of non-inferiority; only this test is."""
+    if not margin > 0:
+        raise ConfigError(f"non-inferiority margin must be positive, got {margin}")
+    d = _diffs(a, b, "non-inferiority test")
+    iv = mean_interval(d, 1.0 - 2.0 * alpha)
+    flipped = d if higher_is_better else [-x for x in d]  # "a better" is positive either way
+    p = _one_sided_p(flipped, -margin)
+    return MarginTest(iv, margin, p, p is not None and p < alpha, alpha)
+
+
+def equivalence_test(a: Sequence[float], b: Sequence[float], margin: float, *, alpha: float = 0.05) -> MarginTest:
+    """Two one-sided tests (TOST): ``a`` and ``b`` are equivalent within ``+-margin`` when
+    both ``a - b > -margin`` and ``a - b < margin`` are shown at ``alpha`` (the ``1 -
+    2*alpha`` interval lies inside the margins). ``p`` is the larger one-sided p-value."""
+    if not margin > 0:
+        raise ConfigError(f"equivalence margin must be positive, got {margin}")
+    d = _diffs(a, b, "equivalence test")
+    iv = mean_interval(d, 1.0 - 2.0 * alpha)
+    lo, hi = _one_sided_p(d, -margin), _one_sided_p([-x for x in d], -margin)
+    p = None if lo is None or hi is None else max(lo, hi)
+    return MarginTest(iv, margin, p, p is not None and p < alpha, alpha)
+
+
+def holm(ps: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (family-wise error control over the given
+    family; None entries, tests that could not be made, stay None and do not count)."""
+    idx = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])
+    m = len(idx)
+    out: list[float | None] = [None] * len(ps)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * float(ps[i])))
+        out[i] = running
+    return out
+
+
+def seeds_for_margin(sd: float, margin: float, *, true_diff: float = 0.0, alpha: float = 0.05,
+                     power: float = 0.8, max_n: int = 1000) -> int:
+    """The fewest paired seeds (at least 2) for a one-sided test at ``alpha`` to show
+    non-inferiority at ``margin`` with probability ``power``, when the paired differences
+    have standard deviation ``sd`` and the true difference lies ``true_diff`` on the
+    worse side (0: the two are truly equal). Uses the shifted central t approximation of
+    the noncentral t: power(n) = 1 - T_{n-1}(t_{1-alpha,n-1} - (margin - true_diff) sqrt(n)/sd)."""
+    if sd <= 0 or margin <= 0 or not 0 < power < 1 or not 0 <= true_diff < margin:
+        raise ConfigError("seeds_for_margin needs sd > 0, margin > 0, 0 <= true_diff < margin and 0 < power < 1")
+    for n in range(2, max_n + 1):
+        if 1.0 - t_cdf(t_quantile(1.0 - alpha, n - 1) - (margin - true_diff) * math.sqrt(n) / sd, n - 1) >= power:
+            return n
+    return max_n
+
+
+__all__ = ["Interval", "MarginTest", "PairedTest", "betainc", "equivalence_test", "holm", "mean_interval",
+           "noninferiority_test", "paired_test", "seeds_for_margin", "t_cdf", "t_quantile"]

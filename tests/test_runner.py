@@ -44,15 +44,16 @@ def test_every_recipe_runs_in_smoke_mode(path, tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     recs = res["records"]
     src = [r for r in recs if r["role"] == "source"]
-    assert [(r["level"], r["method"]) for r in src] == [(0, "dense"), (1, "imp")]
-    frac = recipe.prune.fraction
-    assert src[1]["sparsity"] == pytest.approx(frac, abs=1e-3)  # one IMP round
+    rounds = recipe.prune.rounds  # one IMP round, or two where a recipe's hypotheses name level 2
+    assert [(r["level"], r["method"]) for r in src] == [(0, "dense")] + [(lv, "imp") for lv in range(1, rounds + 1)]
+    frac = 1 - (1 - recipe.prune.fraction) ** max(recipe.prune.transfer_levels())  # the transferred level's sparsity
+    assert src[1]["sparsity"] == pytest.approx(recipe.prune.fraction, abs=1e-3)  # the first IMP round
     for t in recipe.targets:
         rows = {r["method"]: r for r in recs if r["role"] == "target" and r["target"] == t.name}
         expected = {"transfer"} | set(recipe.baselines) | ({"heal"} if recipe.heal else set())
         assert set(rows) - {"permuted"} == expected - {"permuted"}, t.name  # permuted: stretches only
         ticket = rows["transfer"]["sparsity"]
-        assert abs(ticket - frac) < 0.15  # source level 1 plus the stretch/squeeze drift
+        assert abs(ticket - frac) < 0.15  # the source's transferred level plus the stretch/squeeze drift
         for m in set(recipe.baselines) - {"dense", "imp"}:
             assert rows[m]["sparsity"] == pytest.approx(ticket, abs=1e-4), m  # same sparsity as the ticket
         if "dense" in rows:

@@ -202,6 +202,9 @@ class Results:
     layer_density: list[dict[str, Any]]
     lmc: list[dict[str, Any]] | None = None
     """The linear-mode-connectivity rows (``analyses: [lmc]``); None when the recipe has no analyses."""
+    hypotheses: dict[str, Any] | None = None
+    """The recipe's pre-registered ``hypotheses`` section (primary comparisons, margin,
+    alpha), copied so that a report tests what was declared before the run; None without one."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -214,6 +217,8 @@ class Results:
         }
         if self.lmc is not None:
             out["lmc"] = self.lmc
+        if self.hypotheses is not None:
+            out["hypotheses"] = self.hypotheses
         return out
 
 
@@ -253,6 +258,14 @@ def validate(data: Any, where: str = "results.json") -> Results:
     lmc = data.get("lmc")
     if lmc is not None and not (isinstance(lmc, list) and all(isinstance(x, Mapping) for x in lmc)):
         raise _fail(f"{where}: 'lmc'", "is not a list of objects")
+    hyp = data.get("hypotheses")
+    if hyp is not None:
+        from .schema import Hypotheses
+
+        try:
+            hyp = Hypotheses.model_validate(hyp).model_dump()
+        except Exception as e:  # pydantic's ValidationError: name the field, not a traceback
+            raise _fail(f"{where}: 'hypotheses'", f"is not a valid hypotheses section ({str(e).splitlines()[0]})") from None
     for key, typ in (("recipe", str), ("source", str), ("targets", list), ("seeds", list), ("environment", dict),
                      ("accuracy_splits", dict)):
         if key in data and not isinstance(data[key], typ):
@@ -260,7 +273,7 @@ def validate(data: Any, where: str = "results.json") -> Results:
     return Results(data.get("recipe", ""), data.get("source", ""), list(data.get("targets", [])),
                    list(data.get("seeds", [])), dict(data.get("environment", {})), task,
                    dict(data.get("accuracy_splits", {})), records, [dict(e) for e in ld],
-                   [dict(x) for x in lmc] if lmc is not None else None)
+                   [dict(x) for x in lmc] if lmc is not None else None, hyp)
 
 
 def load(run_dir: str | Path) -> Results:

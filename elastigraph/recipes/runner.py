@@ -402,7 +402,8 @@ class Runner(Stages):
                 splits["target_sizes"] = {t.name: {"dataset": t.dataset.name, **_sizes(self.data(t.dataset))}
                                           for t in r.targets if t.dataset is not None}
             results = Results(r.name, r.source_name, [t.name for t in r.targets], r.seeds, env, task, splits, records,
-                              layers, self.lmc_rows if r.analyses else None)
+                              layers, self.lmc_rows if r.analyses else None,
+                              r.hypotheses.model_dump() if r.hypotheses is not None else None)
             write_json(self.out / RESULTS, results.to_dict())
             summary.results_path = self.out / RESULTS
             from ..report import write_report

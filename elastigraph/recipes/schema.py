@@ -212,6 +212,43 @@ class LMCSettings(_Section):
         return v
 
 
+class Comparison(_Section):
+    """One pre-registered comparison: ``a`` against ``b``, each ``"<label>/<method>"`` (a
+    target's label or the source's label, and a method of its records: ``transfer``,
+    ``imp``, ``imp-matched``, ``dense``, a baseline), at IMP ``level`` (ignored for
+    ``dense``), and the claim it may support: ``better`` (two-sided paired t-test; a side is
+    better only when the interval excludes 0), ``non-inferior`` (one-sided test that ``a``
+    is not worse than ``b`` by the margin or more) or ``equivalent`` (TOST: both one-sided
+    tests at the margin)."""
+
+    a: str = Field(pattern=r"^[^/]+/[^/]+$")
+    b: str = Field(pattern=r"^[^/]+/[^/]+$")
+    level: int = Field(default=0, ge=0)
+    claim: Literal["better", "non-inferior", "equivalent"] = "better"
+
+    def cell(self, side: str) -> tuple[str, str]:
+        label, method = getattr(self, side).split("/")
+        return label, method
+
+
+class Hypotheses(_Section):
+    """The analysis stated before a run: the primary comparisons (the claims of the run
+    rest on these), the family over which Holm's correction runs (the primary comparisons),
+    and the non-inferiority / equivalence margin. ``margin_kind: relative`` takes the
+    margin as a share of ``b``'s mean (0.01: 1% of its bits per byte); ``absolute`` in the
+    metric's own unit as stored (accuracy as a fraction: 0.005 = half a point). Every other
+    comparison of the report is descriptive (its own interval, no correction)."""
+
+    margin: float = Field(gt=0)
+    margin_kind: Literal["relative", "absolute"] = "relative"
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    """Family-wise error rate of the primary comparisons (Holm); one-sided tests use it
+    one-sided (a 1 - 2*alpha two-sided interval)."""
+    primary: list[Comparison] = Field(min_length=1)
+    rationale: str = ""
+    """Why these comparisons, this margin and this many seeds (the power calculation)."""
+
+
 class Recipe(_Section):
     """A whole experiment (see ``recipes/*.yaml``)."""
 
@@ -230,6 +267,8 @@ class Recipe(_Section):
     device: str | None = None
     analyses: list[Literal["lmc"]] = Field(default_factory=list)
     lmc: LMCSettings = Field(default_factory=LMCSettings)
+    hypotheses: Hypotheses | None = None
+    """The pre-registered primary comparisons, Holm family and margin (see :class:`Hypotheses`)."""
     heal: HealSpec | None = None
     """Continue training each transferred *trained* ticket under its mask (see :class:`HealSpec`)."""
     expect_divergence: bool = False

@@ -254,6 +254,43 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def _hypotheses_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Every pre-registered comparison names cells the run will have: a target's label
+    with ``transfer`` or one of the recipe's baselines, or the source's label with
+    ``dense`` or ``imp``, at a level the run trains (transferred levels; the source's IMP
+    has every level 1..rounds; ``dense`` is level 0 whatever is given)."""
+    h = recipe.hypotheses
+    if h is None:
+        return []
+    levels = recipe.prune.transfer_levels()
+    cells: dict[str, tuple[set[str], list[int]]] = {
+        t.name: ({"transfer", *recipe.baselines}, levels) for t in recipe.targets}
+    src = recipe.source_name
+    if src in cells:
+        return [("hypotheses", f"the source label {src!r} is also a target's label; give them distinct labels "
+                               "so that comparisons can name them")]
+    cells[src] = ({"dense", "imp"}, list(range(1, recipe.prune.rounds + 1)))
+    problems: list[tuple[str, str]] = []
+    for i, c in enumerate(h.primary):
+        for side in ("a", "b"):
+            label, method = c.cell(side)
+            where = f"hypotheses.primary.{i}.{side}"
+            if label not in cells:
+                problems.append((where, f"{label!r} is neither the source's nor a target's label; labels: "
+                                        f"{sorted(cells)}"))
+                continue
+            methods, lv = cells[label]
+            if method not in methods:
+                problems.append((where, f"{label!r} has no {method!r} records in this recipe; it has "
+                                        f"{sorted(methods)} (add the baseline to 'baselines')"))
+            elif method != "dense" and c.level not in lv:
+                problems.append((f"hypotheses.primary.{i}.level", f"level {c.level}: {label}/{method} is run at "
+                                                                  f"levels {lv}"))
+        if c.a == c.b:
+            problems.append((f"hypotheses.primary.{i}", f"compares {c.a!r} with itself"))
+    return problems
+
+
 def _train_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """The training settings as :class:`~elastigraph.train.TrainConfig` checks them (the
     one place hyper-parameters, seeds and the device are validated), by recipe path."""
@@ -303,6 +340,7 @@ def validate_recipe(data: Mapping[str, Any], *, source: str = "recipe") -> Recip
         problems += _pydantic_problems(e)
     if recipe is not None:
         problems += _train_problems(recipe)
+        problems += _hypotheses_problems(recipe)
     problems += _semantic_problems(data)
     if problems:
         seen: dict[tuple[str, str], None] = dict.fromkeys(problems)
