@@ -357,7 +357,7 @@ def check_hypotheses(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                     if c["claim"] == "non-inferior" else equivalence_test(a, b, margin, alpha=alpha))
             d = test.as_dict()
             row.update(diff_mean=d["diff_mean"], diff_std=d["diff_std"], diff_low=d["diff_low"],
-                       diff_high=d["diff_high"], interval=f"{1 - 2 * alpha:.0%} two-sided (one-sided {1 - alpha:.0%})",
+                       diff_high=d["diff_high"], interval=f"{1 - 2 * alpha:.0%} two-sided = one-sided {1 - alpha:.0%} bound",
                        margin=margin, p=test.p)
         rows.append(row)
     adjusted = holm([r.get("p") for r in rows])

@@ -1,5 +1,5 @@
 """Why does the squeezed ResNet-56 -> ResNet-20 ticket train worse than random at 48%
-sparsity? Separate the mask from the carried weights (docs/results.md, "diagnosis").
+sparsity? Separate the mask from the carried weights (docs/results_mlp_2026-11.md, "diagnosis").
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python docs/results/diag_squeeze.py runs/fmnist/squeeze
 For each seed and IMP level 1-2 of the finished squeeze run, retrains ResNet-20 with the

@@ -1,4 +1,4 @@
-"""Markdown tables for docs/results.md from a run directory: per-cell mean ± std, n and
+"""Markdown tables for docs/results_mlp_2026-11.md from a run directory: per-cell mean ± std, n and
 95% t-interval of the target's rows, and the paired comparisons (elastigraph.report).
 
     python docs/results/fair_tables.py RUN_DIR

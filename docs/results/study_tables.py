@@ -1,4 +1,4 @@
-"""Markdown tables of an E-LTH study for docs/results.md, from run directories that share
+"""Markdown tables of an E-LTH study for docs/results_mlp_2026-11.md, from run directories that share
 one step cache: the dense depth check, per target and level every method with its 95%
 t-interval and the paired test of the transferred ticket against it (with Holm's
 correction over the run's comparisons), the rewind-point comparison, linear mode

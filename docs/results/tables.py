@@ -1,4 +1,4 @@
-"""Markdown tables for docs/results.md from finished `elastigraph run` folders.
+"""Markdown tables for docs/results_mlp_2026-11.md from finished `elastigraph run` folders.
 
 Usage: .venv/bin/python docs/results/tables.py runs/fmnist/stretch runs/fmnist/squeeze runs/fmnist/squeeze_even
 Reads each folder's results.json and the step markers (steps/<id>/done.json, which hold
