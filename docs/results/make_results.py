@@ -42,6 +42,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 STUDY_RUNS = (
     ("lm_study_stretch", "recipes/lm_study_stretch.yaml"),
     ("lm_study_squeeze", "recipes/lm_study_squeeze.yaml"),
+    ("lm_study_drop", "recipes/lm_study_drop.yaml"),
 )
 """The committed study runs, in page order, with the recipe each came from."""
 
@@ -228,14 +229,15 @@ STUDY_TEXT = {
                      ("Llama4/transfer", "Llama4/permuted", 2), ("Llama4/imp-matched", "Llama2/imp", 2),
                      ("Llama4/dense", "Llama2/dense", 0), ("Llama4/transfer", "Llama4/dense", 2)]),
     "lm_study_squeeze": dict(
-        title="Squeeze: the 4-layer Llama's ticket on 2 layers, and which block to drop",
-        descriptive=[("Llama2/transfer", "Llama2/imp", 2), ("Llama2-even/transfer", "Llama2/transfer", 2),
-                     ("Llama2-influence/transfer", "Llama2/transfer", 2),
-                     ("Llama2-influence/transfer", "Llama2-even/transfer", 2),
-                     ("Llama2-even/transfer", "Llama2-even/imp-matched", 2),
+        title="Squeeze: the 4-layer Llama's ticket on 2 layers",
+        descriptive=[("Llama2/transfer", "Llama2/imp", 2), ("Llama2/transfer", "Llama2/random", 2),
+                     ("Llama2/transfer", "Llama2/magnitude", 2), ("Llama2/transfer", "Llama2/reinit", 2),
+                     ("Llama4/imp", "Llama2/transfer", 2), ("Llama4/dense", "Llama2/dense", 0)]),
+    "lm_study_drop": dict(
+        title="Which blocks to drop: keep-first, even, block influence",
+        descriptive=[("Llama2-even/transfer", "Llama2-even/imp-matched", 2),
                      ("Llama2-influence/transfer", "Llama2-influence/imp-matched", 2),
-                     ("Llama2/transfer", "Llama2/random", 2), ("Llama2/transfer", "Llama2/magnitude", 2),
-                     ("Llama2/transfer", "Llama2/reinit", 2), ("Llama4/imp", "Llama2/transfer", 2)]),
+                     ("Llama2-influence/transfer", "Llama2-even/transfer", 2)]),
 }
 
 
