@@ -351,6 +351,11 @@ class Runner(Stages):
         super().__init__(recipe, out, **kw)
         self.lmc_rows: list[dict[str, Any]] = []
 
+    def _fork(self) -> "Runner":
+        twin = super()._fork()
+        twin.lmc_rows = []  # a piece's rows are collected again when the caller replays it
+        return twin
+
     # ----- the protocol
 
     def run(self) -> RunSummary:
@@ -382,17 +387,17 @@ class Runner(Stages):
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "recipe.json", r.model_dump(mode="json"))
-        self._start_pool()
+        self.executor.start(self)
         step_threads = torch.get_num_threads()  # what every step of this run trains with
         try:
-            if self._pool is not None and len(r.seeds) > 1:  # whole seeds to the workers
+            if self.executor.parallel and len(r.seeds) > 1:  # whole seeds beside each other
                 jobs = [self._submit("_run_seed", seed=seed, levels=levels, top=top, layers=[]) for seed in r.seeds]
                 for j in jobs:
                     self.executed += j.result()
             for seed in r.seeds:
                 records += self._run_seed(seed, levels, top, layers)
         finally:
-            self._stop_pool()
+            self.executor.stop()
         summary = RunSummary(self.out, self.executed, self.skipped, [x.to_dict() for x in records])
         if self.writer:
             task = TaskInfo.of(self.task)
@@ -443,7 +448,7 @@ class Runner(Stages):
         """The protocol for one seed: the source's IMP, then every target."""
         r = self.recipe
         chains = []
-        if self._pool is not None:  # the targets' own IMP/dense runs need no source: start them now
+        if self.executor.parallel:  # the targets' own IMP/dense runs need no source: start them now
             seen = set()
             for i, t in enumerate(r.targets):
                 if t.model.label not in seen:
@@ -598,12 +603,19 @@ def _zero_share(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tens
 def run_recipe(
     recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
     cache: str | Path | None = None, wait: bool = False, fleet: str = "auto", workers: int | None = None,
+    executor: str | Any = "local", address: str | None = None, max_retries: int | None = None,
 ) -> RunSummary:
     """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`). ``cache``:
     a step cache folder shared with other runs (default ``out/steps``); ``wait``: queue
     behind another run holding ``out`` instead of failing. ``fleet``: ``"auto"`` (fleets
     on CUDA), ``"on"`` or ``"off"``; ``workers``: parallel worker processes (``None``: one
-    per GPU or core when the trainings are long enough to pay for them; ``1``: none)."""
+    per GPU or core when the trainings are long enough to pay for them; ``1``: none).
+    ``executor``: ``"local"`` (this machine: this process and the ``workers``) or ``"ray"``
+    (every step a task on the Ray cluster at ``address``, default: a Ray already initialised
+    in this process, else a local one; ``"auto"``: the cluster ``ray start`` made on this
+    machine), a failed task retried ``max_retries`` times (default 2), or an
+    :class:`~elastigraph.recipes.executors.Executor`. The records are the same whichever
+    runs the steps (with the same torch thread count and device)."""
     if not isinstance(recipe, Recipe):
         from ..errors import RecipeError
 
@@ -613,4 +625,4 @@ def run_recipe(
     if cache is not None and (isinstance(cache, bool) or not isinstance(cache, (str, os.PathLike))):
         raise ConfigError(f"run_recipe cache must be a folder path, got {cache!r}")
     return Runner(copy.deepcopy(recipe), out, log=log, progress=progress, cache=cache, wait=wait,
-                  fleet=fleet, workers=workers).run()
+                  fleet=fleet, workers=workers, executor=executor, address=address, max_retries=max_retries).run()
