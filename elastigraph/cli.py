@@ -429,7 +429,7 @@ def run(
     fleet: str = typer.Option("auto", "--fleet", help="Train a level's retrains together as one fleet: auto (on CUDA), on, off."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for independent steps (default: one per GPU or core when trainings are long enough; 1 = none)."),
     executor: str = typer.Option("local", "--executor", help="Where steps run: local (this machine: this process and --workers) or ray (every step a task on a Ray cluster; the driver writes the cache; needs pip install 'elastigraph\\[ray]')."),
-    address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: the cluster to join, e.g. auto (the one `ray start` made on this machine) or ray://head:10001 (default: start a local Ray)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: the cluster to join, e.g. auto (the one `ray start` made on this machine) or HEAD_IP:6379 (default: RAY_ADDRESS or a `ray start` cluster here, else a new local Ray)."),
     max_retries: Optional[int] = typer.Option(None, "--max-retries", min=0, help="With --executor ray: how often a failed step's task is run again before the run stops naming it (default 2)."),
 ) -> None:
     """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots.

@@ -1,9 +1,10 @@
 """How a recipe's steps run: each stage is a cached step (:mod:`elastigraph.recipes.cache`)
 named by the hash of its settings and its inputs' ids, computed under its lock, with the
 ranks of a ``torchrun`` job agreeing on every done/not-done decision (only rank 0
-writes); the data a step trains on; and how independent retrain steps are spread --
-as one fleet (:func:`elastigraph.train.fleet.train_fleet`, ``fleet="auto"``: on CUDA) or
-over a pool of worker processes, each pinned to its share of the cores (or one GPU).
+writes); the data a step trains on; and how independent work is spread -- a level's
+retrains as one fleet (:func:`elastigraph.train.fleet.train_fleet`, ``fleet="auto"``: on
+CUDA), and pieces of the protocol and the steps themselves on an executor
+(:mod:`elastigraph.recipes.executors`: this process, local worker processes, or Ray).
 
 :class:`Execution` is the machinery the protocol (:class:`~elastigraph.recipes.runner.Runner`)
 stands on; nothing here knows the E-LTH protocol. A step's id never depends on how it ran.

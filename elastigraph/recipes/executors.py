@@ -308,9 +308,11 @@ def _ray_step(payload: bytes, threads: int, sids: list[str], *blobs: dict[str, b
 
 class RayExecutor(Executor):
     """Every step a Ray task (see the module docstring). ``address``: the cluster to join
-    (``"auto"``: the one started on this machine with ``ray start``; ``None``: join a Ray
-    already initialised in this process, else start a local one); ``max_retries``: how
-    often a failed task is run again before the step is reported."""
+    (``"auto"``: the one ``ray start`` made on this machine; ``"HOST:6379"``: another one;
+    ``None``: a Ray already initialised in this process, else ``ray.init()``'s own rule:
+    ``RAY_ADDRESS``, a ``ray start`` cluster on this machine, or a new local Ray; a Ray this
+    executor started is shut down when the run ends); ``max_retries``: how often a failed
+    task is run again before the step is reported."""
 
     name = "ray"
 
@@ -322,8 +324,8 @@ class RayExecutor(Executor):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries={max_retries!r} (--max-retries): use a whole number >= 0")
         if address is not None and (not isinstance(address, str) or not address.strip()):
-            raise ConfigError(f"address={address!r}: use 'auto', a Ray address such as 'ray://head:10001' "
-                              "or 'head:6379', or leave it out")
+            raise ConfigError(f"address={address!r}: use 'auto', a Ray address such as 'head:6379', "
+                              "or leave it out")
         self.address = address
         self.max_retries = max_retries
         self._started = False

@@ -7,8 +7,9 @@ its settings and its inputs' ids, computed under its lock, agreed on by every ra
 done and ends with the same results. The baselines are registered functions
 (:mod:`elastigraph.recipes.baselines`); the retrain steps of one level (the transferred
 ticket and its baselines) go through one :meth:`Execution.retrain_many`, which trains them
-as one fleet or over worker processes where that pays (docs/benchmarks.md); with several
-seeds the workers take whole seeds. A step's id never depends on how it ran.
+as one fleet or side by side on the executor where that pays (docs/benchmarks.md); with
+several seeds, whole seeds run side by side (in local worker processes, or as threads of
+the driver whose steps are Ray tasks). A step's id never depends on how it ran.
 """
 
 from __future__ import annotations
@@ -611,9 +612,9 @@ def run_recipe(
     on CUDA), ``"on"`` or ``"off"``; ``workers``: parallel worker processes (``None``: one
     per GPU or core when the trainings are long enough to pay for them; ``1``: none).
     ``executor``: ``"local"`` (this machine: this process and the ``workers``) or ``"ray"``
-    (every step a task on the Ray cluster at ``address``, default: a Ray already initialised
-    in this process, else a local one; ``"auto"``: the cluster ``ray start`` made on this
-    machine), a failed task retried ``max_retries`` times (default 2), or an
+    (every step a task on the Ray cluster at ``address``: ``"auto"``, the cluster ``ray
+    start`` made on this machine; default, a Ray already initialised in this process, else
+    ``ray.init()``'s own choice), a failed task retried ``max_retries`` times (default 2), or an
     :class:`~elastigraph.recipes.executors.Executor`. The records are the same whichever
     runs the steps (with the same torch thread count and device)."""
     if not isinstance(recipe, Recipe):
