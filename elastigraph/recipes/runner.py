@@ -456,7 +456,10 @@ class Runner(Stages):
                     seen.add(t.model.label)
                     chains.append(self._submit("_target_chain", target=t, seed=seed, top=top))
         src_dense, src_levels = self.imp_levels(r.source, seed, r.prune.rounds, "source", r.source_name)
-        for c in chains:
+        if self.executor.parallel and len(r.targets) > 1:  # every target's transfers and retrains side by side
+            chains += [self._submit("_target", target=t, seed=seed, levels=levels, top=top, src_dense=src_dense,
+                                    src_levels=src_levels, layers=[]) for t in r.targets]
+        for c in chains:  # then replayed in order below: their steps come from the cache
             self.executed += c.result()
         records = []
         for lv, rec in [(0, src_dense)] + list(enumerate(src_levels, 1)):
