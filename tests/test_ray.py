@@ -31,7 +31,11 @@ from elastigraph.recipes.executors import InProcess, LocalPool, RayExecutor, mak
 
 HAVE_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() or bool(
     os.environ.get("FASHION_MNIST_ROOT"))
-TINY = tiny(prune={"rounds": 1}, seeds=[0, 1], baselines=["random", "snip", "imp", "dense"])
+# two seeds, two targets, two levels (each runs side by side with its siblings), masks
+# scored on data, the sparsity-matched IMP ticket and linear mode connectivity
+TINY = tiny(seeds=[0, 1], baselines=["random", "snip", "imp", "imp-matched", "dense"], analyses=["lmc"],
+            targets=[{"model": "cifar_resnet_20?width=4"},
+                     {"model": "cifar_resnet_20?width=4", "strategy": "interpolate", "label": "R20-interpolate"}])
 SMOKE = ["smoke:fmnist_elth_stretch", "smoke:fmnist_mlp_stretch"]  # every baseline; lmc + start_at_step_zero
 
 
@@ -48,6 +52,11 @@ def ray_local():
 
 def _records(out: Path) -> list[dict]:
     return json.loads((out / "results.json").read_text())["records"]
+
+
+def _results(out: Path) -> dict:
+    """results.json but for the environment (which names this process's machine)."""
+    return {k: v for k, v in json.loads((out / "results.json").read_text()).items() if k != "environment"}
 
 
 def _markers(out: Path) -> dict[str, dict]:
@@ -89,12 +98,12 @@ def test_shipped_smoke_recipes_through_ray_give_the_local_records(ray_local, nam
 
 
 def test_tiny_recipe_through_ray_is_the_local_run_step_for_step(ray_local, tiny_local, tmp_path):
-    """Two seeds (whole seeds beside each other), snip/random masks, the target's own IMP:
-    the same step ids, the same tensors in every file, the same records; a local rerun
-    on the Ray-made cache runs nothing (it is the ordinary cache)."""
+    """The same step ids, the same tensors in every file, the same results.json; a local
+    rerun on the Ray-made cache runs nothing (it is the ordinary cache)."""
     out = tmp_path / "ray"
     summary = run_recipe(load_recipe(TINY), out, executor="ray")
-    assert _records(out) == _records(tiny_local)
+    assert _results(out) == _results(tiny_local)  # records, per-layer densities, LMC rows, in order
+    assert _results(out)["lmc"]
     mine, theirs = _markers(out), _markers(tiny_local)
     assert set(mine) == set(theirs) and summary.executed == len(mine)
     for sid, m in mine.items():
@@ -111,12 +120,14 @@ def test_tiny_recipe_through_ray_is_the_local_run_step_for_step(ray_local, tiny_
     assert again.executed == 0 and _records(out) == _records(tiny_local)
 
 
-def test_killed_driver_resumes_from_its_cache(ray_local, tiny_local, tmp_path):
+def test_killed_driver_resumes_from_its_cache(ray_local, tmp_path):
     """A driver (the CLI, joining this module's Ray by address) killed with SIGKILL after
     some steps: the rerun through Ray takes exactly those from the cache and ends with
-    the uninterrupted records."""
+    the uninterrupted results."""
+    small = tiny()  # one seed, one target, 12 steps
+    run_recipe(load_recipe(small), tmp_path / "local", workers=1)
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
+    recipe.write_text(yaml.safe_dump(small))
     out = tmp_path / "killed"
     address = ray_local.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "elastigraph", "run", str(recipe), "--out", str(out), "--executor", "ray",
@@ -129,12 +140,12 @@ def test_killed_driver_resumes_from_its_cache(ray_local, tiny_local, tmp_path):
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
     finished = set(_markers(out))
-    total = len(_markers(tiny_local))
+    total = len(_markers(tmp_path / "local"))
     assert 3 <= len(finished) < total, f"the driver was not killed partway: {err.decode()[-2000:]}"
     assert not (out / "results.json").exists()
-    summary = run_recipe(load_recipe(TINY), out, executor="ray")
-    assert summary.executed == total - len(finished)
-    assert _records(out) == _records(tiny_local)
+    summary = run_recipe(load_recipe(small), out, executor="ray")
+    assert summary.executed == total - len(finished) and summary.skipped >= len(finished)
+    assert _results(out) == _results(tmp_path / "local")
 
 
 # --------------------------------------------------------------------------- steps as tasks

@@ -489,12 +489,16 @@ class Runner(Stages):
         """Transfer every level's ticket to ``target``, retrain it, and run each baseline of
         the recipe against it (one registered function per baseline and level; the
         target's own tickets, ``reference`` baselines, are recorded first)."""
-        r = self.recipe
-        listed = [baselines.get(b) for b in r.baselines]
-        per_level = [b for b in listed if not b.once and b.reference] + [b for b in listed if not b.once and not b.reference]
+        listed = [baselines.get(b) for b in self.recipe.baselines]
+        per_level = self._per_level()
         tgt_dense, tgt_levels = self._target_runs(target, seed, top)
         out: list[Record] = []
         name, model = target.name, target.model.label
+        if self.executor.parallel and len(levels) > 1:  # the levels side by side, then replayed below
+            pieces = [self._submit("_level_piece", target=target, seed=seed, lv=lv, src_dense=src_dense,
+                                   src_levels=src_levels, tgt_dense=tgt_dense, tgt_levels=tgt_levels) for lv in levels]
+            for p in pieces:
+                self.executed += p.result()
         for b in listed:
             if b.once:
                 rec = b.fn(baselines.Level(self, b, target, seed, 0, None, tgt_dense, tgt_levels))
@@ -507,6 +511,20 @@ class Runner(Stages):
             except StepDiverged as e:
                 self._skipped_diverged(f"{name} level={lv} seed={seed}: {e}")
         return out
+
+    def _per_level(self) -> list:
+        """The recipe's baselines that run at every level, the ``reference`` ones first."""
+        listed = [baselines.get(b) for b in self.recipe.baselines]
+        return [b for b in listed if not b.once and b.reference] + [b for b in listed if not b.once and not b.reference]
+
+    def _level_piece(self, target: TargetSpec, seed: int, lv: int, src_dense: StepRecord, src_levels: list[StepRecord],
+                     tgt_dense: StepRecord | None, tgt_levels: list[StepRecord]) -> None:
+        """Level ``lv`` of :meth:`_target` run beside the others (its steps land in the cache;
+        the caller replays it for the records)."""
+        try:
+            self._target_level(target, seed, lv, src_dense, src_levels, tgt_dense, tgt_levels, [], self._per_level())
+        except StepDiverged:
+            pass  # the replay logs it
 
     def _target_level(
         self, target: TargetSpec, seed: int, lv: int, src_dense: StepRecord, src_levels: list[StepRecord],
