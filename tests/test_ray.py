@@ -244,6 +244,10 @@ def test_executor_options_are_checked(tmp_path, monkeypatch):
 
 def test_ray_options_need_ray(tmp_path):
     pytest.importorskip("ray")
+    from elastigraph.recipes.executors import _check_reachable
+
+    with pytest.raises(ConfigError, match="nothing answers at '127.0.0.1:1'.*ray start --head"):
+        _check_reachable("127.0.0.1:1")  # refused at once, not after Ray's minutes of retrying
     with pytest.raises(ConfigError, match="fleet='on'.*executor 'ray'"):
         run_recipe(load_recipe(TINY), tmp_path, executor="ray", fleet="on")
     with pytest.raises(ConfigError, match="max_retries=-1"):

@@ -306,6 +306,25 @@ def _ray_step(payload: bytes, threads: int, sids: list[str], *blobs: dict[str, b
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse at once a ``HOST:PORT`` address where nothing answers (Ray itself retries
+    for minutes before it gives up)."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not HOST:PORT: Ray's own check applies
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"executor 'ray': nothing answers at {address!r} ({e.strerror or type(e).__name__}); start "
+                          "the head there with `ray start --head`, or give its address (--address auto on the head "
+                          "itself)") from None
+
+
 class RayExecutor(Executor):
     """Every step a Ray task (see the module docstring). ``address``: the cluster to join
     (``"auto"``: the one ``ray start`` made on this machine; ``"HOST:6379"``: another one;
@@ -334,6 +353,7 @@ class RayExecutor(Executor):
         self._lock = threading.Lock()
         self._cpus = 0.0
         self._gpus = 0.0
+        self._joined = False
 
     @property
     def parallel(self) -> bool:
@@ -345,6 +365,7 @@ class RayExecutor(Executor):
         if ex.world > 1:
             raise ConfigError("executor 'ray' runs every step as a Ray task: start the run once (not under torchrun)")
         if not ray.is_initialized():
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
             except (ConnectionError, ValueError, RuntimeError) as e:
@@ -353,6 +374,7 @@ class RayExecutor(Executor):
             self._started = True
         res = ray.cluster_resources()
         self._cpus, self._gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+        self._joined = True
         threads = torch.get_num_threads()
         if threads > self._cpus:
             raise ConfigError(
@@ -367,6 +389,7 @@ class RayExecutor(Executor):
 
     def stop(self) -> None:
         self._task = None
+        self._joined = False
         with self._lock:
             self._refs.clear()
         if self._started:
@@ -388,7 +411,7 @@ class RayExecutor(Executor):
     def cuda(self, device: str | None) -> bool:
         """On the cluster: CUDA when the recipe asks for it, or leaves it to ``auto`` and the cluster has GPUs."""
         if device in (None, "auto"):
-            if self._task is None:  # before start(): what this machine has
+            if not self._joined:  # before start(): what this machine has
                 return super().cuda(device)
             return self._gpus > 0
         return str(device).startswith("cuda")
