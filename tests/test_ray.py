@@ -184,6 +184,27 @@ def test_a_step_reads_its_inputs_through_ray_and_never_writes_the_cache(ray_loca
     assert ray_local.is_initialized()  # the executor leaves a Ray it did not start running
 
 
+def test_a_step_asks_for_the_runs_threads_as_cpus_and_trains_with_them(ray_local, tmp_path):
+    def where(d: Path) -> dict:
+        import ray
+
+        return {"resources": ray.get_runtime_context().get_assigned_resources(), "threads": torch.get_num_threads()}
+
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            ex = _probe(tmp_path / str(threads))
+            rec = ex.step("probe", {"threads": threads}, {}, where, label="where", collective=True)
+            assert rec.result["resources"] == {"CPU": float(threads)} and rec.result["threads"] == threads
+            ex.executor.stop()
+        torch.set_num_threads(3)
+        with pytest.raises(ConfigError, match=r"every step asks for 3 CPU\(s\).*the cluster has 2.*OMP_NUM_THREADS=2"):
+            _probe(tmp_path / "3")
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_failed_tasks_are_retried_then_reported_by_step_name(ray_local, tmp_path):
     ex = _probe(tmp_path, max_retries=2)
     tries = tmp_path / "tries"  # instrumentation outside the cache: one line per attempt
