@@ -4,8 +4,8 @@ Two things vary between them, and nothing else does (a step's id, files and numb
 the same whichever ran it):
 
 - :meth:`Executor.submit`: running a piece of the protocol (a whole seed, a target's own
-  IMP chain, one retrain of a level) beside the caller, which later replays it and finds
-  its steps in the cache;
+  IMP chain, a target, one of its levels, one retrain of a level) beside the caller, which
+  later replays it and finds its steps in the cache;
 - :meth:`Executor.compute`: computing one step's files and result into its cache folder.
 
 :class:`InProcess` does everything in this process, one step after another.
@@ -431,6 +431,8 @@ class RayExecutor(Executor):
         import ray
         from ray.exceptions import RayError
 
+        if self._task is None:  # a piece still running after the run ended (another piece failed)
+            raise StepFailedError(f"step {sid} ({label}): the Ray executor was stopped before it ran")
         recs = {r.id: r for r in inputs.values() if r is not None}
         threads = torch.get_num_threads()
         opts = {"num_cpus": threads, "num_gpus": 1 if training and ex._cuda() else 0, "name": sid,
