@@ -148,6 +148,30 @@ def test_killed_driver_resumes_from_its_cache(ray_local, tmp_path):
     assert _results(out) == _results(tmp_path / "local")
 
 
+def test_divergence_through_ray_is_the_local_runs(ray_local, tmp_path):
+    """Trainings that diverge on a worker: its [diverged] line reaches the driver's log,
+    the dependent work is skipped as locally, and the run ends with the same
+    DivergedError (its summary) and results.json."""
+    import warnings
+
+    from elastigraph.errors import DivergedError
+    from elastigraph.train.loop import DivergenceWarning
+
+    recipe = tiny(train={"steps": 6, "gamma": 1e30}, baselines=["random", "dense"])
+    got: dict[str, DivergedError] = {}
+    lines: list[str] = []
+    for name, kw in [("local", {"workers": 1}), ("ray", {"executor": "ray", "log": lines.append})]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DivergenceWarning)
+            with pytest.raises(DivergedError) as e:
+                run_recipe(load_recipe(recipe), tmp_path / name, fleet="off", **kw)
+        got[name] = e.value
+    assert got["ray"].summary.diverged == got["local"].summary.diverged != []
+    assert str(got["ray"]).replace(str(tmp_path / "ray"), "OUT") == str(got["local"]).replace(str(tmp_path / "local"), "OUT")
+    assert _results(tmp_path / "ray") == _results(tmp_path / "local")
+    assert any(ln.startswith("[diverged] train CifarResNet diverged: the loss is NaN/inf") for ln in lines)
+
+
 # --------------------------------------------------------------------------- steps as tasks
 
 
