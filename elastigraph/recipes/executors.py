@@ -372,6 +372,20 @@ class RayExecutor(Executor):
                 where = f"at address {self.address!r}" if self.address else "locally"
                 raise ConfigError(f"executor 'ray': could not start or join Ray {where}: {e}") from None
             self._started = True
+        try:
+            self._check_cluster(ex)
+        except BaseException:
+            self.stop()  # a Ray started here for nothing does not outlive the refusal
+            raise
+        self._task = ray.remote(_ray_step)
+        threads = torch.get_num_threads()
+        ex.log(f"[info] Ray: {self._cpus:g} CPU(s), {self._gpus:g} GPU(s); each step a task with {threads} CPU(s)"
+               f"{', each training one GPU' if ex._cuda() else ''}, retried up to {self.max_retries} time(s)")
+
+    def _check_cluster(self, ex: "Execution") -> None:
+        """The cluster can run every step: enough CPUs for one, a GPU where trainings need one."""
+        import ray
+
         res = ray.cluster_resources()
         self._cpus, self._gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
         self._joined = True
@@ -383,9 +397,6 @@ class RayExecutor(Executor):
         if ex._cuda() and not self._gpus:
             raise ConfigError(f"executor 'ray': recipe {ex.recipe.name!r} trains on CUDA (device "
                               f"{ex.recipe.device!r}) but the cluster has no GPU; set device: cpu or add GPU nodes")
-        self._task = ray.remote(_ray_step)
-        ex.log(f"[info] Ray: {self._cpus:g} CPU(s), {self._gpus:g} GPU(s); each step a task with {threads} CPU(s)"
-               f"{', each training one GPU' if ex._cuda() else ''}, retried up to {self.max_retries} time(s)")
 
     def stop(self) -> None:
         self._task = None
