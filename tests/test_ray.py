@@ -81,13 +81,12 @@ def tiny_local(tmp_path_factory):
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
 @pytest.mark.parametrize("name", SMOKE)
 def test_shipped_smoke_recipes_through_ray_give_the_local_records(ray_local, name, tmp_path):
-    """The records of the local run: the golden reference where this machine made it
-    (torch, CPU, one thread), else a local run made here."""
+    """The records of the local run: the golden reference (tests/test_golden.py) where it
+    applies (the same torch, the CPU, one thread), else a local run made here."""
     ref = json.loads(GOLDEN.read_text())
-    from elastigraph.recipes import load_recipe as load
-
     stem = name.split(":", 1)[1]
-    run_recipe(load(ROOT / "recipes" / f"{stem}.yaml", smoke=True), tmp_path / "ray", executor="ray", fleet="off")
+    run_recipe(load_recipe(ROOT / "recipes" / f"{stem}.yaml", smoke=True), tmp_path / "ray", executor="ray",
+               fleet="off")
     got = comparable(_records(tmp_path / "ray"))
     golden = (torch.__version__.split("+")[0] == ref["torch"].split("+")[0] and not torch.cuda.is_available()
               and torch.get_num_threads() == ref["threads"])
