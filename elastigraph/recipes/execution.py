@@ -279,7 +279,7 @@ class Steps:
             return self._skip(sid, label)
         # The per-step lock: another run sharing this cache (--cache) may be computing the
         # step; wait for it, then take its result instead of computing it twice.
-        lock = self.cache.lock(sid, poll=lambda pid: self.log(f"[wait] {sid} is being computed by PID {pid}")) \
+        lock = self.cache.lock(sid, poll=lambda pid: self.log(f"[wait] {sid} is being computed by {_holder(pid)}")) \
             if self.writer else contextlib.nullcontext()
         with lock:
             done = self.cache.done(sid) if self.writer else False
@@ -562,6 +562,12 @@ class Execution(Steps):
         a thread whose steps are Ray tasks); the future's result is the number of steps
         it executed. The caller replays the piece afterwards and finds its steps done."""
         return self.executor.submit(self, method, **kw)
+
+
+def _holder(pid: str) -> str:
+    """Who holds a step's lock, for the ``[wait]`` line: this run's own side-by-side
+    pieces are threads of this process (Ray executor), others a PID."""
+    return "another piece of this run" if pid == str(os.getpid()) else f"PID {pid}"
 
 
 def _num(x: Any) -> float | None:
