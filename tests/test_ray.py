@@ -27,6 +27,7 @@ from elastigraph.errors import ConfigError, StepFailedError
 from elastigraph.recipes import load_recipe, run_recipe
 from elastigraph.recipes.cache import MARKER, step_id
 from elastigraph.recipes.execution import Execution
+from elastigraph.recipes import executors
 from elastigraph.recipes.executors import InProcess, LocalPool, RayExecutor, make_executor
 
 HAVE_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() or bool(
@@ -180,7 +181,7 @@ def _probe(tmp_path: Path, **kw) -> Execution:
     return ex
 
 
-def test_a_step_reads_its_inputs_through_ray_and_never_writes_the_cache(ray_local, tmp_path):
+def test_a_step_reads_its_inputs_through_ray_and_never_writes_the_cache(ray_local, tmp_path, monkeypatch):
     ex = _probe(tmp_path, max_retries=0)
     cache = str(ex.cache.root)
 
@@ -199,6 +200,13 @@ def test_a_step_reads_its_inputs_through_ray_and_never_writes_the_cache(ray_loca
 
     b = ex.step("probe", {"n": 2}, {"prev": a}, second, label="second")
     assert b.result["read"] == "from the first step" and not b.result["from"].startswith(cache)
+    # inputs put into the object store are kept for the last KEPT_INPUTS steps only; an
+    # evicted one is put again when a later step reads it
+    monkeypatch.setattr(executors, "KEPT_INPUTS", 1)
+    c = ex.step("probe", {"n": 4}, {"prev": b}, lambda d: {}, label="evicts a")
+    assert list(ex.executor._refs) == [b.id]
+    c = ex.step("probe", {"n": 5}, {"prev": a}, second, label="puts a again")
+    assert list(ex.executor._refs) == [a.id] and c.result["read"] == "from the first step"
     # a step that reads a step it did not declare as an input fails on the worker (no
     # silent read of the driver's folder, which a real cluster's nodes do not have)
     with pytest.raises(StepFailedError, match=r"probe-\w+ \(undeclared\) failed on Ray 1 time\(s\).*FileNotFoundError"):

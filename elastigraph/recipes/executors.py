@@ -45,6 +45,9 @@ EXECUTORS = ("local", "ray")
 """The names ``elastigraph run --executor`` and ``run_recipe(executor=...)`` accept."""
 
 RAY_INSTALL = "pip install 'elastigraph[ray]'"
+KEPT_INPUTS = 64
+"""How many steps' files the Ray executor keeps in the object store for the next tasks
+that read them (a dense run's rewind weights feed every IMP level and baseline)."""
 
 
 class Executor:
@@ -428,13 +431,17 @@ class RayExecutor(Executor):
         return str(device).startswith("cuda")
 
     def _ref(self, rec: StepRecord) -> Any:
-        """The object-store copy of ``rec``'s files (put once per run)."""
+        """The object-store copy of ``rec``'s files: put once, kept for the :data:`KEPT_INPUTS`
+        steps used last (Ray frees an object once no ref and no pending task holds it)."""
         import ray
 
         with self._lock:
-            ref = self._refs.get(rec.id)
+            ref = self._refs.pop(rec.id, None)
             if ref is None:
-                ref = self._refs[rec.id] = ray.put(_step_files(rec.dir))
+                ref = ray.put(_step_files(rec.dir))
+            self._refs[rec.id] = ref  # most recently used last
+            while len(self._refs) > KEPT_INPUTS:
+                del self._refs[next(iter(self._refs))]
             return ref
 
     def compute(self, ex: "Steps", sid: str, fn: Callable[[Path], dict[str, Any]], d: Path,
