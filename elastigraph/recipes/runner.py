@@ -545,6 +545,11 @@ class Runner(Stages):
         requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors",
                                    0 if target.start_at_step_zero else k,
                                    f"retrain transferred {name} level={lv} seed={seed}", dataset=target.dataset)]
+        if self.executor.parallel and len(per_level) > 1:  # the baselines' masks side by side, replayed below
+            pieces = [self._submit("_baseline_piece", name=b.name, target=target, seed=seed, lv=lv, tr=tr,
+                                   tgt_dense=tgt_dense, tgt_levels=tgt_levels) for b in per_level]
+            for p in pieces:
+                self.executed += p.result()
         pending = [self._baseline_or_skip(b, target, seed, lv, tr, tgt_dense, tgt_levels) for b in per_level]
         requests += [q for q in pending if isinstance(q, RetrainRequest)]
         trained = iter(self.retrain_many(requests))
@@ -567,6 +572,12 @@ class Runner(Stages):
         if r.analyses:
             self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if lv <= len(tgt_levels) else None, tgt_dense)
         return out
+
+    def _baseline_piece(self, name: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord,
+                        tgt_dense: StepRecord | None, tgt_levels: list[StepRecord]) -> None:
+        """Baseline ``name``'s steps before its retrain (its mask; the sparsity-matched IMP
+        ticket) beside the level's other baselines; the caller replays it."""
+        self._baseline_or_skip(baselines.get(name), target, seed, lv, tr, tgt_dense, tgt_levels)
 
     def _baseline_or_skip(self, b: Any, target: TargetSpec, seed: int, lv: int, tr: StepRecord,
                           tgt_dense: StepRecord | None, tgt_levels: list[StepRecord]) -> "RetrainRequest | StepRecord | None":
