@@ -4,7 +4,8 @@ Two things vary between them, and nothing else does (a step's id, files and numb
 the same whichever ran it):
 
 - :meth:`Executor.submit`: running a piece of the protocol (a whole seed, a target's own
-  IMP chain, a target, one of its levels, one retrain of a level) beside the caller, which
+  IMP chain, a target, one of its levels, a baseline's mask, one retrain of a level) beside
+  the caller, which
   later replays it and finds its steps in the cache;
 - :meth:`Executor.compute`: computing one step's files and result into its cache folder.
 
