@@ -5,8 +5,7 @@ the same whichever ran it):
 
 - :meth:`Executor.submit`: running a piece of the protocol (a whole seed, a target's own
   IMP chain, a target, one of its levels, a baseline's mask, one retrain of a level) beside
-  the caller, which
-  later replays it and finds its steps in the cache;
+  the caller, which later replays it and finds its steps in the cache;
 - :meth:`Executor.compute`: computing one step's files and result into its cache folder.
 
 :class:`InProcess` does everything in this process, one step after another.
