@@ -1,10 +1,12 @@
-"""Whole-recipe wall clock with and without fleets / worker processes.
+"""Whole-recipe wall clock with and without fleets / worker processes / Ray.
 
     python benchmarks/recipe_speed.py --smoke                      # the smoke of fmnist_elth_stretch
     python benchmarks/recipe_speed.py --set seeds=[0,1] --set prune.rounds=1 --set train.epochs=1
+    python benchmarks/recipe_speed.py --smoke --configs off:1 off:2 off:ray   # Ray: pip install 'elastigraph[ray]'
 
-Each configuration (``--configs``: ``fleet:workers`` pairs, default ``off:1 off:2 on:1``)
-runs ``python -m elastigraph run RECIPE ...`` into a fresh folder, timed from process
+Each configuration (``--configs``: ``fleet:workers`` pairs, default ``off:1 off:2 on:1``;
+``workers`` = ``ray`` runs with ``--executor ray`` on a Ray the run starts on this machine,
+its start-up included) runs ``python -m elastigraph run RECIPE ...`` into a fresh folder, timed from process
 start to exit (imports, dataset loading and the report included). Each run's
 results.json records are compared with the first configuration's: ``identical`` counts
 records equal in every field, ``max_acc_diff`` is the largest test-accuracy difference.
@@ -38,15 +40,16 @@ def main(argv: list[str] | None = None) -> dict:
         for i, conf in enumerate(args.configs):
             fleet, workers = conf.split(":")
             out = Path(tmp) / f"run{i}"
-            cmd = [sys.executable, "-m", "elastigraph", "run", args.recipe, "--out", str(out), "-q",
-                   "--fleet", fleet, "--workers", workers] + (["--smoke"] if args.smoke else [])
+            cmd = [sys.executable, "-m", "elastigraph", "run", args.recipe, "--out", str(out), "-q", "--fleet", fleet]
+            cmd += ["--executor", "ray"] if workers == "ray" else ["--workers", workers]
+            cmd += ["--smoke"] if args.smoke else []
             for s in args.sets:
                 cmd += ["--set", s]
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             t0 = time.perf_counter()
             p = subprocess.run(cmd, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0
-            row = {"fleet": fleet, "workers": int(workers), "wall_s": round(wall, 1), "rc": p.returncode}
+            row = {"fleet": fleet, "workers": workers if workers == "ray" else int(workers), "wall_s": round(wall, 1), "rc": p.returncode}
             if p.returncode != 0:
                 row["error"] = p.stderr[-500:]
             else:

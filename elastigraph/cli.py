@@ -428,6 +428,9 @@ def run(
     wait: bool = typer.Option(False, "--wait", help="If another run holds OUT, wait for it instead of exiting."),
     fleet: str = typer.Option("auto", "--fleet", help="Train a level's retrains together as one fleet: auto (on CUDA), on, off."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for independent steps (default: one per GPU or core when trainings are long enough; 1 = none)."),
+    executor: str = typer.Option("local", "--executor", help="Where steps run: local (this machine: this process and --workers) or ray (every step a task on a Ray cluster; the driver writes the cache; needs pip install 'elastigraph\\[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: the cluster to join, e.g. auto (the one `ray start` made on this machine) or HEAD_IP:6379 (default: RAY_ADDRESS or a `ray start` cluster here, else a new local Ray)."),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", min=0, help="With --executor ray: how often a failed step's task is run again before the run stops naming it (default 2)."),
 ) -> None:
     """Run RECIPE (resumable: finished steps are skipped); writes OUT/results.json, CSV and plots.
     One run per OUT at a time (a second one exits naming the first one's PID, or waits with --wait)."""
@@ -436,10 +439,13 @@ def run(
     from .report import load_results, summary_table
     from .train import rich_progress
 
+    from .recipes.executors import make_executor
+
     if out is not None:
         _out_path(out, folder=True)
     if cache is not None:
         _out_path(cache, "--cache", folder=True)
+    ex = make_executor(executor, workers=workers, address=address, max_retries=max_retries)  # bad options: one line
     r = load_recipe(recipe, smoke=smoke, overrides=set_)
     if check:
         console.print(f"{recipe}: valid recipe {r.name!r} ({len(r.targets)} target(s), {len(r.seeds)} seed(s))", markup=False)
@@ -448,7 +454,7 @@ def run(
     log_console = err_console if as_json else console
     log = None if quiet else (lambda s: log_console.print(s, markup=False, highlight=False, soft_wrap=True))
     progress = None if (quiet or as_json) else (lambda label: rich_progress(label, console=log_console))
-    summary = run_recipe(r, out_dir, log=log, progress=progress, cache=cache, wait=wait, fleet=fleet, workers=workers)
+    summary = run_recipe(r, out_dir, log=log, progress=progress, cache=cache, wait=wait, fleet=fleet, executor=ex)
     if summary.results_path is None:  # not rank 0 under torchrun
         return
     results = load_results(out_dir)

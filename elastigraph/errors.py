@@ -1,6 +1,7 @@
 """Exceptions a user can cause. Each message names the model, tensor or key at fault
 and says what would work; all are ValueError/TypeError subclasses so callers that
-catch the builtins keep working."""
+catch the builtins keep working -- but for :class:`StepFailedError`, a step that kept
+failing on a cluster (a RuntimeError: nothing in the user's input was wrong)."""
 
 
 class ElastigraphError(Exception):
@@ -85,3 +86,10 @@ class DivergedError(ElastigraphError, ValueError):
     run's :class:`~elastigraph.recipes.runner.RunSummary`."""
 
     summary = None
+
+
+class StepFailedError(ElastigraphError, RuntimeError):
+    """A recipe step failed on every attempt the executor allowed (``--executor ray``: the
+    task and its ``max_retries`` retries; a lost node, a crashed worker, an exception);
+    the message names the step and its last error. Finished steps stay in the driver's
+    cache: running the recipe again resumes from there."""

@@ -1,9 +1,10 @@
 """How a recipe's steps run: each stage is a cached step (:mod:`elastigraph.recipes.cache`)
 named by the hash of its settings and its inputs' ids, computed under its lock, with the
 ranks of a ``torchrun`` job agreeing on every done/not-done decision (only rank 0
-writes); the data a step trains on; and how independent retrain steps are spread --
-as one fleet (:func:`elastigraph.train.fleet.train_fleet`, ``fleet="auto"``: on CUDA) or
-over a pool of worker processes, each pinned to its share of the cores (or one GPU).
+writes); the data a step trains on; and how independent work is spread -- a level's
+retrains as one fleet (:func:`elastigraph.train.fleet.train_fleet`, ``fleet="auto"``: on
+CUDA), and pieces of the protocol and the steps themselves on an executor
+(:mod:`elastigraph.recipes.executors`: this process, local worker processes, or Ray).
 
 :class:`Execution` is the machinery the protocol (:class:`~elastigraph.recipes.runner.Runner`)
 stands on; nothing here knows the E-LTH protocol. A step's id never depends on how it ran.
@@ -12,6 +13,7 @@ stands on; nothing here knows the E-LTH protocol. A step's id never depends on h
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -31,6 +33,7 @@ from ..errors import ConfigError
 from ..train.tasks import Task, get_task, task_of_data
 from ..train.text import is_text_dataset
 from .cache import StepCache, StepRecord, load_tensors, save_tensors, step_id
+from .executors import Executor, InProcess, RayExecutor, make_executor
 
 if TYPE_CHECKING:  # annotations only: the schema imports the baselines, which import this module
     from .schema import DatasetSpec, ModelSpec, Recipe
@@ -181,45 +184,6 @@ class RetrainRequest:
     dataset: DatasetSpec | None = None  # the target's task (None: the recipe's dataset)
 
 
-def _cores() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
-
-
-def _init_worker(counter: Any, n: int, threads: int, gpus: int) -> None:
-    """Worker start-up: take the next index; pin to that share of the cores (or one GPU)."""
-    with counter.get_lock():
-        i = counter.value
-        counter.value += 1
-    if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-    cores = _cores()
-    share = max(1, len(cores) // n)
-    mine = cores[(i * share) % len(cores):][:share] or cores
-    try:
-        os.sched_setaffinity(0, mine)
-    except (AttributeError, OSError):
-        pass
-    torch.set_num_threads(threads)
-
-
-_WORKER_RUNNERS: dict[tuple[str, str], "Execution"] = {}
-
-
-def _worker_job(cls: type, recipe: Recipe, out: str, cache: str, fleet: str, method: str, kw: dict[str, Any]) -> int:
-    """Run ``cls(recipe, ...).method(**kw)`` in a worker process (one ``cls`` instance per
-    cache, kept between jobs); returns the number of steps it executed."""
-    key = (f"{cls.__module__}.{cls.__qualname__}", cache)
-    runner = _WORKER_RUNNERS.get(key)
-    if runner is None:
-        runner = _WORKER_RUNNERS[key] = cls(recipe, out, cache=cache, fleet=fleet, workers=1)
-    before = runner.executed
-    getattr(runner, method)(**kw)
-    return runner.executed - before
-
-
 # --------------------------------------------------------------------------- execution
 
 
@@ -229,8 +193,9 @@ class Steps:
     rank for training), its id the hash of its settings and inputs."""
 
     def __init__(self, recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
-                 cache: str | Path | None = None, wait: bool = False):
+                 cache: str | Path | None = None, wait: bool = False, executor: Executor | None = None):
         self.recipe = recipe
+        self.executor = executor if executor is not None else InProcess()
         self.out = Path(out)
         self.rank, self.world = _world()
         self.cache = StepCache(Path(cache) if cache is not None else self.out / STEPS_DIR,
@@ -244,6 +209,14 @@ class Steps:
         self._data: dict[str, _Data] = {}
 
     # ----- plumbing
+
+    def _fork(self) -> "Steps":
+        """A twin of this run for a piece of it that runs beside it (in a thread): the same
+        recipe, cache, data and executor, its own counters and collected rows."""
+        twin = copy.copy(self)
+        twin.executed = twin.skipped = 0
+        twin.diverged_skips = []
+        return twin
 
     @property
     def writer(self) -> bool:
@@ -306,7 +279,7 @@ class Steps:
             return self._skip(sid, label)
         # The per-step lock: another run sharing this cache (--cache) may be computing the
         # step; wait for it, then take its result instead of computing it twice.
-        lock = self.cache.lock(sid, poll=lambda pid: self.log(f"[wait] {sid} is being computed by PID {pid}")) \
+        lock = self.cache.lock(sid, poll=lambda pid: self.log(f"[wait] {sid} is being computed by {_holder(pid)}")) \
             if self.writer else contextlib.nullcontext()
         with lock:
             done = self.cache.done(sid) if self.writer else False
@@ -319,7 +292,7 @@ class Steps:
             rec: StepRecord | None = None
             if collective or self.writer:
                 d = self.cache.prepare(sid) if self.writer else self.cache.dir(sid)  # clean folder: no leftovers
-                result = fn(d)
+                result = self.executor.compute(self, sid, fn, d, inputs, label=label, training=collective)
                 result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
                 if self.writer:
                     rec = self.cache.finish(sid, kind, settings, ids, result)
@@ -401,8 +374,8 @@ class Steps:
         return "bf16-autocast"
 
     def _cuda(self) -> bool:
-        dev = self.recipe.device
-        return torch.cuda.is_available() and (dev in (None, "auto") or str(dev).startswith("cuda"))
+        """Whether this run's trainings run on CUDA (where the executor runs them)."""
+        return self.executor.cuda(self.recipe.device)
 
     @contextlib.contextmanager
     def _divergence_log(self) -> Iterator[None]:
@@ -428,21 +401,25 @@ class Steps:
 
 
 class Execution(Steps):
-    """:class:`Steps` plus the scheduling of independent retrain steps: as one fleet
-    (``fleet``: ``auto`` = on CUDA, ``on``, ``off``) or over ``workers`` worker processes
-    (``None``: chosen from the hardware and the training length); the protocol
-    subclasses it."""
+    """:class:`Steps` plus the scheduling of independent work: a level's retrain steps as
+    one fleet (``fleet``: ``auto`` = on CUDA, ``on``, ``off``), and pieces of the protocol
+    beside each other on an executor (:mod:`elastigraph.recipes.executors`: ``"local"``,
+    in this process or over ``workers`` worker processes, ``None`` = chosen from the
+    hardware and the training length; ``"ray"``, every step a task on the Ray cluster at
+    ``address``, a failed one retried ``max_retries`` times); the protocol subclasses it."""
 
     def __init__(self, recipe: Recipe, out: str | Path, *, fleet: str = "auto", workers: int | None = None,
+                 executor: str | Executor = "local", address: str | None = None, max_retries: int | None = None,
                  **kw: Any):
         if fleet not in FLEET_MODES:
             raise ConfigError(f"fleet={fleet!r}: use one of {FLEET_MODES}")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise ConfigError(f"workers={workers}: use a number >= 1, or None to choose automatically")
-        super().__init__(recipe, out, **kw)
+        ex = make_executor(executor, workers=workers, address=address, max_retries=max_retries)
+        if isinstance(ex, RayExecutor) and fleet == "on":
+            raise ConfigError("fleet='on' trains a level's retrains together in one process; with executor 'ray' "
+                              "every training is its own task: use fleet 'auto' or 'off'")
+        super().__init__(recipe, out, executor=ex, **kw)
         self.fleet = fleet
         self.workers = workers
-        self._pool: Any = None
 
     # ----- retrain steps: alone, as fleets, or in worker processes
 
@@ -506,7 +483,7 @@ class Execution(Steps):
                     for i, rec in zip(idx, recs):
                         out[i] = rec
             todo.sort()
-        if self._pool is not None and len(todo) > 1:
+        if self.executor.parallel and len(todo) > 1:
             futures = {i: self._submit("retrain_many", requests=[requests[i]]) for i in todo
                        if not self.cache.done(step_id(*self._key_ids(requests[i])))}
             for i in todo:
@@ -571,62 +548,26 @@ class Execution(Steps):
             out.append(self.cache.load(sid))
         return out
 
-    # ----- fleets and workers
+    # ----- fleets and executors
 
     def _fleets_on(self) -> bool:
         """Fleets train where they pay: on a GPU (``auto``), or when asked (``on``);
-        never under torchrun."""
-        if self.world > 1 or self.fleet == "off":
+        never under torchrun, nor on Ray (every training is its own task there)."""
+        if self.world > 1 or self.fleet == "off" or isinstance(self.executor, RayExecutor):
             return False
         return self.fleet == "on" or self._cuda()
 
-    def _auto_workers(self) -> int:
-        """One worker per GPU on CUDA, per core on a CPU; 1 when the trainings are so
-        short (< 50 steps) that starting processes would cost more than it saves."""
-        from ..train import total_steps
-
-        if self.world > 1:
-            return 1
-        if total_steps(self._config(0), len(self.data().train)) < 50:
-            return 1
-        if self._cuda():
-            return max(1, torch.cuda.device_count())
-        return max(1, min(8, len(_cores())))
-
-    def _start_pool(self) -> None:
-        n = self.workers if self.workers is not None else self._auto_workers()
-        if n <= 1 or self.world > 1:
-            return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = mp.get_context("spawn")
-        counter = ctx.Value("i", 0)
-        cuda = self._cuda()
-        gpus = torch.cuda.device_count() if cuda else 0
-        threads = max(1, torch.get_num_threads() // n)
-        # the thread count is part of every training step's key (CPU results depend on it):
-        # the parent computes steps' ids and trains some steps itself, so it uses the
-        # workers' count too -- a step's id and result do not depend on where it ran
-        self._parent_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        self._pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                         initargs=(counter, n, threads, gpus))
-        self.log(f"[info] {n} worker processes ({'one GPU each' if gpus else f'{threads} thread(s) each, pinned'})")
-
-    def _stop_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            if getattr(self, "_parent_threads", None):
-                torch.set_num_threads(self._parent_threads)
-                self._parent_threads = None
-
     def _submit(self, method: str, **kw: Any) -> Future:
-        """Run ``self.<method>(**kw)`` in a worker process (an instance of this class
-        there); the future's result is the number of steps it executed."""
-        return self._pool.submit(_worker_job, type(self), self.recipe, str(self.out), str(self.cache.root), self.fleet,
-                                 method, kw)
+        """Run ``self.<method>(**kw)`` beside this one on the executor (a worker process, or
+        a thread whose steps are Ray tasks); the future's result is the number of steps
+        it executed. The caller replays the piece afterwards and finds its steps done."""
+        return self.executor.submit(self, method, **kw)
+
+
+def _holder(pid: str) -> str:
+    """Who holds a step's lock, for the ``[wait]`` line: this run's own side-by-side
+    pieces are threads of this process (Ray executor), others a PID."""
+    return "another piece of this run" if pid == str(os.getpid()) else f"PID {pid}"
 
 
 def _num(x: Any) -> float | None:

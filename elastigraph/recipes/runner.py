@@ -7,8 +7,9 @@ its settings and its inputs' ids, computed under its lock, agreed on by every ra
 done and ends with the same results. The baselines are registered functions
 (:mod:`elastigraph.recipes.baselines`); the retrain steps of one level (the transferred
 ticket and its baselines) go through one :meth:`Execution.retrain_many`, which trains them
-as one fleet or over worker processes where that pays (docs/benchmarks.md); with several
-seeds the workers take whole seeds. A step's id never depends on how it ran.
+as one fleet or side by side on the executor where that pays (docs/benchmarks.md); with
+several seeds, whole seeds run side by side (in local worker processes, or as threads of
+the driver whose steps are Ray tasks). A step's id never depends on how it ran.
 """
 
 from __future__ import annotations
@@ -351,6 +352,11 @@ class Runner(Stages):
         super().__init__(recipe, out, **kw)
         self.lmc_rows: list[dict[str, Any]] = []
 
+    def _fork(self) -> "Runner":
+        twin = super()._fork()
+        twin.lmc_rows = []  # a piece's rows are collected again when the caller replays it
+        return twin
+
     # ----- the protocol
 
     def run(self) -> RunSummary:
@@ -382,17 +388,17 @@ class Runner(Stages):
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "recipe.json", r.model_dump(mode="json"))
-        self._start_pool()
+        self.executor.start(self)
         step_threads = torch.get_num_threads()  # what every step of this run trains with
         try:
-            if self._pool is not None and len(r.seeds) > 1:  # whole seeds to the workers
+            if self.executor.parallel and len(r.seeds) > 1:  # whole seeds beside each other
                 jobs = [self._submit("_run_seed", seed=seed, levels=levels, top=top, layers=[]) for seed in r.seeds]
                 for j in jobs:
                     self.executed += j.result()
             for seed in r.seeds:
                 records += self._run_seed(seed, levels, top, layers)
         finally:
-            self._stop_pool()
+            self.executor.stop()
         summary = RunSummary(self.out, self.executed, self.skipped, [x.to_dict() for x in records])
         if self.writer:
             task = TaskInfo.of(self.task)
@@ -444,14 +450,17 @@ class Runner(Stages):
         """The protocol for one seed: the source's IMP, then every target."""
         r = self.recipe
         chains = []
-        if self._pool is not None:  # the targets' own IMP/dense runs need no source: start them now
+        if self.executor.parallel:  # the targets' own IMP/dense runs need no source: start them now
             seen = set()
             for i, t in enumerate(r.targets):
                 if t.model.label not in seen:
                     seen.add(t.model.label)
                     chains.append(self._submit("_target_chain", target=t, seed=seed, top=top))
         src_dense, src_levels = self.imp_levels(r.source, seed, r.prune.rounds, "source", r.source_name)
-        for c in chains:
+        if self.executor.parallel and len(r.targets) > 1:  # every target's transfers and retrains side by side
+            chains += [self._submit("_target", target=t, seed=seed, levels=levels, top=top, src_dense=src_dense,
+                                    src_levels=src_levels, layers=[]) for t in r.targets]
+        for c in chains:  # then replayed in order below: their steps come from the cache
             self.executed += c.result()
         records = []
         for lv, rec in [(0, src_dense)] + list(enumerate(src_levels, 1)):
@@ -481,12 +490,16 @@ class Runner(Stages):
         """Transfer every level's ticket to ``target``, retrain it, and run each baseline of
         the recipe against it (one registered function per baseline and level; the
         target's own tickets, ``reference`` baselines, are recorded first)."""
-        r = self.recipe
-        listed = [baselines.get(b) for b in r.baselines]
-        per_level = [b for b in listed if not b.once and b.reference] + [b for b in listed if not b.once and not b.reference]
+        listed = [baselines.get(b) for b in self.recipe.baselines]
+        per_level = self._per_level()
         tgt_dense, tgt_levels = self._target_runs(target, seed, top)
         out: list[Record] = []
         name, model = target.name, target.model.label
+        if self.executor.parallel and len(levels) > 1:  # the levels side by side, then replayed below
+            pieces = [self._submit("_level_piece", target=target, seed=seed, lv=lv, src_dense=src_dense,
+                                   src_levels=src_levels, tgt_dense=tgt_dense, tgt_levels=tgt_levels) for lv in levels]
+            for p in pieces:
+                self.executed += p.result()
         for b in listed:
             if b.once:
                 rec = b.fn(baselines.Level(self, b, target, seed, 0, None, tgt_dense, tgt_levels))
@@ -499,6 +512,20 @@ class Runner(Stages):
             except StepDiverged as e:
                 self._skipped_diverged(f"{name} level={lv} seed={seed}: {e}")
         return out
+
+    def _per_level(self) -> list:
+        """The recipe's baselines that run at every level, the ``reference`` ones first."""
+        listed = [baselines.get(b) for b in self.recipe.baselines]
+        return [b for b in listed if not b.once and b.reference] + [b for b in listed if not b.once and not b.reference]
+
+    def _level_piece(self, target: TargetSpec, seed: int, lv: int, src_dense: StepRecord, src_levels: list[StepRecord],
+                     tgt_dense: StepRecord | None, tgt_levels: list[StepRecord]) -> None:
+        """Level ``lv`` of :meth:`_target` run beside the others (its steps land in the cache;
+        the caller replays it for the records)."""
+        try:
+            self._target_level(target, seed, lv, src_dense, src_levels, tgt_dense, tgt_levels, [], self._per_level())
+        except StepDiverged:
+            pass  # the replay logs it
 
     def _target_level(
         self, target: TargetSpec, seed: int, lv: int, src_dense: StepRecord, src_levels: list[StepRecord],
@@ -519,6 +546,11 @@ class Runner(Stages):
         requests = [RetrainRequest(target.model, seed, tr, tr, "weights.safetensors",
                                    0 if target.start_at_step_zero else k,
                                    f"retrain transferred {name} level={lv} seed={seed}", dataset=target.dataset)]
+        if self.executor.parallel and len(per_level) > 1:  # the baselines' masks side by side, replayed below
+            pieces = [self._submit("_baseline_piece", name=b.name, target=target, seed=seed, lv=lv, tr=tr,
+                                   tgt_dense=tgt_dense, tgt_levels=tgt_levels) for b in per_level]
+            for p in pieces:
+                self.executed += p.result()
         pending = [self._baseline_or_skip(b, target, seed, lv, tr, tgt_dense, tgt_levels) for b in per_level]
         requests += [q for q in pending if isinstance(q, RetrainRequest)]
         trained = iter(self.retrain_many(requests))
@@ -541,6 +573,12 @@ class Runner(Stages):
         if r.analyses:
             self._analyses(target, seed, lv, tr, tgt_levels[lv - 1] if lv <= len(tgt_levels) else None, tgt_dense)
         return out
+
+    def _baseline_piece(self, name: str, target: TargetSpec, seed: int, lv: int, tr: StepRecord,
+                        tgt_dense: StepRecord | None, tgt_levels: list[StepRecord]) -> None:
+        """Baseline ``name``'s steps before its retrain (its mask; the sparsity-matched IMP
+        ticket) beside the level's other baselines; the caller replays it."""
+        self._baseline_or_skip(baselines.get(name), target, seed, lv, tr, tgt_dense, tgt_levels)
 
     def _baseline_or_skip(self, b: Any, target: TargetSpec, seed: int, lv: int, tr: StepRecord,
                           tgt_dense: StepRecord | None, tgt_levels: list[StepRecord]) -> "RetrainRequest | StepRecord | None":
@@ -599,12 +637,19 @@ def _zero_share(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tens
 def run_recipe(
     recipe: Recipe, out: str | Path, *, log: Log | None = None, progress: ProgressFactory | None = None,
     cache: str | Path | None = None, wait: bool = False, fleet: str = "auto", workers: int | None = None,
+    executor: str | Any = "local", address: str | None = None, max_retries: int | None = None,
 ) -> RunSummary:
     """Run ``recipe`` into directory ``out`` (resumable; see :class:`Runner`). ``cache``:
     a step cache folder shared with other runs (default ``out/steps``); ``wait``: queue
     behind another run holding ``out`` instead of failing. ``fleet``: ``"auto"`` (fleets
     on CUDA), ``"on"`` or ``"off"``; ``workers``: parallel worker processes (``None``: one
-    per GPU or core when the trainings are long enough to pay for them; ``1``: none)."""
+    per GPU or core when the trainings are long enough to pay for them; ``1``: none).
+    ``executor``: ``"local"`` (this machine: this process and the ``workers``) or ``"ray"``
+    (every step a task on the Ray cluster at ``address``: ``"auto"``, the cluster ``ray
+    start`` made on this machine; default, a Ray already initialised in this process, else
+    ``ray.init()``'s own choice), a failed task retried ``max_retries`` times (default 2), or an
+    :class:`~elastigraph.recipes.executors.Executor`. The records are the same whichever
+    runs the steps (with the same torch thread count and device)."""
     if not isinstance(recipe, Recipe):
         from ..errors import RecipeError
 
@@ -614,4 +659,4 @@ def run_recipe(
     if cache is not None and (isinstance(cache, bool) or not isinstance(cache, (str, os.PathLike))):
         raise ConfigError(f"run_recipe cache must be a folder path, got {cache!r}")
     return Runner(copy.deepcopy(recipe), out, log=log, progress=progress, cache=cache, wait=wait,
-                  fleet=fleet, workers=workers).run()
+                  fleet=fleet, workers=workers, executor=executor, address=address, max_retries=max_retries).run()
