@@ -447,6 +447,29 @@ def _as_mask(mask: Mapping[str, torch.Tensor], where: str) -> Mask:
     return out
 
 
+def mask_file_header(keys: list[str], sparsity_: float, metadata: Mapping[str, Any] | None,
+                     path: Any = "") -> dict[str, str]:
+    """The safetensors metadata of a mask file (format, version, sparsity, key order, the
+    user's ``metadata`` as JSON): what :func:`save_mask` writes, for writers that stream a
+    mask file tensor by tensor (:func:`elastigraph.transfer_folder`)."""
+    header = {
+        _META_FORMAT: "mask",
+        _META_VERSION: str(MASK_FORMAT_VERSION),
+        _META_SPARSITY: repr(float(sparsity_)),
+        _META_KEYS: json.dumps(list(keys)),
+    }
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise MaskTypeError(f"metadata for mask file {path} must be a dict, got {type(metadata).__name__}")
+        try:
+            header[_META_USER] = json.dumps(dict(metadata), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise MaskTypeError(
+                f"metadata for mask file {path} must be JSON-serialisable (str, numbers, lists, dicts): {e}"
+            ) from e
+    return header
+
+
 def save_mask(
     mask: Mapping[str, torch.Tensor],
     path: str | os.PathLike[str],
@@ -458,21 +481,7 @@ def save_mask(
     a temporary file in the same folder is renamed over ``path`` only when complete."""
     path = _as_path(path, "save_mask path")
     m = _as_mask(mask, f"mask to save to {path}")
-    header = {
-        _META_FORMAT: "mask",
-        _META_VERSION: str(MASK_FORMAT_VERSION),
-        _META_SPARSITY: repr(sparsity(m)),
-        _META_KEYS: json.dumps(list(m)),
-    }
-    if metadata is not None:
-        if not isinstance(metadata, Mapping):
-            raise MaskTypeError(f"metadata for mask file {path} must be a dict, got {type(metadata).__name__}")
-        try:
-            header[_META_USER] = json.dumps(dict(metadata), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise MaskTypeError(
-                f"metadata for mask file {path} must be JSON-serialisable (str, numbers, lists, dicts): {e}"
-            ) from e
+    header = mask_file_header(list(m), sparsity(m), metadata, path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write mask file {path}: folder {path.parent} does not exist")
     from .io import atomic_write

@@ -60,6 +60,10 @@ def test_streamed_stretch_equals_the_in_memory_transfer(src_folder, tmp_path, kw
         assert all(_core.is_n_m(m, 2, 4) for m in mask.values())
     info = json.loads((out / hf_folder.INFO_FILE).read_text())
     assert info["metadata"] == {"run": "t"} and info["plan"] == ticket.plan.to_dict()
+    sp = ticket.sparsity()
+    assert info["sparsity"]["source"] == pytest.approx(sp["src"]) and info["sparsity"]["target"] == pytest.approx(sp["dst"])
+    head = masks.mask_metadata(out / hf_folder.MASK_FILE)  # the streamed header, rewritten at the end
+    assert head["sparsity"] == pytest.approx(sp["dst"]) and head["metadata"]["run"] == "t"
     model, m2 = hf_folder.load_pretrained(out)  # the library's own reader checks the zeros
     assert all(torch.equal(m2[k], mask[k]) for k in mask)
     with torch.no_grad():  # (ref itself was cast to bf16 whole, its rotary buffer too: not comparable)
@@ -75,3 +79,58 @@ def test_bad_arguments(src_folder, tmp_path):
     (tmp_path / "full" / "a.txt").write_text("x")
     with pytest.raises(OutputPathError):
         transfer_folder(src_folder, tmp_path / "full", num_hidden_layers=6)
+
+
+def _stream_and_compare(src_folder, out, layers, mask, **kw):
+    """transfer_folder(mask=...) against the in-memory transfer of the same mask."""
+    transfer_folder(src_folder, out, num_hidden_layers=layers, mask=mask, **kw)
+    src = transformers.AutoModelForCausalLM.from_pretrained(str(src_folder), torch_dtype=torch.bfloat16)
+    given = masks.load_mask(mask) if not isinstance(mask, dict) else mask
+    cfg = transformers.AutoConfig.from_pretrained(str(src_folder))
+    cfg.num_hidden_layers = layers
+    dst = transformers.AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+    ticket = eg.transfer(src, given, dst)
+    want = ticket.apply(dst, dense=True).state_dict()
+    model, got_mask = hf_folder.load_pretrained(out)
+    got = model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert got_mask.keys() == ticket.mask.keys() and all(torch.equal(got_mask[k], ticket.mask[k]) for k in got_mask)
+    return ticket, got_mask
+
+
+def test_a_wanda_2_4_mask_file_streams_into_a_deeper_folder(src_folder, tmp_path):
+    """Wanda needs the model and data, so it is computed in memory; its mask file then
+    drives the streamed transfer (read one tensor at a time), and every copied layer
+    keeps the 2:4 pattern."""
+    from elastigraph.train.data import load_dataset
+
+    ds = load_dataset("pystdlib?seq_len=32", split="train", limit=8)
+    src = transformers.AutoModelForCausalLM.from_pretrained(str(src_folder), torch_dtype=torch.float32)
+    m = prune.wanda(src, [(ds.x[:4].long(), ds.y[:4].long())], n_m="2:4")
+    masks.save_mask(m, tmp_path / "wanda.safetensors")
+    _t, got = _stream_and_compare(src_folder, tmp_path / "out", 6, tmp_path / "wanda.safetensors", shard_bytes=1)
+    assert all(_core.is_n_m(v, 2, 4) for v in got.values())
+    # shard_bytes=1: one tensor a shard, each still whole
+    assert len(list((tmp_path / "out").glob("model-*-of-*.safetensors"))) == len(
+        json.loads((tmp_path / "out" / INDEX_FILE).read_text())["weight_map"])
+
+
+def test_a_given_mask_dict_squeezes(src_folder, tmp_path):
+    src = transformers.AutoModelForCausalLM.from_pretrained(str(src_folder), torch_dtype=torch.bfloat16)
+    m = prune.random(src, 0.7, seed=3)
+    ticket, _ = _stream_and_compare(src_folder, tmp_path / "out", 2, m)
+    info = json.loads((tmp_path / "out" / hf_folder.INFO_FILE).read_text())
+    assert info["num_hidden_layers"] == 2 and info["sparsity"]["source"] == pytest.approx(masks.sparsity(m))
+    assert info["sparsity"]["target"] == pytest.approx(ticket.sparsity()["dst"])
+
+
+def test_mask_file_of_another_model_and_n_m_misfit_are_refused_before_writing(src_folder, tmp_path):
+    from elastigraph.errors import MaskError
+
+    masks.save_mask({"model.layers.0.mlp.up_proj.weight": torch.ones(3, 3, dtype=torch.bool)}, tmp_path / "m.safetensors")
+    with pytest.raises(MaskError, match="up_proj"):
+        transfer_folder(src_folder, tmp_path / "x", num_hidden_layers=6, mask=tmp_path / "m.safetensors")
+    with pytest.raises(ConfigError, match="not a multiple of M=5"):
+        transfer_folder(src_folder, tmp_path / "y", num_hidden_layers=6, n_m="2:5")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
