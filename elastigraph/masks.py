@@ -399,7 +399,7 @@ def copy_model(model: nn.Module) -> nn.Module:
 def density(mask: Mapping[str, torch.Tensor]) -> float:
     """Fraction of entries kept over all tensors of ``mask`` (1.0 for an empty mask)."""
     total = sum(t.numel() for t in mask.values())
-    kept = sum(int(t.sum()) for t in mask.values())
+    kept = sum(int(torch.count_nonzero(t)) for t in mask.values())
     return kept / total if total else 1.0
 
 
@@ -804,7 +804,7 @@ def sparsity_report(
     (flagged ``in_mask=False``), in the model's parameter order."""
     if model is None:
         m = _as_mask(mask, "mask given to sparsity_report")
-        rows = [LayerSparsity(k, tuple(t.shape), t.numel(), int(t.sum())) for k, t in m.items()]
+        rows = [LayerSparsity(k, tuple(t.shape), t.numel(), int(torch.count_nonzero(t))) for k, t in m.items()]
         return SparsityReport(tuple(rows), model_name)
     m = check_mask(model, mask, model_name=model_name)
     shapes = _param_shapes(model)
@@ -814,7 +814,7 @@ def sparsity_report(
         if n not in names:
             continue
         if n in m:
-            rows.append(LayerSparsity(n, tuple(m[n].shape), m[n].numel(), int(m[n].sum())))
+            rows.append(LayerSparsity(n, tuple(m[n].shape), m[n].numel(), int(torch.count_nonzero(m[n]))))
         else:
             numel = math.prod(shapes[n])
             rows.append(LayerSparsity(n, tuple(shapes[n]), numel, numel, in_mask=False))

@@ -4,7 +4,7 @@
 it builds the source and target models on the meta device from the configs (shapes
 only), plans the transfer between them (:func:`elastigraph.transfer`), and then writes
 the target tensor by tensor: each read from the source's shards when it is needed
-(``safe_open``), its mask made from it (a global magnitude threshold found beforehand in
+(plain reads, nothing mapped), its mask made from it (a global magnitude threshold found beforehand in
 bounded memory by :func:`elastigraph.prune._core.select_rule`, or its N:M groups, or read
 from a given mask file), masked in place, and appended to the output shard and to the mask
 file, whose safetensors headers are written first (:class:`_StreamedFile`). Peak memory:
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -35,13 +36,65 @@ from .prune import _core
 INDEX_FILE = "model.safetensors.index.json"
 
 
+_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
+           torch.int64: "I64", torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32",
+           torch.float64: "F64"}
+_TORCH = {v: k for k, v in _DTYPES.items()}
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+MAX_HEADER = 100 << 20
+"""The largest safetensors header read (safetensors' own limit)."""
+
+
+class _SafetensorsFile:
+    """A safetensors file's header, and its tensors read one at a time with plain file
+    reads into a fresh tensor: nothing is mapped (``safe_open`` maps the whole file
+    writable copy-on-write, which counts as data memory, RLIMIT_DATA, however little of it
+    is read), and the tensor is the only copy, owned by the caller."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if not 2 <= n <= min(MAX_HEADER, size - 8):
+                    raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+                header = json.loads(f.read(n))
+            self.metadata = header.pop("__metadata__", None) or {}
+            self.start = 8 + n
+            self.tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+            for k, v in header.items():
+                dtype, shape, (begin, end) = v["dtype"], tuple(int(d) for d in v["shape"]), v["data_offsets"]
+                if dtype in _ITEMSIZE and (end - begin != math.prod(shape) * _ITEMSIZE[dtype] or begin < 0
+                                           or self.start + end > size):
+                    raise ValueError(f"tensor {k!r}: offsets {begin}..{end} do not hold {dtype} {shape} in the file")
+                self.tensors[k] = (dtype, shape, int(begin), int(end))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            raise ModelTypeError(f"{path} is not a readable safetensors file ({e})") from None
+
+    def read(self, key: str) -> torch.Tensor:
+        dtype, shape, begin, end = self.tensors[key]
+        if dtype not in _TORCH:
+            raise ModelTypeError(f"{key!r} in {self.path} is stored as {dtype}; streamed transfers read "
+                                 f"{sorted(_TORCH.values())}")
+        if sys.byteorder != "little":  # safetensors is little-endian
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as h:
+                return h.get_tensor(key)
+        buf = torch.empty(end - begin, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.start + begin)
+            if buf.numel() and f.readinto(memoryview(buf.numpy())) != buf.numel():
+                raise ModelTypeError(f"{self.path} ends inside tensor {key!r}")
+        return buf.view(_TORCH[dtype]).reshape(shape)
+
+
 class _Shards(Mapping[str, torch.Tensor]):
     """A folder's safetensors tensors by name, each read from disk when asked for (one
     tensor in memory at a time); ``shape``/``dtype`` come from the headers."""
 
     def __init__(self, folder: Path):
-        from safetensors import safe_open
-
         index = folder / INDEX_FILE
         if index.is_file():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -50,25 +103,16 @@ class _Shards(Mapping[str, torch.Tensor]):
         if not files:
             raise ModelTypeError(f"{folder} has no safetensors weights (model.safetensors or {INDEX_FILE})")
         self.folder = folder
-        self._where: dict[str, str] = {}
+        self._where: dict[str, _SafetensorsFile] = {}
         self._info: dict[str, tuple[str, tuple[int, ...]]] = {}
         for f in files:
-            with safe_open(str(folder / f), framework="pt") as h:
-                for k in h.keys():
-                    sl = h.get_slice(k)
-                    self._where[k] = f
-                    self._info[k] = (sl.get_dtype(), tuple(sl.get_shape()))
-
-    def _file(self, key: str):
-        from safetensors import safe_open
-
-        return safe_open(str(self.folder / self._where[key]), framework="pt")
+            h = _SafetensorsFile(folder / f)
+            for k, (dtype, shape, _b, _e) in h.tensors.items():
+                self._where[k] = h
+                self._info[k] = (dtype, shape)
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        # opened per read: a file kept open stays mapped, and every page read from it
-        # would count in the process's resident memory until the end
-        with self._file(key) as h:
-            return h.get_tensor(key)
+        return self._where[key].read(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -126,11 +170,6 @@ def _source_keys(model: torch.nn.Module, shards: _Shards) -> dict[str, str]:
     return out
 
 
-_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
-           torch.int64: "I64", torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32",
-           torch.float64: "F64"}
-
-
 class _StreamedFile:
     """One safetensors file written tensor by tensor. Its header (every name, dtype,
     shape and offset) is known before any tensor is, so it is written first and each
@@ -185,9 +224,6 @@ class _StreamedFile:
         self._f.close()
 
 
-_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-
-
 class _SourceMask:
     """The source's mask, one tensor at a time: ``keep(name, weight)`` is the bool mask
     of source tensor ``name`` (``weight``: its values, already read), made when the
@@ -216,21 +252,19 @@ class _GivenMask(_SourceMask):
     def __init__(self, mask: Any, model: torch.nn.Module, label: str):
         self._file = None
         if isinstance(mask, (str, os.PathLike)) and _masks._sniff(Path(mask)) == "safetensors":
-            from safetensors import safe_open
-
             path = Path(mask)
             _masks._bound_file(path, model, label)
             try:
-                with safe_open(str(path), framework="pt") as h:
-                    declared = {k: _masks._Declared(h.get_slice(k).get_shape()) for k in h.keys()}
-            except Exception as e:  # safetensors raises its own error types for bad headers
-                raise MaskError(f"mask file {path} is not a readable safetensors file ({e})") from e
+                self._file = _SafetensorsFile(path)
+            except ModelTypeError as e:
+                raise MaskError(str(e)) from None
+            declared = {k: _masks._Declared(v[1]) for k, v in self._file.tensors.items()}
             _masks._fits(model, declared, f"mask file {path}", label)
-            self._file, self.names = path, list(declared)
+            self.names = list(declared)
             kept = total = 0
             for n in self.names:  # read once to count (and to check every entry is 0/1)
                 m = self._read(n)
-                kept, total = kept + int(m.sum()), total + m.numel()
+                kept, total = kept + int(torch.count_nonzero(m)), total + m.numel()
             self.sparsity = 1.0 - kept / total if total else 0.0
         else:
             given = _masks.read_mask(mask, model=model, model_name=label) if isinstance(mask, (str, os.PathLike)) \
@@ -238,10 +272,12 @@ class _GivenMask(_SourceMask):
             self._dict, self.names, self.sparsity = given, list(given), _masks.sparsity(given)
 
     def _read(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(self._file), framework="pt") as h:
-            return _masks._to_bool(name, h.get_tensor(name), f"in mask file {self._file}")
+        t = self._file.read(name)
+        if t.dtype != torch.bool:
+            return _masks._to_bool(name, t, f"in mask file {self._file.path}")
+        if bool((t.view(torch.uint8) > 1).any()):  # bytes other than 0/1 are no valid bools
+            raise MaskError(f"mask entry {name!r} in mask file {self._file.path} holds bytes other than 0 and 1")
+        return t
 
     def keep(self, name, weight):
         return self._read(name) if self._file is not None else self._dict[name].clone()
@@ -285,8 +321,7 @@ class _NMMask(_SourceMask):
     def keep(self, name, weight):
         il = _core.input_last(self.model, name)
         rows = _core.as_rows(weight, il)
-        keep = _core.n_m_keep(rows.abs(), torch.ones((), dtype=torch.bool).expand(rows.shape), self.n, self.m,
-                              name=name, method="transfer_folder")
+        keep = _core.n_m_keep(rows, None, self.n, self.m, name=name, method="transfer_folder", transform=torch.abs)
         return _core.from_rows(keep, weight, il)
 
 
@@ -409,7 +444,7 @@ def transfer_folder(
                     if key in dst_masked:
                         keep = source.keep(skey, value)
                         value.masked_fill_(~keep, 0)
-                        kept += int(keep.sum())
+                        kept += int(torch.count_nonzero(keep))
                         masked += keep.numel()
                         zeros += keep.numel() - int(torch.count_nonzero(value))
                         mask_file.write(key, keep)

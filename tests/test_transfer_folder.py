@@ -134,3 +134,77 @@ def test_mask_file_of_another_model_and_n_m_misfit_are_refused_before_writing(sr
         transfer_folder(src_folder, tmp_path / "y", num_hidden_layers=6, n_m="2:5")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def write_random_llama(path, layers, shard_bytes, seed=0, **config):
+    """A random-init Llama checkpoint folder (config, bf16 safetensors shards, index),
+    written from a meta-device model one tensor at a time: never the model in memory."""
+    from safetensors.torch import save_file
+
+    cfg = transformers.LlamaConfig(**config, num_hidden_layers=layers, torch_dtype="bfloat16")
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    path.mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed)
+    shards, shard, size, total = [], {}, 0, 0
+    for k, t in model.state_dict().items():
+        v = torch.ones(t.shape) if t.dim() == 1 else torch.randn(t.shape, generator=g) * 0.02
+        v = v.to(torch.bfloat16)
+        if shard and size + 2 * v.numel() > shard_bytes:
+            shards.append(shard)
+            shard, size = {}, 0
+        shard[k] = v
+        size += 2 * v.numel()
+        total += 2 * v.numel()
+    shards.append(shard)
+    wmap = {}
+    for i, sh in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(sh, str(path / name), metadata={"format": "pt"})
+        wmap.update({k: name for k in sh})
+    (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wmap}))
+    cfg.save_pretrained(str(path))
+    return total // 2  # parameters
+
+
+def test_streams_a_checkpoint_larger_than_the_memory_limit(tmp_path):
+    """Issue 23: a Llama checkpoint of 29.9 M parameters (114 MB in fp32, written here as
+    57 MB of bf16 shards) is stretched 4 -> 6 layers, with a global magnitude mask and
+    with a 2:4 mask, by a process whose data segment may grow by 56 MB only. After
+    importing torch, transformers and elastigraph and running the same calls once on a
+    tiny checkpoint (code loaded, nothing of this model), tests/_stream_limited.py sets
+    RLIMIT_DATA (heap and private writable mappings: every tensor and Python object; not
+    read-only file mappings nor the page cache) to its data size plus 56 MB, checks that
+    the checkpoint's fp32 size can then not be allocated, and streams. (It needs about
+    40 MB: the two meta models' plan, and a few copies of the largest tensor.) The
+    results load with from_pretrained and carry their masks."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    big = dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12, num_key_value_heads=12,
+               vocab_size=1024, max_position_embeddings=256)
+    params = write_random_llama(tmp_path / "src", 4, 16 << 20, **big)
+    write_random_llama(tmp_path / "warm", 1, 1 << 16, **LLAMA)
+    budget = 56 << 20
+    assert 4 * params > 2 * budget and 2 * params > budget  # fp32 twice the limit; bf16 over it too
+    script = Path(__file__).parent / "_stream_limited.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "warm"), str(tmp_path / "src"),
+                          str(tmp_path / "out"), "6", str(budget), "magnitude", "2:4"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["binds"] and report["limit_data"] - report["base_data"] == budget
+    for kind in ("magnitude", "2:4"):
+        out = tmp_path / "out" / kind
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+        assert model.config.num_hidden_layers == 6 and model.dtype == torch.bfloat16
+        mask = masks.load_mask(out / hf_folder.MASK_FILE)
+        weights = dict(model.named_parameters())
+        assert all(not weights[n][~m].any() for n, m in mask.items())
+        if kind == "2:4":
+            assert all(_core.is_n_m(m, 2, 4) for m in mask.values())
+        else:
+            assert json.loads((out / hf_folder.INFO_FILE).read_text())["sparsity"]["source"] == pytest.approx(0.5, abs=1e-6)

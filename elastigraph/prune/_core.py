@@ -341,7 +341,7 @@ class _Selection:
                 eq = key == thr
                 if alive is not None:
                     eq &= alive
-                count = int(eq.sum())
+                count = int(torch.count_nonzero(eq))
                 if count <= left:  # every tie of this chunk is kept
                     part |= eq
                     left -= count
@@ -376,7 +376,7 @@ class KeepRule:
                 count = 0
                 for _i, alive, key, _x in sel._chunks(n):
                     eq = key == self.thr
-                    count += int((eq & alive).sum() if alive is not None else eq.sum())
+                    count += int(torch.count_nonzero(eq & alive if alive is not None else eq))
                 self.quota[n] = min(count, ties)
                 ties -= self.quota[n]
         self._left = self.ties  # for masks made in group order without quotas
@@ -503,28 +503,37 @@ def from_rows(rows: torch.Tensor, like: torch.Tensor, in_last: bool) -> torch.Te
     return (rows if in_last else rows.t()).reshape(like.shape).contiguous()
 
 
-def n_m_keep(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int, *, name: str, method: str,
-             prune_low_first: bool = False) -> torch.Tensor:
+def n_m_keep(scores: torch.Tensor, alive: torch.Tensor | None, n: int, m: int, *, name: str, method: str,
+             prune_low_first: bool = False, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> torch.Tensor:
     """The N:M mask of one ``(outputs, inputs)`` score matrix: in each run of ``m``
     consecutive inputs of a row, the ``n`` highest-scoring alive entries are kept (fewer
-    where the run has fewer alive). Ties: the lower index is kept, as a stable descending
-    sort; ``prune_low_first`` instead prunes the ``m - n`` lowest with a stable ascending
-    sort (lower index pruned first, as Wanda's reference sorts)."""
+    where the run has fewer alive; ``alive=None``: all are). Ties: the lower index is kept,
+    as a stable descending sort; ``prune_low_first`` instead prunes the ``m - n`` lowest
+    with a stable ascending sort (lower index pruned first, as Wanda's reference sorts).
+    ``transform`` (``torch.abs``) is applied to each block of rows as it is read, so no
+    score matrix the size of the tensor is made; working memory is a few bytes times
+    :data:`CHUNK`."""
     rows, cols = scores.shape
     if cols % m:
         raise ConfigError(f"{method}: {name} has {cols} inputs per output, not a multiple of M={m}; "
                           f"N:M pruning needs whole groups (leave it out with names=[...])")
     scores = scores.detach()
-    if scores.dtype not in _NARROW + (torch.float64,):
-        scores = scores.to(torch.float64)
+    wide = scores.dtype not in _NARROW + (torch.float64,)
     out = torch.empty(rows, cols, dtype=torch.bool)
-    step = max(1, (4 * CHUNK) // max(cols, 1))  # rows at a time: bounded working memory
+    step = max(1, CHUNK // max(cols, 1))  # rows at a time: bounded working memory
     for r in range(0, rows, step):
-        s = scores[r : r + step].to("cpu").reshape(-1, cols // m, m)
-        live = alive[r : r + step].reshape(-1, cols // m, m)
-        if bool(torch.isnan(s).any()) and bool(torch.isnan(s[live]).any()):
+        s = scores[r : r + step].to("cpu")
+        if transform is not None:
+            s = transform(s)
+        if wide:
+            s = s.to(torch.float64)
+        s = s.reshape(-1, cols // m, m)
+        live = None if alive is None else alive[r : r + step].reshape(-1, cols // m, m)
+        if bool(torch.isnan(s).any()) and (live is None or bool(torch.isnan(s[live]).any())):
             raise ConfigError(f"{method}: scores of {name!r} contain NaN (diverged weights?)")
-        s = s.masked_fill(~live, float("-inf"))  # already pruned: ranked last, pruned first
+        if live is not None:
+            s = s.masked_fill(~live, float("-inf"))  # already pruned: ranked last, pruned first
         # the rank of each entry in its group, as a stable sort would place it, from the
         # m pairwise comparisons (exact in the scores' own dtype; linear time, no sort)
         rank = torch.zeros(s.shape, dtype=torch.uint8)
@@ -537,7 +546,9 @@ def n_m_keep(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int, *, name:
             else:  # descending: j precedes i if s_j > s_i, or equal and j < i
                 rank += ((sj > s) | ((sj == s) & before)).to(torch.uint8)
         keep = rank >= m - n if prune_low_first else rank < n
-        out[r : r + step] = (keep & live).reshape(-1, cols)
+        if live is not None:
+            keep &= live
+        out[r : r + step] = keep.reshape(-1, cols)
     return out
 
 
