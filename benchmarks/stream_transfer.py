@@ -142,6 +142,7 @@ def main() -> None:
             sys.exit(res.stderr[-3000:])
         row = json.loads(res.stdout.strip().splitlines()[-1])
         row["dst_bytes"] = sum(p.stat().st_size for p in dst.glob("*.safetensors") if p.name != "mask.safetensors")
+        row["mask_bytes"] = (dst / "mask.safetensors").stat().st_size
         res = subprocess.run([sys.executable, __file__, "--child", "load", str(dst)], capture_output=True, text=True)
         if res.returncode:
             sys.exit(res.stderr[-3000:])
@@ -150,10 +151,10 @@ def main() -> None:
         shutil.rmtree(dst)
     gb = 1 / 2**30
     print(f"source: {args.layers} layers, {src_bytes * gb:.2f} GB bf16 (set-up {setup_s:.0f} s); target {target} layers")
-    print(f"{'mask':>10} {'s':>7} {'cpu s':>7} {'peak RSS':>9} {'imports':>8} {'output':>8} {'loads':>6}")
+    print(f"{'mask':>10} {'s':>7} {'cpu s':>7} {'peak RSS':>9} {'imports':>8} {'output':>8} {'mask file':>9} {'loads':>6}")
     for r in rows:
         print(f"{r['kind']:>10} {r['seconds']:>7.1f} {r['cpu_s']:>7.1f} {r['peak_rss_bytes'] * gb:>7.2f}GB "
-              f"{r['imports_rss_bytes'] * gb:>6.2f}GB {r['dst_bytes'] * gb:>6.2f}GB "
+              f"{r['imports_rss_bytes'] * gb:>6.2f}GB {r['dst_bytes'] * gb:>6.2f}GB {r['mask_bytes'] * gb:>7.2f}GB "
               f"{str(r['finite'] and r['layers'] == target):>6}")
     Path(args.out).write_text(json.dumps({"source_layers": args.layers, "source_bytes": src_bytes, "params": params,
                                           "target_layers": target, "rows": rows}, indent=1))
