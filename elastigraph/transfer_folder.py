@@ -226,8 +226,9 @@ class _StreamedFile:
 
 class _SourceMask:
     """The source's mask, one tensor at a time: ``keep(name, weight)`` is the bool mask
-    of source tensor ``name`` (``weight``: its values, already read), made when the
-    target tensor it feeds is written; no mask of the whole model is ever held.
+    of source tensor ``name`` (``weight``: its values, already read), a fresh tensor the
+    caller may change, made when the target tensor it feeds is written; no mask of the
+    whole model is ever held.
     ``names``: the masked source tensors; ``sparsity``: of the whole source mask."""
 
     names: list[str]
@@ -443,11 +444,11 @@ def transfer_folder(
                     value = shards[key_of[skey]]  # a fresh copy read from disk: masked in place
                     if key in dst_masked:
                         keep = source.keep(skey, value)
-                        value.masked_fill_(~keep, 0)
                         kept += int(torch.count_nonzero(keep))
                         masked += keep.numel()
-                        zeros += keep.numel() - int(torch.count_nonzero(value))
                         mask_file.write(key, keep)
+                        value.masked_fill_(keep.logical_not_(), 0)  # the mask inverted in place: no copy
+                        zeros += keep.numel() - int(torch.count_nonzero(value))
                         del keep
                     out.write(key, value)
                     weight_map[key] = name
