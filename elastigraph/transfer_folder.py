@@ -180,6 +180,9 @@ class _StreamedFile:
 
     def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]],
                  metadata: Mapping[str, str] | None = None, spare: int = 0):
+        if sys.byteorder != "little":  # safetensors stores little-endian bytes; these are the host's
+            raise ModelTypeError("transfer_folder writes safetensors bytes as they are in memory, which needs a "
+                                 "little-endian machine")
         self.path, self.entries, self._next = path, entries, 0
         self._table: dict[str, Any] = {}
         offset = 0
