@@ -208,3 +208,24 @@ def test_streams_a_checkpoint_larger_than_the_memory_limit(tmp_path):
             assert all(_core.is_n_m(m, 2, 4) for m in mask.values())
         else:
             assert json.loads((out / hf_folder.INFO_FILE).read_text())["sparsity"]["source"] == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(sparsity=0.5), dict(n_m="2:4")])
+def test_gpt2_conv1d_and_tied_head_stream_like_in_memory(tmp_path, kw):
+    """GPT-2: Conv1D weights stored (in, out), so N:M groups run down the columns; the
+    LM head is the token embedding, stored once."""
+    cfg = dict(n_embd=32, n_head=2, vocab_size=128, n_positions=64, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, **cfg)).save_pretrained(str(tmp_path / "src"))
+    out = transfer_folder(tmp_path / "src", tmp_path / "dst", num_hidden_layers=3, **kw)
+    model, mask = hf_folder.load_pretrained(out)
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    src = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "src"))
+    dst = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=3, **cfg)).eval()
+    ticket = eg.transfer(src, prune.magnitude(src, **kw), dst)
+    want = ticket.apply(dst, dense=True).state_dict()
+    got = model.state_dict()
+    assert mask.keys() == ticket.mask.keys() and all(torch.equal(mask[k], ticket.mask[k]) for k in mask)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    if "n_m" in kw:
+        assert all(_core.is_n_m(m, 2, 4, _core.input_last(model, k)) for k, m in mask.items())
