@@ -4,6 +4,7 @@ tensor from safetensors shards (meta-device planning), equals the in-memory path
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -167,6 +168,8 @@ def write_random_llama(path, layers, shard_bytes, seed=0, **config):
     return total // 2  # parameters
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA as Linux counts it, /proc, glibc")
 def test_streams_a_checkpoint_larger_than_the_memory_limit(tmp_path):
     """Issue 23: a Llama checkpoint of 29.9 M parameters (114 MB in fp32, written here as
     57 MB of bf16 shards) is stretched 4 -> 6 layers, with a global magnitude mask and
@@ -180,7 +183,6 @@ def test_streams_a_checkpoint_larger_than_the_memory_limit(tmp_path):
     results load with from_pretrained and carry their masks."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     big = dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12, num_key_value_heads=12,
