@@ -329,6 +329,42 @@ class _NMMask(_SourceMask):
         return _core.from_rows(keep, weight, il)
 
 
+_Item = tuple[str, str, str, tuple[int, ...]]  # (target key, source key, safetensors dtype, shape)
+
+
+def _layout(dst_model: torch.nn.Module, sources: Mapping[str, str], shards: _Shards, key_of: Mapping[str, str],
+            shard_bytes: int, src: Path) -> tuple[list[_Item], list[list[_Item]]]:
+    """What the target's files hold, from the meta model's shapes and the source headers'
+    dtypes: every tensor to write (tied aliases once), checked, and their split into
+    output shards of at most ``shard_bytes`` (a larger tensor alone)."""
+    aliases = set(_masks.canonical_names(dst_model))  # tied tensors are written once
+    plan: list[_Item] = []
+    for key, t in dst_model.state_dict().items():
+        if key in aliases:
+            continue
+        skey = sources.get(key)
+        if skey is None:
+            raise MaskError(f"transfer_folder: target tensor {key!r} has no source tensor in the plan")
+        dtype, shape = shards.info(key_of[skey])
+        if shape != tuple(t.shape):
+            raise MaskError(f"transfer_folder: {key!r} has shape {tuple(t.shape)} but its source {skey!r} has "
+                            f"{shape}")
+        if dtype not in _ITEMSIZE:
+            raise ModelTypeError(f"transfer_folder: {skey!r} in {src} is stored as {dtype}, which this writer "
+                                 f"does not handle ({sorted(_ITEMSIZE)})")
+        plan.append((key, skey, dtype, shape))
+    groups: list[list[_Item]] = []
+    size = 0
+    for item in plan:
+        nbytes = math.prod(item[3]) * _ITEMSIZE[item[2]]
+        if not groups or (groups[-1] and size + nbytes > shard_bytes):
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += nbytes
+    return plan, groups
+
+
 def transfer_folder(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -397,34 +433,8 @@ def transfer_folder(
     masked_src = set(source.names)
     dst_masked = {n: ticket.sources[n] for n in _masks.prunable_parameters(dst_model)
                   if ticket.sources.get(n) in masked_src}
-    aliases = set(_masks.canonical_names(dst_model))  # tied tensors are written once
 
-    # what each output shard holds, planned from shapes (meta model) and dtypes (headers)
-    plan: list[tuple[str, str, str, tuple[int, ...]]] = []  # (target key, source key, dtype, shape)
-    for key, t in dst_model.state_dict().items():
-        if key in aliases:
-            continue
-        skey = ticket.sources.get(key)
-        if skey is None:
-            raise MaskError(f"transfer_folder: target tensor {key!r} has no source tensor in the plan")
-        dtype, shape = shards.info(key_of[skey])
-        if shape != tuple(t.shape):
-            raise MaskError(f"transfer_folder: {key!r} has shape {tuple(t.shape)} but its source {skey!r} has "
-                            f"{shape}")
-        if dtype not in _ITEMSIZE:
-            raise ModelTypeError(f"transfer_folder: {skey!r} in {src} is stored as {dtype}, which this writer "
-                                 f"does not handle ({sorted(_ITEMSIZE)})")
-        plan.append((key, skey, dtype, shape))
-    groups: list[list[tuple[str, str, str, tuple[int, ...]]]] = []
-    size = 0
-    for item in plan:
-        nbytes = math.prod(item[3]) * _ITEMSIZE[item[2]]
-        if not groups or (groups[-1] and size + nbytes > shard_bytes):
-            groups.append([])
-            size = 0
-        groups[-1].append(item)
-        size += nbytes
-
+    plan, groups = _layout(dst_model, ticket.sources, shards, key_of, shard_bytes, src)
     tmp = dest.with_name(f".{dest.name}.streaming.tmp")
     if tmp.exists():
         import shutil
