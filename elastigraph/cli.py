@@ -294,7 +294,7 @@ def _hf_folder(spec: str) -> Optional[Path]:
 
 @app.command()
 def prune(
-    model: str = typer.Argument(..., help=MODEL_HELP + " Or a Hugging Face checkpoint folder (config.json + safetensors), loaded in fp32."),
+    model: str = typer.Argument(..., help=MODEL_HELP + " Or a Hugging Face checkpoint folder (config.json + safetensors): global magnitude and N:M are streamed from its shards, other methods load it in fp32."),
     method: str = typer.Option(..., "--method", "-m", help="magnitude, random, snip, grasp, synflow or wanda."),
     sparsity: Optional[float] = typer.Option(None, "--sparsity", "-s", callback=lambda v: None if v is None else _sparsity(v), help="Fraction of prunable weights to remove, in [0, 1)."),
     n_m: Optional[str] = typer.Option(None, "--n-m", help="N:M semi-structured instead of --sparsity (magnitude, wanda): keep N of every M consecutive inputs, e.g. 2:4."),
@@ -332,6 +332,18 @@ def prune(
     if folder is not None:
         if weights is not None:
             raise typer.BadParameter("MODEL is a checkpoint folder: its weights are loaded from it", param_hint="--weights")
+        if method == "magnitude" and scope == "global":  # streamed: no model in memory
+            from .transfer_folder import prune_folder
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sp = prune_folder(folder, out, sparsity=sparsity, n_m=n_m, metadata={
+                "model": model, "method": method, "sparsity": sparsity, "n_m": n_m, "seed": seed})
+            if as_json:
+                _emit_json({"file": str(out), "sparsity": sp})
+            else:
+                console.print(f"wrote {out} ({method}{' ' + n_m if n_m else ''}, sparsity {sp:.2%}; streamed from "
+                              f"{folder})", markup=False)
+            return
         import torch
 
         from .models.hf_folder import _transformers

@@ -503,3 +503,50 @@ def transfer_folder(
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     return dest
+
+
+def prune_folder(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    sparsity: float | None = None,
+    n_m: str | tuple[int, int] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> float:
+    """A magnitude mask of the checkpoint folder ``src`` written to the mask file ``out``
+    (:func:`elastigraph.masks.save_mask`'s format), streamed: global at ``sparsity``, or
+    N:M with ``n_m="2:4"``, the masks ``prune.magnitude`` gives on the loaded model, in
+    the memory of a few copies of the largest tensor. Returns the mask's sparsity."""
+    transformers = hf_folder._transformers()
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise ModelTypeError(f"{src} is not a Hugging Face model folder (no config.json)")
+    if (sparsity is None) == (n_m is None):
+        raise ConfigError("prune_folder: give sparsity (global magnitude) or n_m (N:M), exactly one")
+    path = _masks._as_path(out, "prune_folder out")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write mask file {path}: folder {path.parent} does not exist")
+    meta = dict(metadata or {})
+    model = _meta_model(transformers.AutoConfig.from_pretrained(str(src)))
+    shards = _Shards(src)
+    key_of = _source_keys(model, shards)
+    names = _masks.prunable_parameters(model)
+    shapes = {n: shards.shape(key_of[n]) for n in names}
+    if sparsity is not None:
+        source: _SourceMask = _MagnitudeMask(_Lazy(shards, names, key_of),
+                                             shapes, _core.check_unit(sparsity, "sparsity", "prune_folder"))
+    else:
+        source = _NMMask(model, names, shapes, _core.parse_n_m(n_m, "prune_folder"))
+    tmp = path.with_name(f".{path.name}.streaming.tmp")
+    f = _StreamedFile(tmp, [(n, "BOOL", shapes[n]) for n in names], _masks.mask_file_header(names, 0.0, meta),
+                      spare=64)
+    try:
+        for n in names:
+            f.write(n, source.keep(n, shards[key_of[n]]))
+        f.close(_masks.mask_file_header(names, source.sparsity, meta))
+        os.replace(tmp, path)
+    except BaseException:
+        f.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    return source.sparsity

@@ -236,6 +236,7 @@ def test_transfer_folder_command_with_a_wanda_2_4_mask(capsys, tmp_path):
     (calibrated on bytes), its mask streamed into a deeper folder, loaded by
     from_pretrained with every copied layer 2:4; and a global magnitude run with --json."""
     transformers = pytest.importorskip("transformers")
+    from elastigraph import prune as eg_prune
     from elastigraph.models import create
     from elastigraph.prune import _core
 
@@ -257,6 +258,13 @@ def test_transfer_folder_command_with_a_wanda_2_4_mask(capsys, tmp_path):
     assert torch.equal(got["model.layers.2.mlp.up_proj.weight"], src_mask["model.layers.1.mlp.up_proj.weight"]) or \
         torch.equal(got["model.layers.2.mlp.up_proj.weight"], src_mask["model.layers.0.mlp.up_proj.weight"])
     assert all(_core.is_n_m(v, 2, 4) for v in got.values())
+    rc, stdout, err = run_cli(capsys, "prune", tmp_path / "src", "-m", "magnitude", "--n-m", "2:4", "--out",
+                              tmp_path / "mag24.safetensors")  # streamed from the shards
+    assert rc == 0 and "streamed from" in stdout, err
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "src"))
+    want = eg_prune.magnitude(loaded, n_m="2:4")
+    got24 = masks.load_mask(tmp_path / "mag24.safetensors")
+    assert got24.keys() == want.keys() and all(torch.equal(got24[k], want[k]) for k in want)
     rc, stdout, err = run_cli(capsys, "transfer-folder", tmp_path / "src", tmp_path / "dst", "--layers", "4",
                               "--sparsity", "0.5", "--json")
     assert rc == 2 and "not empty" in err  # an earlier output needs --overwrite

@@ -231,3 +231,18 @@ def test_gpt2_conv1d_and_tied_head_stream_like_in_memory(tmp_path, kw):
     assert all(torch.equal(got[k], want[k]) for k in want)
     if "n_m" in kw:
         assert all(_core.is_n_m(m, 2, 4, _core.input_last(model, k)) for k, m in mask.items())
+
+
+@pytest.mark.parametrize("kw", [dict(sparsity=0.3), dict(n_m="2:4")])
+def test_prune_folder_streams_the_masks_of_prune_magnitude(src_folder, tmp_path, kw):
+    from elastigraph.transfer_folder import prune_folder
+
+    sp = prune_folder(src_folder, tmp_path / "m.safetensors", metadata={"k": 1}, **kw)
+    got = masks.load_mask(tmp_path / "m.safetensors")
+    src = transformers.AutoModelForCausalLM.from_pretrained(str(src_folder), torch_dtype=torch.bfloat16)
+    want = prune.magnitude(src, **kw)
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    head = masks.mask_metadata(tmp_path / "m.safetensors")
+    assert sp == pytest.approx(masks.sparsity(want)) and head["sparsity"] == pytest.approx(sp) and head["metadata"] == {"k": 1}
+    with pytest.raises(ConfigError, match="exactly one"):
+        prune_folder(src_folder, tmp_path / "x.safetensors")
