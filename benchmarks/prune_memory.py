@@ -1,6 +1,7 @@
 """Peak memory and time of magnitude pruning and mask installation on a random-init Llama
 (issue 23): hidden 1024, 16 heads, vocabulary 32,000, intermediate 2730 (8 layers: the
-issue's 165 M-parameter model), 4 and 8 layers, built with ``elastigraph.models.create``.
+issue's 165 M-parameter model), 4 and 8 layers, built with ``elastigraph.models.create``;
+``--hidden 512 --heads 8 --intermediate 1376 --layers 4`` is the issue's 45 M-parameter one.
 Phases: ``magnitude`` (global, sparsity 0.5), ``magnitude_2:4``, ``install`` (of the
 magnitude mask), ``transfer`` (a random mask onto a model of L + 4 layers, as the issue's
 table) and ``apply`` (``Ticket.apply`` of that transfer).
@@ -112,14 +113,19 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--phases", nargs="+", default=["magnitude", "install"])
     ap.add_argument("--out", default="prune_memory.json")
+    ap.add_argument("--hidden", type=int, default=LLAMA["hidden_size"])
+    ap.add_argument("--intermediate", type=int, default=LLAMA["intermediate_size"])
+    ap.add_argument("--heads", type=int, default=LLAMA["num_attention_heads"])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    LLAMA.update(hidden_size=args.hidden, intermediate_size=args.intermediate, num_attention_heads=args.heads)
     if args.child:
         print(json.dumps(child(args.layers[0], args.phases)))
         return
     rows = []
     for layers in args.layers:
-        cmd = [sys.executable, __file__, "--child", "--layers", str(layers), "--phases", *args.phases]
+        cmd = [sys.executable, __file__, "--child", "--layers", str(layers), "--phases", *args.phases,
+               "--hidden", str(args.hidden), "--intermediate", str(args.intermediate), "--heads", str(args.heads)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if res.returncode:
             sys.exit(f"layers={layers} failed:\n{res.stderr[-3000:]}")

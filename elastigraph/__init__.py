@@ -18,11 +18,11 @@ from .graph import ModelGraph, analyze
 from .masks import Mask, load_lth_mask, load_mask, read_mask, save_mask, sparsity_report
 from .models.hf_folder import load_pretrained, save_pretrained
 from .transfer import Plan, StagePlan, Ticket, transfer
-from .transfer_folder import transfer_folder
+from .transfer_folder import prune_folder, transfer_folder
 
 __all__ = [
     "transfer", "analyze", "Ticket", "Plan", "StagePlan", "ModelGraph",
-    "save_pretrained", "load_pretrained", "transfer_folder",
+    "save_pretrained", "load_pretrained", "transfer_folder", "prune_folder",
     "Mask", "save_mask", "load_mask", "read_mask", "load_lth_mask", "sparsity_report",
     "errors", "masks", "models", "prune", "analyses",
 ]

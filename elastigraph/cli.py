@@ -1,7 +1,8 @@
 """The ``elastigraph`` command line: a thin typer + rich layer over the library.
 
-``inspect`` (a model's stages and segments), ``transfer`` (move a ticket), ``prune`` (a
-mask by a named method), ``train`` (masked training -> results JSON), ``run`` (a recipe,
+``inspect`` (a model's stages and segments), ``transfer`` (move a ticket),
+``transfer-folder`` (a Hugging Face checkpoint folder to a deeper/shallower one, streamed),
+``prune`` (a mask by a named method), ``train`` (masked training -> results JSON), ``run`` (a recipe,
 resumable) and ``report`` (tables and plots of a run). MODEL is a zoo name with optional
 constructor overrides: ``timm:vit_tiny_patch16_224?depth=6&img_size=32``. User errors
 print one message and exit with status 2, without a traceback.
@@ -285,25 +286,32 @@ def transfer(
     )
 
 
+def _hf_folder(spec: str) -> Optional[Path]:
+    """MODEL as a Hugging Face checkpoint folder (a folder holding config.json), else None."""
+    p = Path(spec)
+    return p if ":" not in spec.split("/")[0] and (p / "config.json").is_file() else None
+
+
 @app.command()
 def prune(
-    model: str = typer.Argument(..., help=MODEL_HELP),
-    method: str = typer.Option(..., "--method", "-m", help="magnitude, random, snip, grasp or synflow."),
-    sparsity: float = typer.Option(..., "--sparsity", "-s", callback=_sparsity, help="Fraction of prunable weights to remove, in [0, 1)."),
+    model: str = typer.Argument(..., help=MODEL_HELP + " Or a Hugging Face checkpoint folder (config.json + safetensors): global magnitude and N:M are streamed from its shards, other methods load it in fp32."),
+    method: str = typer.Option(..., "--method", "-m", help="magnitude, random, snip, grasp, synflow or wanda."),
+    sparsity: Optional[float] = typer.Option(None, "--sparsity", "-s", callback=lambda v: None if v is None else _sparsity(v), help="Fraction of prunable weights to remove, in [0, 1)."),
+    n_m: Optional[str] = typer.Option(None, "--n-m", help="N:M semi-structured instead of --sparsity (magnitude, wanda): keep N of every M consecutive inputs, e.g. 2:4."),
     out: Path = typer.Option(..., "--out", help="Mask file to write (.safetensors)."),
     weights: Optional[Path] = typer.Option(None, help="State dict (safetensors) to score instead of a random init."),
-    dataset: Optional[str] = typer.Option(None, help="Data for SNIP/GraSP (and channels/classes)."),
+    dataset: Optional[str] = typer.Option(None, help="Data for SNIP/GraSP/Wanda (and channels/classes), e.g. fashion_mnist or pystdlib?seq_len=128."),
     data_root: Optional[str] = typer.Option(None),
-    batches: int = typer.Option(1, min=1, help="SNIP/GraSP: batches to score on."),
-    batch_size: int = typer.Option(128, min=1, help="SNIP/GraSP: images per batch."),
+    batches: int = typer.Option(1, min=1, help="SNIP/GraSP/Wanda: batches to score on."),
+    batch_size: int = typer.Option(128, min=1, help="SNIP/GraSP/Wanda: examples per batch."),
     iterations: int = typer.Option(100, min=1, help="SynFlow: pruning rounds."),
-    scope: str = typer.Option("global", help="global or layerwise."),
+    scope: str = typer.Option("global", help="global or layerwise (Wanda: always per output row)."),
     in_chans: Optional[int] = typer.Option(None, min=1, max=65536),
     num_classes: Optional[int] = typer.Option(None, min=1, max=10**7),
     seed: int = typer.Option(0, callback=_seed, help="Seed of the init and of random pruning."),
     as_json: bool = typer.Option(False, "--json", help="Print the sparsity report as JSON."),
 ) -> None:
-    """Prune MODEL to SPARSITY with METHOD and write the mask."""
+    """Prune MODEL to SPARSITY (or an N:M pattern) with METHOD and write the mask."""
     from . import masks
     from . import prune as _prune
     from .errors import StrategyError
@@ -312,8 +320,38 @@ def prune(
     _out_path(out)
     if method == "imp":
         raise StrategyError("'imp' needs training between rounds: use `elastigraph run RECIPE` (or prune.imp in Python)")
-    c, k = _shape(dataset, data_root, in_chans, num_classes)
-    net = _model(model, c, k, seed, _example_input(dataset, data_root, None, c))
+    if (sparsity is None) == (n_m is None):
+        raise typer.BadParameter("give --sparsity or --n-m (N:M, e.g. 2:4), exactly one", param_hint="--sparsity")
+    if n_m is not None:
+        if method not in ("magnitude", "wanda"):
+            raise StrategyError(f"--n-m is for magnitude and wanda, not {method}")
+        from .prune._core import parse_n_m
+
+        parse_n_m(n_m, method)
+    folder = _hf_folder(model)
+    if folder is not None:
+        if weights is not None:
+            raise typer.BadParameter("MODEL is a checkpoint folder: its weights are loaded from it", param_hint="--weights")
+        if method == "magnitude" and scope == "global":  # streamed: no model in memory
+            from .transfer_folder import prune_folder
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sp = prune_folder(folder, out, sparsity=sparsity, n_m=n_m, metadata={
+                "model": model, "method": method, "sparsity": sparsity, "n_m": n_m, "seed": seed})
+            if as_json:
+                _emit_json({"file": str(out), "sparsity": sp})
+            else:
+                console.print(f"wrote {out} ({method}{' ' + n_m if n_m else ''}, sparsity {sp:.2%}; streamed from "
+                              f"{folder})", markup=False)
+            return
+        import torch
+
+        from .models.hf_folder import _transformers
+
+        net = _transformers().AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    else:
+        c, k = _shape(dataset, data_root, in_chans, num_classes)
+        net = _model(model, c, k, seed, _example_input(dataset, data_root, None, c))
     if weights is not None:
         _load_weights(net, weights, "--weights")
     ds = None
@@ -324,7 +362,7 @@ def prune(
         ds = load_dataset(dataset, root=data_root, split="train", limit=batches * batch_size, seed=seed)
         check_data_fits(net, ds, model_name=model)
     if method == "magnitude":
-        m = fn(net, sparsity=sparsity, scope=scope)
+        m = fn(net, n_m=n_m) if n_m is not None else fn(net, sparsity=sparsity, scope=scope)
     elif method == "random":
         m = fn(net, sparsity, scope=scope, seed=seed)
     elif method == "synflow":
@@ -334,15 +372,55 @@ def prune(
             raise StrategyError(f"{method} scores weights on data: add --dataset (e.g. --dataset fashion_mnist)")
         from .recipes.runner import normalized_batches
 
-        m = fn(net, normalized_batches(ds, batches, batch_size, seed), sparsity, scope=scope)
+        data = normalized_batches(ds, batches, batch_size, seed)
+        if method == "wanda":
+            m = fn(net, data, n_m=n_m) if n_m is not None else fn(net, data, sparsity)
+        else:
+            m = fn(net, data, sparsity, scope=scope)
     out.parent.mkdir(parents=True, exist_ok=True)
-    masks.save_mask(m, out, metadata={"model": model, "method": method, "sparsity": sparsity, "seed": seed})
+    masks.save_mask(m, out, metadata={"model": model, "method": method, "sparsity": sparsity, "n_m": n_m, "seed": seed})
     report = masks.sparsity_report(m, net, model_name=model)
     if as_json:
         _emit_json({"file": str(out), "report": report.to_dict()})
         return
     console.print(report)
-    console.print(f"wrote {out} ({method}, sparsity {masks.sparsity(m):.2%})", markup=False)
+    console.print(f"wrote {out} ({method}{' ' + n_m if n_m else ''}, sparsity {masks.sparsity(m):.2%})", markup=False)
+
+
+@app.command("transfer-folder")
+def transfer_folder_cmd(
+    src: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json + safetensors shards)."),
+    dst: Path = typer.Argument(..., help="Folder to write (new or empty; --overwrite replaces an earlier output)."),
+    layers: int = typer.Option(..., "--layers", min=1, max=100_000, help="num_hidden_layers of the target."),
+    sparsity: Optional[float] = typer.Option(None, "--sparsity", "-s", callback=lambda v: None if v is None else _sparsity(v), help="Global magnitude mask of SRC at this sparsity (found in bounded memory)."),
+    n_m: Optional[str] = typer.Option(None, "--n-m", help="N:M magnitude mask of SRC instead, e.g. 2:4."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="A mask file for SRC instead (any method's: elastigraph prune SRC --method wanda --n-m 2:4 ...)."),
+    strategy: Optional[str] = typer.Option(None, help="Named transfer strategy (default: the library's)."),
+    shard_bytes: int = typer.Option(1 << 30, "--shard-bytes", min=1, help="Largest output shard, bytes (memory does not grow with it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the folder's elastigraph.json as JSON."),
+) -> None:
+    """Stretch or squeeze the checkpoint folder SRC to --layers layers into DST, streamed tensor
+    by tensor (memory about a few copies of the largest tensor, not the model); the mask is
+    --sparsity, --n-m, --mask or none (dense). DST loads with from_pretrained."""
+    from .models.hf_folder import INFO_FILE
+    from .transfer_folder import transfer_folder
+
+    if mask is not None and not mask.is_file():
+        raise FileNotFoundError(f"mask file {str(mask)!r} does not exist")
+    _out_path(dst, "DST", folder=True)
+    path = transfer_folder(src, dst, num_hidden_layers=layers, mask=mask, sparsity=sparsity, n_m=n_m,
+                           strategy=strategy, shard_bytes=shard_bytes, overwrite=overwrite,
+                           metadata={"source": str(src), "mask": str(mask) if mask else None, "sparsity": sparsity,
+                                     "n_m": n_m})
+    info = json.loads((path / INFO_FILE).read_text())
+    if as_json:
+        _emit_json({"folder": str(path), **info})
+        return
+    sp = info["sparsity"]
+    console.print(f"mapping: {info['mapping']}", markup=False)
+    console.print(f"source sparsity {sp['source']:.2%} -> target sparsity {sp['target']:.2%}; wrote {path} "
+                  f"({info['num_hidden_layers']} layers)", markup=False)
 
 
 @app.command()

@@ -399,7 +399,7 @@ def copy_model(model: nn.Module) -> nn.Module:
 def density(mask: Mapping[str, torch.Tensor]) -> float:
     """Fraction of entries kept over all tensors of ``mask`` (1.0 for an empty mask)."""
     total = sum(t.numel() for t in mask.values())
-    kept = sum(int(t.sum()) for t in mask.values())
+    kept = sum(int(torch.count_nonzero(t)) for t in mask.values())
     return kept / total if total else 1.0
 
 
@@ -447,6 +447,29 @@ def _as_mask(mask: Mapping[str, torch.Tensor], where: str) -> Mask:
     return out
 
 
+def mask_file_header(keys: list[str], sparsity_: float, metadata: Mapping[str, Any] | None,
+                     path: Any = "") -> dict[str, str]:
+    """The safetensors metadata of a mask file (format, version, sparsity, key order, the
+    user's ``metadata`` as JSON): what :func:`save_mask` writes, for writers that stream a
+    mask file tensor by tensor (:func:`elastigraph.transfer_folder`)."""
+    header = {
+        _META_FORMAT: "mask",
+        _META_VERSION: str(MASK_FORMAT_VERSION),
+        _META_SPARSITY: repr(float(sparsity_)),
+        _META_KEYS: json.dumps(list(keys)),
+    }
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise MaskTypeError(f"metadata for mask file {path} must be a dict, got {type(metadata).__name__}")
+        try:
+            header[_META_USER] = json.dumps(dict(metadata), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise MaskTypeError(
+                f"metadata for mask file {path} must be JSON-serialisable (str, numbers, lists, dicts): {e}"
+            ) from e
+    return header
+
+
 def save_mask(
     mask: Mapping[str, torch.Tensor],
     path: str | os.PathLike[str],
@@ -458,21 +481,7 @@ def save_mask(
     a temporary file in the same folder is renamed over ``path`` only when complete."""
     path = _as_path(path, "save_mask path")
     m = _as_mask(mask, f"mask to save to {path}")
-    header = {
-        _META_FORMAT: "mask",
-        _META_VERSION: str(MASK_FORMAT_VERSION),
-        _META_SPARSITY: repr(sparsity(m)),
-        _META_KEYS: json.dumps(list(m)),
-    }
-    if metadata is not None:
-        if not isinstance(metadata, Mapping):
-            raise MaskTypeError(f"metadata for mask file {path} must be a dict, got {type(metadata).__name__}")
-        try:
-            header[_META_USER] = json.dumps(dict(metadata), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise MaskTypeError(
-                f"metadata for mask file {path} must be JSON-serialisable (str, numbers, lists, dicts): {e}"
-            ) from e
+    header = mask_file_header(list(m), sparsity(m), metadata, path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write mask file {path}: folder {path.parent} does not exist")
     from .io import atomic_write
@@ -795,7 +804,7 @@ def sparsity_report(
     (flagged ``in_mask=False``), in the model's parameter order."""
     if model is None:
         m = _as_mask(mask, "mask given to sparsity_report")
-        rows = [LayerSparsity(k, tuple(t.shape), t.numel(), int(t.sum())) for k, t in m.items()]
+        rows = [LayerSparsity(k, tuple(t.shape), t.numel(), int(torch.count_nonzero(t))) for k, t in m.items()]
         return SparsityReport(tuple(rows), model_name)
     m = check_mask(model, mask, model_name=model_name)
     shapes = _param_shapes(model)
@@ -805,7 +814,7 @@ def sparsity_report(
         if n not in names:
             continue
         if n in m:
-            rows.append(LayerSparsity(n, tuple(m[n].shape), m[n].numel(), int(m[n].sum())))
+            rows.append(LayerSparsity(n, tuple(m[n].shape), m[n].numel(), int(torch.count_nonzero(m[n]))))
         else:
             numel = math.prod(shapes[n])
             rows.append(LayerSparsity(n, tuple(shapes[n]), numel, numel, in_mask=False))

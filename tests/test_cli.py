@@ -16,7 +16,7 @@ from elastigraph import cli, masks
 from elastigraph.report import load_results, summarize, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["inspect", "transfer", "prune", "train", "run", "report"]
+COMMANDS = ["inspect", "transfer", "transfer-folder", "prune", "train", "run", "report"]
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -201,3 +201,78 @@ def test_inspect_json(capsys):
     info = json.loads(out)
     assert info["parameters"] == sum(p.numel() for p in cli._model("cifar_resnet_20", 3, 10).parameters())
     assert info["analysis"]
+
+
+LLAMA_SPEC = ("hf:llama?hidden_size=32&intermediate_size=64&num_attention_heads=2&num_key_value_heads=2"
+              "&vocab_size=256&num_hidden_layers=2")
+
+
+def test_prune_n_m_and_wanda_from_the_command_line(capsys, tmp_path):
+    pytest.importorskip("transformers")
+    from elastigraph.prune import _core
+
+    out = tmp_path / "nm.safetensors"
+    rc, stdout, err = run_cli(capsys, "prune", LLAMA_SPEC, "-m", "magnitude", "--n-m", "2:4", "--out", out)
+    assert rc == 0, err
+    m = masks.load_mask(out)
+    assert m and all(_core.is_n_m(v, 2, 4) for v in m.values()) and masks.sparsity(m) == 0.5
+    assert masks.mask_metadata(out)["metadata"]["n_m"] == "2:4"
+    out_w = tmp_path / "w.safetensors"
+    rc, stdout, err = run_cli(capsys, "prune", LLAMA_SPEC, "-m", "wanda", "-s", "0.5", "--dataset",
+                              "pystdlib?seq_len=32", "--batches", "2", "--batch-size", "4", "--out", out_w, "--json")
+    assert rc == 0, err
+    w = masks.load_mask(out_w)  # per output row: half of every row pruned
+    assert all((v.sum(1) == v.shape[1] // 2).all() for v in w.values())
+    for bad, msg in [(["-m", "random", "--n-m", "2:4"], "magnitude and wanda"),
+                     (["-m", "magnitude", "--n-m", "2:4", "-s", "0.5"], "exactly one"),
+                     (["-m", "magnitude", "--n-m", "4:2"], "0 < N < M"),
+                     (["-m", "wanda", "--n-m", "2:4"], "--dataset")]:
+        rc, _, err = run_cli(capsys, "prune", LLAMA_SPEC, *bad, "--out", tmp_path / "x.safetensors")
+        assert rc == 2 and msg in err, (bad, err)
+
+
+def test_transfer_folder_command_with_a_wanda_2_4_mask(capsys, tmp_path):
+    """The folder path from the command line: a checkpoint folder pruned with Wanda 2:4
+    (calibrated on bytes), its mask streamed into a deeper folder, loaded by
+    from_pretrained with every copied layer 2:4; and a global magnitude run with --json."""
+    transformers = pytest.importorskip("transformers")
+    from elastigraph import prune as eg_prune
+    from elastigraph.models import create
+    from elastigraph.prune import _core
+
+    torch.manual_seed(0)
+    create(LLAMA_SPEC.split("?")[0], **{k: int(v) for k, v in (kv.split("=") for kv in LLAMA_SPEC.split("?")[1].split("&"))}) \
+        .to(torch.bfloat16).save_pretrained(str(tmp_path / "src"))
+    mask = tmp_path / "wanda.safetensors"
+    rc, _, err = run_cli(capsys, "prune", tmp_path / "src", "-m", "wanda", "--n-m", "2:4", "--dataset",
+                         "pystdlib?seq_len=32", "--batches", "1", "--batch-size", "4", "--out", mask)
+    assert rc == 0, err
+    rc, stdout, err = run_cli(capsys, "transfer-folder", tmp_path / "src", tmp_path / "dst", "--layers", "3",
+                              "--mask", mask)
+    assert rc == 0, err
+    assert "source sparsity 50.00% -> target sparsity 50.00%" in stdout
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "dst"))
+    assert model.config.num_hidden_layers == 3
+    got = masks.load_mask(tmp_path / "dst" / "mask.safetensors")
+    src_mask = masks.load_mask(mask)
+    assert torch.equal(got["model.layers.2.mlp.up_proj.weight"], src_mask["model.layers.1.mlp.up_proj.weight"]) or \
+        torch.equal(got["model.layers.2.mlp.up_proj.weight"], src_mask["model.layers.0.mlp.up_proj.weight"])
+    assert all(_core.is_n_m(v, 2, 4) for v in got.values())
+    rc, stdout, err = run_cli(capsys, "prune", tmp_path / "src", "-m", "magnitude", "--n-m", "2:4", "--out",
+                              tmp_path / "mag24.safetensors")  # streamed from the shards
+    assert rc == 0 and "streamed from" in stdout, err
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "src"))
+    want = eg_prune.magnitude(loaded, n_m="2:4")
+    got24 = masks.load_mask(tmp_path / "mag24.safetensors")
+    assert got24.keys() == want.keys() and all(torch.equal(got24[k], want[k]) for k in want)
+    rc, stdout, err = run_cli(capsys, "transfer-folder", tmp_path / "src", tmp_path / "dst", "--layers", "4",
+                              "--sparsity", "0.5", "--json")
+    assert rc == 2 and "not empty" in err  # an earlier output needs --overwrite
+    rc, stdout, err = run_cli(capsys, "transfer-folder", tmp_path / "src", tmp_path / "dst", "--layers", "4",
+                              "--sparsity", "0.5", "--json", "--overwrite")
+    assert rc == 0, err
+    info = json.loads(stdout)
+    assert info["num_hidden_layers"] == 4 and info["sparsity"]["source"] == 0.5
+    rc, _, err = run_cli(capsys, "transfer-folder", tmp_path / "src", tmp_path / "d2", "--layers", "4",
+                         "--sparsity", "0.5", "--n-m", "2:4")
+    assert rc == 2 and "one of mask, sparsity and n_m" in err

@@ -166,3 +166,24 @@ def test_random_pruning_draws_one_tensor_at_a_time_with_the_same_numbers():
     for n in names:
         torch.rand(net.get_parameter(n).shape, dtype=torch.float64)
     assert torch.equal(torch.rand(1), after)
+
+
+@pytest.mark.parametrize("kind", ["ties", "randn", "zeros"])
+def test_select_rule_gives_each_mask_alone_in_any_order(kind, monkeypatch):
+    """The streamed folder path masks one tensor at a time, in the target's order (a
+    source tensor several times, others never): each mask equals select()'s."""
+    monkeypatch.setattr(_core, "CHUNK", 29)
+    gen = torch.Generator().manual_seed(7)
+    scores = _scores(gen, kind, torch.bfloat16, [(13, 7), (50,), (4, 3, 5), (1, 1)])
+    current = {n: torch.rand(s.shape, generator=gen) < 0.9 for n, s in scores.items()}
+    for density in (0.0, 0.2, 0.5, 0.85, 0.9):
+        want = select_ref(scores, current, scope="global", density=density, clamp=True)
+        if _core.round_half_up(sum(c.numel() for c in current.values()) * density) > sum(int(c.sum()) for c in current.values()):
+            with pytest.raises(ConfigError, match="never regrows"):
+                _core.select_rule(scores, current, density=density, method="t")
+            continue
+        rule = _core.select_rule(scores, current, density=density, method="t")
+        assert rule.kept == sum(int(m.sum()) for m in want.values())
+        for n in ["t2", "t0", "t2", "t3", "t1"]:
+            got = rule.keep(n) if n != "t0" else rule.keep(n, scores[n].clone())
+            assert torch.equal(got, want[n]), (n, density)

@@ -248,10 +248,11 @@ class _Selection:
         self._hist0: torch.Tensor | None = None
         self.kept = self._first_pass()
 
-    def _chunks(self, n: str):
-        """``(start, alive, keys, values)`` per chunk of tensor ``n``: keys of every entry;
-        ``alive`` is None where every entry of the tensor is alive."""
-        s = self.scores[n].detach()
+    def _chunks(self, n: str, values: torch.Tensor | None = None):
+        """``(start, alive, keys, values)`` per chunk of tensor ``n`` (its scores, or
+        ``values`` when the caller already holds them): keys of every entry; ``alive`` is
+        None where every entry of the tensor is alive."""
+        s = (self.scores[n] if values is None else values).detach()
         s = s.reshape(-1)
         alive = None if self.full[n] else self.current[n].reshape(-1)
         dtype = torch.float64 if self.wide else torch.float32
@@ -289,8 +290,9 @@ class _Selection:
         self._hist0 = hist
         return kept
 
-    def _threshold(self, k: int) -> tuple[int, int]:
-        """The k-th largest alive key and how many entries equal to it are kept."""
+    def _threshold(self, k: int) -> tuple[int, int, int]:
+        """The k-th largest alive key, how many entries equal to it are kept, and how
+        many alive entries equal it in all."""
         need = k
         hist = self._hist0
         prefix = None
@@ -303,7 +305,7 @@ class _Selection:
             need -= int(from_top[j]) - int(hist[bucket])
             prefix = bucket - 0x8000 if prefix is None else (prefix << 16) | bucket
             if shift == 0:
-                return prefix, need
+                return prefix, need, int(hist[bucket])
             shift -= 16
             hist = torch.zeros(1 << 16, dtype=torch.int64)
             for n in self.group:
@@ -316,32 +318,102 @@ class _Selection:
                         hist += torch.bincount((key >> shift) & 0xFFFF, minlength=1 << 16)
 
     def top(self, k: int) -> Mask:
-        if k <= 0:
-            return {n: torch.zeros(self.current[n].shape, dtype=torch.bool) for n in self.group}
-        if k >= self.kept:
-            return {n: self.current[n].clone() for n in self.group}
-        thr, ties = self._threshold(k)
-        out: Mask = {}
-        for n in self.group:
-            keep = torch.zeros(self.current[n].numel(), dtype=torch.bool)
-            for i, alive, key, _x in self._chunks(n):
-                part = key > thr
+        rule = self.rule(k, count_ties=False)
+        return {n: rule.keep(n) for n in self.group}
+
+    def rule(self, k: int, *, count_ties: bool = True) -> "KeepRule":
+        """The top-k as a :class:`KeepRule`. ``count_ties``: when only some of the
+        entries equal to the threshold are kept, a pass over the scores counts them per
+        tensor, so that any tensor's mask can be made alone, in any order (else the masks
+        must be made in ``group`` order)."""
+        return KeepRule(self, k, count_ties)
+
+    def keep(self, n: str, thr: int, ties: int | None, values: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Tensor ``n``'s mask: its alive entries above key ``thr``, and the first ``ties``
+        (index order; None: all) of those equal to it; returns it and the ties left."""
+        keep = torch.zeros(self.current[n].numel(), dtype=torch.bool)
+        left = ties
+        for i, alive, key, _x in self._chunks(n, values):
+            part = key >= thr if left is None else key > thr
+            if alive is not None:
+                part &= alive
+            if left:
+                eq = key == thr
                 if alive is not None:
-                    part &= alive
-                if ties > 0:
-                    eq = key == thr
-                    if alive is not None:
-                        eq &= alive
-                    count = int(eq.sum())
-                    if count <= ties:  # every tie of this chunk is kept
-                        part |= eq
-                        ties -= count
-                    else:  # the first ``ties`` of them, in index order
-                        part[eq.nonzero().squeeze(1)[:ties]] = True
-                        ties = 0
-                keep[i : i + part.numel()] = part
-            out[n] = keep.view(self.current[n].shape)
-        return out
+                    eq &= alive
+                count = int(torch.count_nonzero(eq))
+                if count <= left:  # every tie of this chunk is kept
+                    part |= eq
+                    left -= count
+                else:  # the first ``left`` of them, in index order
+                    part[eq.nonzero().squeeze(1)[:left]] = True
+                    left = 0
+            keep[i : i + part.numel()] = part
+        return keep.view(self.current[n].shape), 0 if left is None else left
+
+
+class KeepRule:
+    """Which entries a global top-k keeps, one tensor at a time: ``keep(name)`` (or
+    ``keep(name, values)`` with the tensor's scores already in hand) is that tensor's
+    mask, the same as :func:`select` gives, without the masks of the other tensors
+    existing (a checkpoint streamed tensor by tensor masks each as it writes it).
+    ``kept``: the entries kept in all."""
+
+    def __init__(self, sel: _Selection, k: int, count_ties: bool):
+        self.sel = sel
+        self.mode = "none" if k <= 0 else "current" if k >= sel.kept else "top"
+        self.kept = max(0, min(k, sel.kept))
+        self.quota: dict[str, int] | None = None
+        if self.mode != "top":
+            return
+        self.thr, ties, equal = sel._threshold(k)
+        self.ties = ties
+        if ties == equal:  # every entry equal to the threshold is kept: no order needed
+            self.ties = None
+        elif count_ties:
+            self.quota = {}
+            for n in sel.group:  # the first ``ties`` in tensor order, then index order
+                count = 0
+                for _i, alive, key, _x in sel._chunks(n):
+                    eq = key == self.thr
+                    count += int(torch.count_nonzero(eq & alive if alive is not None else eq))
+                self.quota[n] = min(count, ties)
+                ties -= self.quota[n]
+        self._left = self.ties  # for masks made in group order without quotas
+
+    def keep(self, name: str, values: torch.Tensor | None = None) -> torch.Tensor:
+        sel = self.sel
+        if self.mode == "none":
+            return torch.zeros(sel.current[name].shape, dtype=torch.bool)
+        if self.mode == "current":
+            return sel.current[name].clone()
+        if self.ties is None:
+            return sel.keep(name, self.thr, None, values)[0]
+        if self.quota is not None:
+            return sel.keep(name, self.thr, self.quota[name], values)[0]
+        mask, self._left = sel.keep(name, self.thr, self._left, values)
+        return mask
+
+
+def select_rule(
+    scores: Mapping[str, torch.Tensor],
+    current: Mask,
+    *,
+    density: float,
+    method: str,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    nonnegative: bool = False,
+) -> KeepRule:
+    """:func:`select` with ``scope="global"`` and ``density``, as a :class:`KeepRule`:
+    each tensor's mask made when it is asked for (its scores read again then, or passed
+    in), so no mask of the whole model is held; the same masks as :func:`select`."""
+    sel = _Selection(list(current), scores, current, transform, method, nonnegative)
+    total = sum(current[n].numel() for n in current)
+    k = round_half_up(total * density)
+    if k > sel.kept:
+        raise ConfigError(f"{method}: the target keeps {k} weights in total but the current mask keeps only "
+                          f"{sel.kept}: pruning never regrows weights; choose a higher sparsity")
+    return sel.rule(k)
 
 
 def scoring_copy(model: nn.Module, current: Mask) -> nn.Module:
@@ -431,28 +503,37 @@ def from_rows(rows: torch.Tensor, like: torch.Tensor, in_last: bool) -> torch.Te
     return (rows if in_last else rows.t()).reshape(like.shape).contiguous()
 
 
-def n_m_keep(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int, *, name: str, method: str,
-             prune_low_first: bool = False) -> torch.Tensor:
+def n_m_keep(scores: torch.Tensor, alive: torch.Tensor | None, n: int, m: int, *, name: str, method: str,
+             prune_low_first: bool = False, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> torch.Tensor:
     """The N:M mask of one ``(outputs, inputs)`` score matrix: in each run of ``m``
     consecutive inputs of a row, the ``n`` highest-scoring alive entries are kept (fewer
-    where the run has fewer alive). Ties: the lower index is kept, as a stable descending
-    sort; ``prune_low_first`` instead prunes the ``m - n`` lowest with a stable ascending
-    sort (lower index pruned first, as Wanda's reference sorts)."""
+    where the run has fewer alive; ``alive=None``: all are). Ties: the lower index is kept,
+    as a stable descending sort; ``prune_low_first`` instead prunes the ``m - n`` lowest
+    with a stable ascending sort (lower index pruned first, as Wanda's reference sorts).
+    ``transform`` (``torch.abs``) is applied to each block of rows as it is read, so no
+    score matrix the size of the tensor is made; working memory is a few bytes times
+    :data:`CHUNK`."""
     rows, cols = scores.shape
     if cols % m:
         raise ConfigError(f"{method}: {name} has {cols} inputs per output, not a multiple of M={m}; "
                           f"N:M pruning needs whole groups (leave it out with names=[...])")
     scores = scores.detach()
-    if scores.dtype not in _NARROW + (torch.float64,):
-        scores = scores.to(torch.float64)
+    wide = scores.dtype not in _NARROW + (torch.float64,)
     out = torch.empty(rows, cols, dtype=torch.bool)
-    step = max(1, (4 * CHUNK) // max(cols, 1))  # rows at a time: bounded working memory
+    step = max(1, CHUNK // max(cols, 1))  # rows at a time: bounded working memory
     for r in range(0, rows, step):
-        s = scores[r : r + step].to("cpu").reshape(-1, cols // m, m)
-        live = alive[r : r + step].reshape(-1, cols // m, m)
-        if bool(torch.isnan(s).any()) and bool(torch.isnan(s[live]).any()):
+        s = scores[r : r + step].to("cpu")
+        if transform is not None:
+            s = transform(s)
+        if wide:
+            s = s.to(torch.float64)
+        s = s.reshape(-1, cols // m, m)
+        live = None if alive is None else alive[r : r + step].reshape(-1, cols // m, m)
+        if bool(torch.isnan(s).any()) and (live is None or bool(torch.isnan(s[live]).any())):
             raise ConfigError(f"{method}: scores of {name!r} contain NaN (diverged weights?)")
-        s = s.masked_fill(~live, float("-inf"))  # already pruned: ranked last, pruned first
+        if live is not None:
+            s = s.masked_fill(~live, float("-inf"))  # already pruned: ranked last, pruned first
         # the rank of each entry in its group, as a stable sort would place it, from the
         # m pairwise comparisons (exact in the scores' own dtype; linear time, no sort)
         rank = torch.zeros(s.shape, dtype=torch.uint8)
@@ -465,7 +546,9 @@ def n_m_keep(scores: torch.Tensor, alive: torch.Tensor, n: int, m: int, *, name:
             else:  # descending: j precedes i if s_j > s_i, or equal and j < i
                 rank += ((sj > s) | ((sj == s) & before)).to(torch.uint8)
         keep = rank >= m - n if prune_low_first else rank < n
-        out[r : r + step] = (keep & live).reshape(-1, cols)
+        if live is not None:
+            keep &= live
+        out[r : r + step] = keep.reshape(-1, cols)
     return out
 
 

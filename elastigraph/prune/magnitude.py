@@ -91,8 +91,8 @@ def magnitude(
         new = {}
         for name in names_:
             il = _core.input_last(model, name)
-            keep = _core.n_m_keep(_core.as_rows(weights[name].detach().abs(), il), _core.as_rows(current[name], il),
-                                  *n_m, name=name, method=method)
+            keep = _core.n_m_keep(_core.as_rows(weights[name].detach(), il), _core.as_rows(current[name], il),
+                                  *n_m, name=name, method=method, transform=torch.abs)
             new[name] = _core.from_rows(keep, current[name], il)
         return {**new, **{k: v.clone() for k, v in extra.items()}}
     # |w| is taken chunk by chunk inside select: no copy of the weights is made
