@@ -490,6 +490,35 @@ def test_blocks_whose_outputs_flow_around_later_blocks_are_named_without_a_false
     assert "Use " not in msg and "leaf" not in msg  # no fix is suggested, since none would work
 
 
+class PyramidLike(nn.Module):
+    """Stages whose outputs are all read at the end, each through a norm of its own
+    (EfficientViM's hidden states): the norms are siblings too, but the stages are the
+    blocks that cannot be told apart."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.stages = nn.ModuleList([nn.Sequential(*[Res() for _ in range(n)]) for _ in range(3)])
+        s.norm = nn.ModuleList([nn.Sequential(nn.LayerNorm(16)) for _ in range(3)])
+
+    def forward(s, x):
+        x = s.stages[0](s.stem(x))
+        out = s.norm[0](x)
+        for st, nm in zip(s.stages[1:], s.norm[1:]):
+            x = st(x)
+            out = out + nm(x)
+        return s.head(out)
+
+
+def test_outputs_read_at_the_end_name_the_stages_and_no_head_fix():
+    src, dst = PyramidLike(2), PyramidLike(3)
+    with pytest.raises(SegmentMismatchError) as e:
+        transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    msg = str(e.value)
+    assert "`stages` (" in msg and "`norm` (" not in msg
+    assert "head='reinit'" not in msg  # the heads are equal: the last region differs for another reason
+
+
 class CtxBlock(nn.Module):
     """A local or a global block (GCViT): the global one also reads a query made once per stage."""
 
