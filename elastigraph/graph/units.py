@@ -4,9 +4,12 @@
   dominator chain of the output node, rooted at the virtual input), computed on the
   tensor data flow: side values that are no tensors (``x.shape``, ``size()``, getitem
   on them, ``dim()``, asserts) are constants for their readers, so a shape read before
-  a stage and used after it does not fuse the stage. Cut points split the graph into a
-  chain of minimal single-entry/single-exit **regions** (a residual block is one
-  region, a plain conv/relu is one region each, a transformer block is two).
+  a stage and used after it does not fuse the stage. A *context* (:func:`context_edges`:
+  a value made outside a chain of blocks and read past one of them, such as GCViT's
+  per-stage query or CSPNet's half that bypasses the blocks) is an outside input of
+  the blocks too. Cut points split the graph into a chain of minimal
+  single-entry/single-exit **regions** (a residual block is one region, a plain
+  conv/relu is one region each, a transformer block is two).
 * A region's **signature** is its op sequence with module attributes, parameter and
   buffer shapes, activation shapes and its internal wiring: equal signatures mean the
   regions compute the same function of the same shapes with tensors in the same order.
@@ -315,7 +318,9 @@ def decompose(traced: Traced) -> Decomposition:
     # with their latest input, before the blocks that read it
     flow = tensor_flow(g)
     plain = side_flow(g)
-    ctx_only = (nx.ancestors(plain, sink) - nx.ancestors(flow, sink)) if flow.number_of_edges() != plain.number_of_edges() else set()
+    ctx_only: set[str] = set()
+    if flow.number_of_edges() != plain.number_of_edges():
+        ctx_only = nx.ancestors(plain, sink) - nx.ancestors(flow, sink)
     for n in order:
         if n in idom and n not in region_of and n not in ctx_only:
             nearest_cut(n)
