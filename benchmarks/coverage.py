@@ -664,6 +664,7 @@ def run_family(fam: Family | _Lazy, timeout: int) -> dict[str, Any]:
         if all(out[d]["reason"].startswith("TraceError: shape propagation") for d in ("stretch", "squeeze")):
             broken = _no_forward(a, fam.example_input)
             if broken:  # the benchmark's own variant is broken, not the library's analysis
+                out["cases"] = {d: out.pop(d) for d in ("stretch", "squeeze")}  # kept in the JSON
                 out.update(status="BUILD-FAIL", reason=f"the shallow variant does not run its own forward: {broken}")
                 return out
         reasons = " ".join(out[d].get("reason", "") for d in ("stretch", "squeeze"))
@@ -735,8 +736,9 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _short(r: dict[str, Any], d: str) -> str:
-    c = r.get(d) or {}
-    return c.get("status", r.get("status", "?"))
+    if r.get("status") != "DONE":  # NO-KNOB, BUILD-FAIL (also after both cases ran), TIMEOUT
+        return r.get("status", "?")
+    return (r.get(d) or {}).get("status", "?")
 
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
