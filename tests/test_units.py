@@ -519,6 +519,46 @@ def test_outputs_read_at_the_end_name_the_stages_and_no_head_fix():
     assert "head='reinit'" not in msg  # the heads are equal: the last region differs for another reason
 
 
+class StreamBlock(nn.Module):
+    """Takes and returns two tensors (TNT's inner and outer streams)."""
+
+    def __init__(s):
+        super().__init__()
+        s.inner, s.outer, s.proj = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(s, a, b):
+        a = a + s.inner(a)
+        b = b + s.proj(a)
+        return a, b + s.outer(b)
+
+
+class TwoStreams(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.stem_a, s.stem_b, s.head = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 4)
+        s.blocks = nn.ModuleList([StreamBlock() for _ in range(n)])
+
+    def forward(s, x):
+        a, b = s.stem_a(x), s.stem_b(x)
+        for blk in s.blocks:
+            a, b = blk(a, b)
+        return s.head(b)
+
+
+def test_blocks_that_hand_each_other_two_tensors_are_traced_as_calls_and_transfer():
+    """issue 20 (TNT): no single node lies between two blocks that pass two tensors on, so
+    they fused into one region; such blocks are traced as single calls and transfer."""
+    mg = eg.analyze(TwoStreams(4), (2, 8))
+    # block 0 reads the two stems, not one node: it stays with them, fixed
+    assert [u.label for u in mg.units] == ["blocks.1", "blocks.2", "blocks.3"]
+    pat = r"^(?P<stage>blocks)\.(?P<block>\d+)\.(?P<rest>.*)$"
+    for a, b in ((2, 4), (4, 2)):
+        torch.manual_seed(0)
+        src, dst = TwoStreams(a), TwoStreams(b)
+        t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+        assert sorted(check_blocks(src, dst, t, pat)) == [("blocks", j) for j in range(b)]
+
+
 class CtxBlock(nn.Module):
     """A local or a global block (GCViT): the global one also reads a query made once per stage."""
 

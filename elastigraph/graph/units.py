@@ -200,32 +200,9 @@ def context_edges(g: nx.DiGraph, flow: nx.DiGraph) -> list[tuple[str, str]]:
     value), and a deeper or shallower sibling reads it the same way. Parallel branches
     (a ``ModuleList`` of paths that all read one input) are no chain and keep their
     edges, and so does a residual around a block's own body of different layers."""
-    containers = g.graph.get("containers", ())
-    if not containers:
+    idx, entry_of, entries, chained = _chain_entries(g, flow)
+    if not entries:
         return []
-    idx = {n: g.nodes[n]["index"] for n in flow.nodes if n != SOURCE}
-    entry_of: dict[str, dict[str, str]] = {}  # node -> {container: its entry there}
-    span: dict[tuple[str, str], list[int]] = {}  # (container, entry) -> [first, last] index
-    for n in idx:
-        if g.nodes[n]["op"] not in ("call_module", "call_function", "call_method"):
-            continue
-        for m in scope_of(g, n, with_leaf=True):
-            c = m.rpartition(".")[0] if "." in m else ""
-            if c in containers and m:
-                entry_of.setdefault(n, {})[c] = m
-                sp = span.setdefault((c, m), [idx[n], idx[n]])
-                sp[0], sp[1] = min(sp[0], idx[n]), max(sp[1], idx[n])
-    entries: dict[str, list[tuple[int, int, str]]] = {}
-    for (c, m), (a, b) in span.items():
-        entries.setdefault(c, []).append((a, b, m))
-    for c in entries:
-        entries[c].sort()
-    chained: dict[str, set[str]] = {c: set() for c in entries}  # entries reading another entry's output
-    for u, v in flow.edges:
-        eu, ev = entry_of.get(u, {}), entry_of.get(v, {})
-        for c, e in ev.items():
-            if c in eu and eu[c] != e:
-                chained[c].add(e)
     types = g.graph.get("module_types", {})
     # a chain: every entry after the first reads another's output; a value goes around
     # a chain only of modules of one type (blocks), not around a Sequential of different
@@ -252,6 +229,36 @@ def context_edges(g: nx.DiGraph, flow: nx.DiGraph) -> list[tuple[str, str]]:
     return out
 
 
+def _chain_entries(g: nx.DiGraph, flow: nx.DiGraph):
+    """For each container: its entries with their first and last node index, in order;
+    which entries read another entry's output; and each node's entry per container."""
+    containers = g.graph.get("containers", ())
+    idx = {n: g.nodes[n]["index"] for n in flow.nodes if n != SOURCE}
+    entry_of: dict[str, dict[str, str]] = {}  # node -> {container: its entry there}
+    span: dict[tuple[str, str], list[int]] = {}  # (container, entry) -> [first, last] index
+    for n in idx:
+        if g.nodes[n]["op"] not in ("call_module", "call_function", "call_method"):
+            continue
+        for m in scope_of(g, n, with_leaf=True):
+            c = m.rpartition(".")[0] if "." in m else ""
+            if c in containers and m:
+                entry_of.setdefault(n, {})[c] = m
+                sp = span.setdefault((c, m), [idx[n], idx[n]])
+                sp[0], sp[1] = min(sp[0], idx[n]), max(sp[1], idx[n])
+    entries: dict[str, list[tuple[int, int, str]]] = {}
+    for (c, m), (a, b) in span.items():
+        entries.setdefault(c, []).append((a, b, m))
+    for c in entries:
+        entries[c].sort()
+    chained: dict[str, set[str]] = {c: set() for c in entries}  # entries reading another entry's output
+    for u, v in flow.edges:
+        eu, ev = entry_of.get(u, {}), entry_of.get(v, {})
+        for c, e in ev.items():
+            if c in eu and eu[c] != e:
+                chained[c].add(e)
+    return idx, entry_of, entries, chained
+
+
 def _inside_parent(g: nx.DiGraph, u: str, v: str, container: str) -> bool:
     """Both nodes run in the module that holds ``container`` (a stage going around its own
     blocks, not the model's input read at its end)."""
@@ -259,6 +266,34 @@ def _inside_parent(g: nx.DiGraph, u: str, v: str, container: str) -> bool:
     if not parent:
         return True
     return parent in scope_of(g, u, with_leaf=True) and parent in scope_of(g, v, with_leaf=True)
+
+
+def multi_stream_blocks(g: nx.DiGraph, regions: list[Region]) -> list[str]:
+    """Entries of chains of blocks of one type that hand each other two or more tensors
+    (TNT's inner and outer streams): no single node lies between two such blocks, so
+    they fuse into one region. Returned only where they did (two blocks of the chain
+    share a region); traced as single calls (leaf modules), each block is one node
+    its successor reads, and the blocks are units again."""
+    flow = tensor_flow(g)
+    idx, entry_of, entries, chained = _chain_entries(g, flow)
+    types = g.graph.get("module_types", {})
+    held = module_regions(g, regions)
+    out: list[str] = []
+    for c, es in entries.items():
+        names = [m for _, _, m in es]
+        if len(es) < 2 or len({types.get(m) for m in names}) != 1 or not all(m in chained[c] for m in names[1:]):
+            continue
+        handed: dict[tuple[str, str], set[str]] = {}
+        for u, v in flow.edges:
+            eu, ev = entry_of.get(u, {}).get(c), entry_of.get(v, {}).get(c)
+            if eu is not None and ev is not None and eu != ev:
+                handed.setdefault((eu, ev), set()).add(u)
+        pairs = list(zip(names, names[1:]))
+        if not all(len(handed.get(p, ())) >= 2 for p in pairs):
+            continue
+        if any(held.get(a, set()) & held.get(b, set()) for a, b in pairs):
+            out += names
+    return out
 
 
 def tensor_flow(g: nx.DiGraph) -> nx.DiGraph:
@@ -733,7 +768,7 @@ def stage_key(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tu
 
 __all__ = [
     "Region", "Unit", "Segment", "Stage", "Decomposition", "decompose", "cut_points", "tensor_flow", "side_flow",
-    "context_edges", "is_side_value",
+    "context_edges", "multi_stream_blocks", "is_side_value",
     "find_segments", "find_single_units", "segment_at", "find_block0", "make_unit", "scope_of", "module_regions",
     "tight_scope", "span_label", "crossing_modules", "stage_key", "unit_tensor_names",
 ]
