@@ -278,11 +278,14 @@ def multi_stream_blocks(g: nx.DiGraph, regions: list[Region]) -> list[str]:
     idx, entry_of, entries, chained = _chain_entries(g, flow)
     types = g.graph.get("module_types", {})
     held = module_regions(g, regions)
+    chains = {c for c, es in entries.items() if len(es) >= 2 and all(m in chained[c] for _, _, m in es[1:])}
     out: list[str] = []
     for c, es in entries.items():
         names = [m for _, _, m in es]
-        if len(es) < 2 or len({types.get(m) for m in names}) != 1 or not all(m in chained[c] for m in names[1:]):
+        if c not in chains or len({types.get(m) for m in names}) != 1:
             continue
+        if any(c2.startswith(m + ".") for c2 in chains for m in names):
+            continue  # stages holding chains of their own (PiT's (x, cls) stages): the inner blocks are the units
         handed: dict[tuple[str, str], set[str]] = {}
         for u, v in flow.edges:
             eu, ev = entry_of.get(u, {}).get(c), entry_of.get(v, {}).get(c)
