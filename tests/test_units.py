@@ -559,6 +559,42 @@ def test_blocks_that_hand_each_other_two_tensors_are_traced_as_calls_and_transfe
         assert sorted(check_blocks(src, dst, t, pat)) == [("blocks", j) for j in range(b)]
 
 
+class ClsStage(nn.Module):
+    """A stage that takes and returns (tokens, class token), with a chain of its own blocks
+    (PiT): the stages hand each other two tensors, but their blocks are the units."""
+
+    def __init__(s, n):
+        super().__init__()
+        s.blocks = nn.Sequential(*[Res() for _ in range(n)])
+        s.cls_fc = nn.Linear(16, 16)
+
+    def forward(s, x, cls):
+        x = s.blocks(x + cls)
+        return x, s.cls_fc(cls)
+
+
+class ClsNet(nn.Module):
+    def __init__(s, n):
+        super().__init__()
+        s.stem, s.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        s.cls = nn.Parameter(torch.zeros(1, 16))
+        s.stages = nn.ModuleList([ClsStage(n) for _ in range(2)])
+
+    def forward(s, x):
+        x, cls = s.stem(x), s.cls.expand(x.shape[0], -1)
+        for st in s.stages:
+            x, cls = st(x, cls)
+        return s.head(x + cls)
+
+
+def test_stages_that_hand_on_two_tensors_keep_their_inner_blocks_as_units():
+    torch.manual_seed(0)
+    src, dst = ClsNet(2), ClsNet(3)
+    t = transfer(src, rand_mask(src), dst, example_input=(2, 8))
+    got = check_blocks(src, dst, t, r"^(?P<stage>stages\.\d+\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$")
+    assert sorted(got) == [(f"stages.{i}.blocks", j) for i in range(2) for j in range(3)]
+
+
 class CtxBlock(nn.Module):
     """A local or a global block (GCViT): the global one also reads a query made once per stage."""
 
