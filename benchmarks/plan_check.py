@@ -37,6 +37,12 @@ CASES = [
     ("issue13 s2 shape", T.ShapeNet, 2, 4, (2, 3, 32, 32), r"^(?P<stage>stage\.blocks)\.(?P<block>\d+)\.(?P<rest>.*)$", False),
     ("issue13 s2 side input", T.SideInputNet, 2, 4, (2, 3, 32, 32), T.BLOCKS, False),
     ("issue13 s3 assert", T.AssertNet, 2, 4, (2, 5, 8), r"^(?P<stage>layers)\.(?P<block>\d+)\.(?P<rest>.*)$", False),
+    # issue 20: values that go past blocks (a bypassing half, a stage's context), a side
+    # value each block hands to the next, blocks that hand each other two tensors
+    ("issue20 bypass", T.CspLike, 2, 3, (2, 8), T.BLOCKS, False),
+    ("issue20 context", T.ContextStage, 2, 4, (2, 8), T.BLOCKS, True),
+    ("issue20 handed-on size", T.SizeNet, 2, 4, (2, 3, 32, 32), T.BLOCKS, False),
+    ("issue20 two streams", T.TwoStreams, 2, 4, (2, 8), T.BLOCKS, False),
 ]
 
 

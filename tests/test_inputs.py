@@ -164,6 +164,31 @@ def test_when_both_captures_fail_the_error_says_why_for_each():
         eg.analyze(_DataDependent(), (2, 4))
 
 
+class _NeedsTwo(nn.Module):
+    """Refuses a call without its second input (as T5Model without decoder inputs); torch.fx
+    cannot trace it either (a Python float of a traced value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, y=None):
+        if y is None:
+            raise ValueError("You must specify y")
+        return self.fc(x) * float(y.sum())
+
+
+def test_an_input_the_model_rejects_is_named_as_the_cause_before_torch_fx():
+    """issue 20: T5Model's refusal led with torch.fx's failure (which every transformers
+    model has) while the cause was its missing decoder inputs."""
+    with pytest.raises(eg.errors.TraceError) as e:
+        eg.analyze(_NeedsTwo(), (2, 4))
+    msg = str(e.value)
+    assert msg.startswith("_NeedsTwo rejects the example input: its own forward raised ([(2, 4)]: ValueError: "
+                          "You must specify y)")
+    assert "example_input=[tensor, ...]" in msg and "(torch.fx symbolic tracing had failed before: " in msg
+
+
 class _Windowed(nn.Module):
     """Declares patch and window sizes but no image size: windows of 5 tokens after a
     patch embedding of 2 and 3 downsamplings need sides that are multiples of 80."""

@@ -23,8 +23,8 @@ from .build import SOURCE, NodeAttrs, Traced, build_graph
 from .capture import unwrap_compiled
 from .shapes import default_inputs, infer_input_shape
 from .units import (
-    Decomposition, Region, Segment, Stage, Unit, decompose, find_block0, find_segments, find_single_units, span_label,
-    tight_scope,
+    Decomposition, Region, Segment, Stage, Unit, decompose, find_block0, find_segments, find_single_units,
+    multi_stream_blocks, span_label, tight_scope,
 )
 
 
@@ -139,6 +139,11 @@ def analyze(model: nn.Module, example_input: Any = None, *, leaf_modules: Sequen
     label = name or type(model).__name__
     traced = build_graph(model, example_input, leaf_modules, model_name=label)
     dec = decompose(traced)
+    streams = multi_stream_blocks(traced.graph, dec.regions) if traced.capture == "torch.fx" else []
+    if streams:  # blocks that hand each other several tensors (TNT): traced as single calls
+        kinds = sorted({type(model.get_submodule(m)) for m in streams}, key=lambda t: t.__qualname__)
+        traced = build_graph(model, example_input, tuple(leaf_modules) + tuple(kinds), model_name=label)
+        dec = decompose(traced)
     g = traced.graph
     segs = find_segments(g, dec.regions)
     segs = sorted(segs + find_single_units(g, dec.regions, segs), key=lambda s: s.start)

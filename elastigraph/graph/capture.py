@@ -271,6 +271,7 @@ def export_graph(model: nn.Module, example_input: Any = None, *, model_name: str
     if not cands:
         raise TraceError(f"cannot guess an input for {label} (no conv/linear/embedding layer); pass example_input=")
     errors = []
+    own_checks = True  # every failure an argument check of the model's own code
     for cand in cands:
         args = _export_args(model, cand, label)
         try:
@@ -279,12 +280,24 @@ def export_graph(model: nn.Module, example_input: Any = None, *, model_name: str
                 gm = ep.module()
         except Exception as e:  # export raises many types (Unsupported, UserError, RuntimeError, ...)
             errors.append(f"{[tuple(a.shape) for a in args]}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+            own_checks &= type(e).__module__ == "builtins" and isinstance(e, (ValueError, TypeError))
             continue
         graph, constants = _rebase_exported(gm, model)
         return Capture(graph=graph, method="torch.export", constants=constants,
                        input_shapes=tuple(tuple(a.shape) for a in args), rejected=errors)
+    if own_checks:
+        raise _InputRejected(
+            f"{label} rejects the example input: its own forward raised ({'; '.join(errors)}) before anything could "
+            "be captured. It needs other or more inputs than those given (an encoder-decoder also needs its "
+            "decoder's inputs): pass them all as example_input=[tensor, ...] in the order of its forward's "
+            "arguments, or transfer the part that takes one input (its encoder)")
     raise TraceError(f"torch.export cannot capture {label} ({'; '.join(errors)}); pass an example_input= the "
                      "model accepts, or make its forward exportable")
+
+
+class _InputRejected(TraceError):
+    """The model's own code refused the example input (a missing or wrong argument): the
+    cause of a failed capture, whatever torch.fx said before."""
 
 
 @contextlib.contextmanager
@@ -355,6 +368,8 @@ def capture(model: nn.Module, example_input: Any = None, leaf_modules: Sequence[
     except TraceError as fx_error:
         try:
             return export_graph(model, example_input, model_name=model_name)
+        except _InputRejected as ex_error:  # the real cause: say it first
+            raise TraceError(f"{ex_error}. (torch.fx symbolic tracing had failed before: {fx_error})") from ex_error
         except TraceError as ex_error:
             raise TraceError(f"{fx_error} The torch.export fallback failed too: {ex_error}") from ex_error
     cap.input_shapes, cap.rejected = propagate_shapes(cap.graph, example_input, model, constants=cap.constants,

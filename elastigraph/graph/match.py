@@ -243,7 +243,10 @@ def explain_region(mg: ModelGraph, r: int) -> str | None:
     groups = [ms for ms in by_parent.values() if len(ms) >= 2]
     if not groups:
         return None
-    blocks = min(groups, key=lambda ms: (ms[0].count("."), -len(ms)))  # the outermost siblings
+    # the outermost siblings, and of those the ones that run most of the region (EfficientViM's
+    # stages, not the per-stage norms applied to their outputs)
+    runs = {m: sum(1 for n in reg.nodes if m in scope_of(g, n, with_leaf=True)) for ms in groups for m in ms}
+    blocks = min(groups, key=lambda ms: (ms[0].count("."), -sum(runs[m] for m in ms), -len(ms)))
     parent = blocks[0].rpartition(".")[0] or mg.name
     idx = {n: g.nodes[n]["index"] for n in reg.nodes}
     in_blocks = [n for n in reg.nodes if any(m in blocks for m in scope_of(g, n, with_leaf=True))]
@@ -261,7 +264,7 @@ def explain_region(mg: ModelGraph, r: int) -> str | None:
                 "told apart and repeated")
     return (f"{where} of {mg.name}: a value computed before its first block is used after its last one "
             f"(node `{around}`, {g.nodes[around]['kind']}), so its blocks cannot be told apart and repeated. "
-            "elastigraph repeats only blocks that a single tensor enters and leaves")
+            "elastigraph repeats only blocks that a single tensor enters and leaves.")
 
 
 def _align(st: list[tuple], dt: list[tuple], s_ids: list[int], d_ids: list[int]):

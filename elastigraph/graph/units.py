@@ -4,9 +4,12 @@
   dominator chain of the output node, rooted at the virtual input), computed on the
   tensor data flow: side values that are no tensors (``x.shape``, ``size()``, getitem
   on them, ``dim()``, asserts) are constants for their readers, so a shape read before
-  a stage and used after it does not fuse the stage. Cut points split the graph into a
-  chain of minimal single-entry/single-exit **regions** (a residual block is one
-  region, a plain conv/relu is one region each, a transformer block is two).
+  a stage and used after it does not fuse the stage. A *context* (:func:`context_edges`:
+  a value made outside a chain of blocks and read past one of them, such as GCViT's
+  per-stage query or CSPNet's half that bypasses the blocks) is an outside input of
+  the blocks too. Cut points split the graph into a chain of minimal
+  single-entry/single-exit **regions** (a residual block is one region, a plain
+  conv/relu is one region each, a transformer block is two).
 * A region's **signature** is its op sequence with module attributes, parameter and
   buffer shapes, activation shapes and its internal wiring: equal signatures mean the
   regions compute the same function of the same shapes with tensors in the same order.
@@ -166,16 +169,145 @@ def is_side_value(g: nx.DiGraph, name: str) -> bool:
     return a["op"] in ("call_function", "call_method") and a["shape"] is None
 
 
-def tensor_flow(g: nx.DiGraph) -> nx.DiGraph:
+def side_flow(g: nx.DiGraph) -> nx.DiGraph:
     """``g`` without the edges leaving side values: ``B, C, H, W = x.shape`` read before a
     stage and used after it must not make the stage's blocks one region."""
-    key = ("_tensor_flow", g.number_of_nodes(), g.number_of_edges())
-    cached = g.graph.get("_cache_tf")
+    key = ("_side_flow", g.number_of_nodes(), g.number_of_edges())
+    cached = g.graph.get("_cache_sf")
     if cached is not None and cached[0] == key:
         return cached[1]
     side = [n for n in g.nodes if n != SOURCE and is_side_value(g, n)]
     flow = g.copy(as_view=False)
     flow.remove_edges_from([(n, s) for n in side for s in g.successors(n)])
+    g.graph["_cache_sf"] = (key, flow)
+    return flow
+
+
+def context_edges(g: nx.DiGraph, flow: nx.DiGraph) -> list[tuple[str, str]]:
+    """Edges of ``flow`` that carry a *context* past the blocks of a container
+    (a ``Sequential``/``ModuleList``/``ModuleDict`` of >= 2 modules that run as a chain,
+    each entry after the first reading another's output):
+
+    * a value made outside every entry and read inside an entry with another entry run
+      in between (GCViT's global query, made once per stage and read by every other
+      block; a decoder's encoder output);
+    * a value made before the first entry and read after the last one, outside them,
+      where the entries are modules of one type (CSPNet's split-off half, concatenated
+      after the blocks; a residual around a whole stage).
+
+    Such a value is the same input for every block it reaches, like a shape or a rotary
+    table: the blocks stay separable (it is part of their signatures as an outside
+    value), and a deeper or shallower sibling reads it the same way. Parallel branches
+    (a ``ModuleList`` of paths that all read one input) are no chain and keep their
+    edges, and so does a residual around a block's own body of different layers."""
+    idx, entry_of, entries, chained = _chain_entries(g, flow)
+    if not entries:
+        return []
+    types = g.graph.get("module_types", {})
+    # a chain: every entry after the first reads another's output; a value goes around
+    # a chain only of modules of one type (blocks), not around a Sequential of different
+    # layers (a block's conv/norm/act body, around which its own residual goes)
+    chains = {c for c, es in entries.items() if len(es) >= 2 and all(m in chained[c] for _, _, m in es[1:])}
+    same = {c for c in chains if len({types.get(m) for _, _, m in entries[c]}) == 1}
+    out = []
+    for u, v in flow.edges:
+        if u == SOURCE or u not in idx or v not in idx:
+            continue
+        eu, ev = entry_of.get(u, {}), entry_of.get(v, {})
+        iu, iv = idx[u], idx[v]
+        for c in chains:
+            es = entries[c]
+            if c in eu or iv <= iu:
+                continue
+            if c in ev:  # read inside an entry, with another entry run in between
+                if any(m != ev[c] and a > iu and b < iv for a, b, m in es):
+                    out.append((u, v))
+                    break
+            elif c in same and iu < es[0][0] and iv > es[-1][1] and _inside_parent(g, u, v, c):
+                out.append((u, v))  # around every entry
+                break
+    return out
+
+
+def _chain_entries(g: nx.DiGraph, flow: nx.DiGraph):
+    """For each container: its entries with their first and last node index, in order;
+    which entries read another entry's output; and each node's entry per container."""
+    containers = g.graph.get("containers", ())
+    idx = {n: g.nodes[n]["index"] for n in flow.nodes if n != SOURCE}
+    entry_of: dict[str, dict[str, str]] = {}  # node -> {container: its entry there}
+    span: dict[tuple[str, str], list[int]] = {}  # (container, entry) -> [first, last] index
+    for n in idx:
+        if g.nodes[n]["op"] not in ("call_module", "call_function", "call_method"):
+            continue
+        for m in scope_of(g, n, with_leaf=True):
+            c = m.rpartition(".")[0] if "." in m else ""
+            if c in containers and m:
+                entry_of.setdefault(n, {})[c] = m
+                sp = span.setdefault((c, m), [idx[n], idx[n]])
+                sp[0], sp[1] = min(sp[0], idx[n]), max(sp[1], idx[n])
+    entries: dict[str, list[tuple[int, int, str]]] = {}
+    for (c, m), (a, b) in span.items():
+        entries.setdefault(c, []).append((a, b, m))
+    for c in entries:
+        entries[c].sort()
+    chained: dict[str, set[str]] = {c: set() for c in entries}  # entries reading another entry's output
+    for u, v in flow.edges:
+        eu, ev = entry_of.get(u, {}), entry_of.get(v, {})
+        for c, e in ev.items():
+            if c in eu and eu[c] != e:
+                chained[c].add(e)
+    return idx, entry_of, entries, chained
+
+
+def _inside_parent(g: nx.DiGraph, u: str, v: str, container: str) -> bool:
+    """Both nodes run in the module that holds ``container`` (a stage going around its own
+    blocks, not the model's input read at its end)."""
+    parent = container.rpartition(".")[0] if "." in container else ""
+    if not parent:
+        return True
+    return parent in scope_of(g, u, with_leaf=True) and parent in scope_of(g, v, with_leaf=True)
+
+
+def multi_stream_blocks(g: nx.DiGraph, regions: list[Region]) -> list[str]:
+    """Entries of chains of blocks of one type that hand each other two or more tensors
+    (TNT's inner and outer streams): no single node lies between two such blocks, so
+    they fuse into one region. Returned only where they did (two blocks of the chain
+    share a region); traced as single calls (leaf modules), each block is one node
+    its successor reads, and the blocks are units again."""
+    flow = tensor_flow(g)
+    idx, entry_of, entries, chained = _chain_entries(g, flow)
+    types = g.graph.get("module_types", {})
+    held = module_regions(g, regions)
+    chains = {c for c, es in entries.items() if len(es) >= 2 and all(m in chained[c] for _, _, m in es[1:])}
+    out: list[str] = []
+    for c, es in entries.items():
+        names = [m for _, _, m in es]
+        if c not in chains or len({types.get(m) for m in names}) != 1:
+            continue
+        if any(c2.startswith(m + ".") for c2 in chains for m in names):
+            continue  # stages holding chains of their own (PiT's (x, cls) stages): the inner blocks are the units
+        handed: dict[tuple[str, str], set[str]] = {}
+        for u, v in flow.edges:
+            eu, ev = entry_of.get(u, {}).get(c), entry_of.get(v, {}).get(c)
+            if eu is not None and ev is not None and eu != ev:
+                handed.setdefault((eu, ev), set()).add(u)
+        pairs = list(zip(names, names[1:]))
+        if not all(len(handed.get(p, ())) >= 2 for p in pairs):
+            continue
+        if any(held.get(a, set()) & held.get(b, set()) for a, b in pairs):
+            out += names
+    return out
+
+
+def tensor_flow(g: nx.DiGraph) -> nx.DiGraph:
+    """The data flow the regions are cut from: :func:`side_flow` without the
+    :func:`context_edges` (values that go past blocks to reach later ones)."""
+    key = ("_tensor_flow", g.number_of_nodes(), g.number_of_edges())
+    cached = g.graph.get("_cache_tf")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    flow = side_flow(g).copy(as_view=False)
+    flow.remove_edges_from(context_edges(g, flow))
     g.graph["_cache_tf"] = (key, flow)
     return flow
 
@@ -220,16 +352,41 @@ def decompose(traced: Traced) -> Decomposition:
     for n in order:
         if n in cut_index:
             region_of[n] = cut_index[n] - 1
+    # nodes that feed only a context (GCViT's global query, see :func:`context_edges`):
+    # with their latest input, before the blocks that read it
+    flow = tensor_flow(g)
+    plain = side_flow(g)
+    ctx_only: set[str] = set()
+    if flow.number_of_edges() != plain.number_of_edges():
+        ctx_only = nx.ancestors(plain, sink) - nx.ancestors(flow, sink)
     for n in order:
-        if n in idom and n not in region_of:
+        if n in idom and n not in region_of and n not in ctx_only:
             nearest_cut(n)
     # values computed only from side values (``dim() == 3``, its assert, a tensor built
     # from a shape): the region of their latest input
+    derived = []
     for n in order:
         if n not in region_of:
             preds = [region_of[p] for p in g.predecessors(n) if p in region_of]
             if preds:
                 region_of[n] = max(preds)
+                derived.append(n)
+    # ... unless every reader is in a later region and that region runs nothing in the
+    # node's own module: a side value a block passes on (MViTv2's feature size, unpacked
+    # by the stage after its last block), or a value a block computes from a context
+    # alone (``sigmoid(q)`` of a stage's query), belongs to the region that reads it, or
+    # that block would differ from the others
+    scopes: dict[int, set[tuple]] = {}
+    moved = set(derived)
+    for n, r in region_of.items():
+        if n != SOURCE and n not in moved and g.nodes[n]["op"] in ("call_module", "call_function", "call_method"):
+            scopes.setdefault(r, set()).add(scope_of(g, n))
+    for n in reversed(derived):
+        if n in ctx_only or scope_of(g, n) in scopes.get(region_of[n], ()):
+            continue
+        succ = [region_of[s] for s in g.successors(n) if s in region_of]
+        if succ and min(succ) > region_of[n]:
+            region_of[n] = min(succ)
     # nodes not reachable from the inputs (get_attr, constants): the region of their
     # first consumer
     for n in reversed(order):
@@ -613,7 +770,8 @@ def stage_key(g: nx.DiGraph, regions: list[Region], start: int, stop: int) -> tu
 
 
 __all__ = [
-    "Region", "Unit", "Segment", "Stage", "Decomposition", "decompose", "cut_points", "tensor_flow", "is_side_value",
+    "Region", "Unit", "Segment", "Stage", "Decomposition", "decompose", "cut_points", "tensor_flow", "side_flow",
+    "context_edges", "multi_stream_blocks", "is_side_value",
     "find_segments", "find_single_units", "segment_at", "find_block0", "make_unit", "scope_of", "module_regions",
     "tight_scope", "span_label", "crossing_modules", "stage_key", "unit_tensor_names",
 ]
