@@ -62,6 +62,12 @@ def _p(p: float | None) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.001 else f"{p:.3f}"
 
 
+def _peq(p: float | None) -> str:
+    """``p`` after a name: '= 0.012' or '< 0.0001'."""
+    s = _p(p)
+    return s if s.startswith("<") else f"= {s}"
+
+
 def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}%"
 
@@ -210,14 +216,14 @@ def _claim_sentence(r: Mapping[str, Any], unit: str, higher_is_better: bool) -> 
         bound = "lower" if higher_is_better else "upper"  # the end on the worse side
         if r["verdict"] == "non-inferior":
             return (f"- **{a} is non-inferior to {b}** at the pre-registered margin of {_f(r['margin'], 4)} {unit}: "
-                    f"difference {diff} ({r['interval']}), Holm p = {_p(r['p_holm'])}, n = {r['n']}.")
+                    f"difference {diff} ({r['interval']}), Holm p {_peq(r['p_holm'])}, n = {r['n']}.")
         return (f"- **Non-inferiority of {a} to {b} is not shown** at the margin of {_f(r['margin'], 4)} {unit}: "
                 f"difference {diff} ({r['interval']}; the {bound} end must lie inside the margin), "
-                f"Holm p = {_p(r['p_holm'])}, n = {r['n']}. This is not evidence of a difference either.")
+                f"Holm p {_peq(r['p_holm'])}, n = {r['n']}. This is not evidence of a difference either.")
     if r["claim"] == "equivalent":
         word = "equivalent" if r["verdict"] == "equivalent" else "not shown equivalent"
-        return f"- {a} and {b} are **{word}** within ±{_f(r['margin'], 4)} {unit}: {diff}, Holm p = {_p(r['p_holm'])}."
-    return (f"- {a} vs {b}: {diff} ({r['interval']}), Holm p = {_p(r['p_holm'])}, n = {r['n']}: "
+        return f"- {a} and {b} are **{word}** within ±{_f(r['margin'], 4)} {unit}: {diff}, Holm p {_peq(r['p_holm'])}."
+    return (f"- {a} vs {b}: {diff} ({r['interval']}), Holm p {_peq(r['p_holm'])}, n = {r['n']}: "
             f"**{r['verdict']}**.")
 
 
