@@ -292,7 +292,7 @@ HYPOTHESIS_FIELDS = ["comparison", "claim", "level", "a_sparsity", "b_sparsity",
                      "verdict"]
 
 
-def _cells(records: Iterable[Mapping[str, Any]], key: str) -> dict[tuple[str, str, int], dict[int, Mapping[str, Any]]]:
+def cells_by_seed(records: Iterable[Mapping[str, Any]], key: str) -> dict[tuple[str, str, int], dict[int, Mapping[str, Any]]]:
     """``(label, method, level)`` -> {seed: record} over the records with a number (a
     diverged run pairs with nothing); ``dense`` cells are level 0."""
     out: dict[tuple[str, str, int], dict[int, Mapping[str, Any]]] = defaultdict(dict)
@@ -322,7 +322,7 @@ def check_hypotheses(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         return []
     metric = metric_of(results)
     f = f"test_{metric.key}"
-    cells = _cells(results["records"], f)
+    cells = cells_by_seed(results["records"], f)
     alpha = float(h.get("alpha", 0.05))
     seeds_all = [int(s) for s in results.get("seeds", [])]
     rows: list[dict[str, Any]] = []

@@ -31,8 +31,8 @@ from typing import Any, Callable, Mapping
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from elastigraph.report import check_hypotheses, metric_of, summarize  # noqa: E402
-from elastigraph.stats import paired_test  # noqa: E402
+from elastigraph.report import cells_by_seed, check_hypotheses, metric_of, summarize  # noqa: E402
+from elastigraph.stats import mean_interval, paired_test  # noqa: E402
 
 HERE = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
@@ -120,14 +120,12 @@ def _regime_section(name: str, data: Mapping[str, Any], *, family: str, unit: st
 
 
 def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
+    return mean_interval(xs).mean
 
 
 def _sd(xs: list[float]) -> float:
-    if len(xs) < 2:
-        return math.nan
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    sd = mean_interval(xs).std
+    return math.nan if sd is None else sd
 
 
 REGIMES = (
@@ -181,11 +179,7 @@ def _descriptive(res: Mapping[str, Any], pairs: list[tuple[str, str, int]]) -> s
     """Uncorrected paired tests ``a - b`` for the listed (a, b, level) cells ("label/method")."""
     m = metric_of(res)
     f = f"test_{m.key}"
-    cells: dict[tuple[str, str, int], dict[int, Mapping[str, Any]]] = {}
-    for r in res["records"]:
-        if r.get(f) is None or r.get("diverged") or r["method"] == "heal":
-            continue
-        cells.setdefault((r["target"], r["method"], int(r["level"])), {})[int(r["seed"])] = r
+    cells = cells_by_seed(res["records"], f)  # the report's own pairing: records with a number, by seed
     rows = []
     for a, b, level in pairs:
         ka = (*a.split("/"), 0 if a.endswith("/dense") else level)
