@@ -246,11 +246,13 @@ def test_ddp_under_torchrun_matches_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # a rare abort of a gloo rank at process teardown (seen once in ~10 fresh-clone suites on a
+        # loaded 2-core machine; 3 of 3 reruns passed): launch once more, every check below unchanged
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for kind in ("plain", "bn"):
