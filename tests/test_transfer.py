@@ -297,6 +297,24 @@ def test_different_families_name_the_first_mismatch():
 # ------------------------------------------------------------------ the model matrix
 
 
+def test_plan_names_each_sides_own_block0():
+    """Stage block 0 sits at different places in source and target (VGG with 2 vs 4 convs
+    per stage): each side's block list names its own modules (the target's block list once
+    named the source's block 0, so the plan printed a target block that is another layer)."""
+    src = create("cifar_vgg_11", depths=[2, 2, 2], widths=[8, 16, 32], in_chans=1)
+    dst = create("cifar_vgg_11", depths=[4, 4, 4], widths=[8, 16, 32], in_chans=1)
+    x = torch.randn(2, 1, 28, 28)
+    t = transfer(src, rand_mask(src), dst, example_input=x)
+    assert [s.dst_blocks[0] for s in t.plan.stages] == ["layers.0", "layers.5", "layers.10"]
+    assert [s.src_blocks[0] for s in t.plan.stages] == ["layers.0", "layers.3", "layers.6"]
+    names = dict(dst.named_modules())
+    for s in t.plan.stages:  # every named target block is a conv block of the target
+        assert all(hasattr(names[b], "conv") for b in s.dst_blocks)
+    back = transfer(dst, rand_mask(dst), src, example_input=x)
+    assert [s.src_blocks[0] for s in back.plan.stages] == ["layers.0", "layers.5", "layers.10"]
+    assert [s.dst_blocks[0] for s in back.plan.stages] == ["layers.0", "layers.3", "layers.6"]
+
+
 def test_torchvision_resnet18_to_34_stages_of_one_unit():
     src, dst = torchvision.models.resnet18(num_classes=10), torchvision.models.resnet34(num_classes=10)
     t = transfer(src, rand_mask(src), dst)

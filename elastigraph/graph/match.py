@@ -316,14 +316,24 @@ def _build(src: ModelGraph, dst: ModelGraph, st: list[tuple], dt: list[tuple], p
             s_b0, d_b0 = (s_at - n, s_at), (d_at - n, d_at)
             b0_label = block_label(ref.graph, ref.regions, b0)  # its regions stay in ``fixed``
         label = stage_label(ref.graph, ref.regions, ref_units[0])
-        b0l = [b0_label] if b0 is not None else []
+        # each side names its own block 0 (VGG-(2,2,2) vs (4,4,4): source layers.3, target layers.5)
+        src_b0l = [_side_label(src, s_b0, b0_label)] if b0 is not None else []
+        dst_b0l = [_side_label(dst, d_b0, b0_label)] if b0 is not None else []
         stages.append(StageMatch(
             index=len(stages), label=label, src_units=s_units, dst_units=d_units, src_block0=s_b0, dst_block0=d_b0,
-            block0_label=b0_label, src_labels=b0l + [u.label for u in s_units], dst_labels=b0l + [u.label for u in d_units],
+            block0_label=b0_label, src_labels=src_b0l + [u.label for u in s_units],
+            dst_labels=dst_b0l + [u.label for u in d_units],
         ))
         s_lower = s_units[-1].stop if s_units else s_at
         d_lower = d_units[-1].stop if d_units else d_at
     return Matching(stages=stages, fixed=fixed)
+
+
+def _side_label(g: ModelGraph, span: tuple[int, int] | None, fallback: str | None) -> str | None:
+    """The label of block 0 on one side (``span`` is its regions there)."""
+    if span is None or span[0] < 0 or span[1] > len(g.regions) or span[0] >= span[1]:
+        return fallback
+    return block_label(g.graph, g.regions, span)
 
 
 def _next_pos(pairs: list[tuple], k: int, side: int, end: int) -> int:
