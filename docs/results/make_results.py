@@ -301,10 +301,12 @@ def _copies_section() -> str:
         f"{_f(du['diff_mean'], sign=True)} [{_f(du['diff_low'])}, {_f(du['diff_high'])}], paired p {_p(du['p'])}; "
         f"after training {_f(dt['diff_mean'], sign=True)} [{_f(dt['diff_low'])}, {_f(dt['diff_high'])}]), so part "
         "of the added depth repeats block 1. Shuffling the copies' masks (permuted) or drawing fresh weights "
-        "(reinit) lets them diverge. This is a correlation on the same runs, not a causal test: reinit "
-        "breaks the symmetry too and still trains worse than the ticket (it also loses the rewound weights "
-        "of every block, which may cost more than the symmetry). The causal test (a stretch that keeps the rewound weights and breaks only the "
-        "copies' symmetry) is not run yet.\n"
+        "(reinit) lets them diverge. Read together: the permuted baseline is the intervention that keeps the "
+        "rewound weights and breaks only the copies' mask symmetry, it trains better than the ticket (table "
+        "above), and with it the copies stop learning alike; that their alikeness is *why* the ticket trains "
+        "worse is the likeliest reading, not a separate test. Reinit breaks the symmetry too and still trains "
+        "worse than the ticket (it also loses the rewound weights of every block). A stretch strategy that "
+        "decorrelates the copies on purpose is the obvious next experiment; it is not run.\n"
     )
 
 
