@@ -4,6 +4,7 @@ partial invalidation) and kill -9 + resume giving the same results as an uninter
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -30,6 +31,14 @@ HAVE_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TINY = tiny()
 """12 steps: source dense + 2 IMP levels, target dense, and per level: transfer,
 retrain, random mask, retrain."""
+
+
+EXPECTED_MAPPINGS = {
+    ("lm_study_drop", "Llama2"): "0:0;1:1",  # keep-first: blocks 0 and 1 of 4
+    ("lm_study_drop", "Llama2-even"): "0:0;3:1",  # even: first and last
+    ("lm_study_stretch", "Llama4"): "0:0;1:1,2,3",  # append: the last block copied
+}
+"""Plans the shipped recipes' transfers must use (results.json's ``layer_density[].mapping``)."""
 
 
 def _done(out: Path) -> set[str]:
@@ -61,6 +70,12 @@ def test_every_recipe_runs_in_smoke_mode(path, tmp_path):
         for r in rows.values():  # accuracy in [0, 1]; bits per byte in (0, 9) (8 = uniform over bytes)
             assert 0.0 <= r["test_acc"] <= 1.0 if "test_acc" in r else 0.0 < r["test_bpb"] < 9.0
     assert summary.skipped >= 0 and summary.executed == len(_done(tmp_path))
+    maps = {e["target"]: e["mapping"] for e in res["layer_density"]}  # the plan each transfer used
+    assert set(maps) == {t.name for t in recipe.targets}
+    assert all(re.fullmatch(r"[0-9]+:[0-9,]+(;[0-9]+:[0-9,]+)*(\|[0-9:;,]*)*", m) for m in maps.values()), maps
+    for (stem, target), want in EXPECTED_MAPPINGS.items():
+        if stem == path.stem:
+            assert maps[target] == want, (target, maps)
     for f in ("results.csv", "summary.csv", "accuracy.png", "layer_density.png"):
         assert (tmp_path / f).stat().st_size > 0
 

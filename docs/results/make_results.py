@@ -236,10 +236,60 @@ STUDY_TEXT = {
                      ("Llama4/imp", "Llama2/transfer", 2), ("Llama4/dense", "Llama2/dense", 0)]),
     "lm_study_drop": dict(
         title="Which blocks to drop: keep-first, even, block influence",
-        descriptive=[("Llama2-even/transfer", "Llama2-even/imp-matched", 2),
+        descriptive=[("Llama2/transfer", "Llama2/imp-matched", 2),
+                     ("Llama2-even/transfer", "Llama2-even/imp-matched", 2),
                      ("Llama2-influence/transfer", "Llama2-influence/imp-matched", 2),
-                     ("Llama2-influence/transfer", "Llama2-even/transfer", 2)]),
+                     ("Llama2-influence/transfer", "Llama2-even/transfer", 2)],
+        # the strategies keep blocks of different density, so their tickets' sparsities differ:
+        # each ticket against the target's own IMP ticket at its exact sparsity, then those gaps compared
+        gaps=[(("Llama2-even/transfer", "Llama2-even/imp-matched"), ("Llama2/transfer", "Llama2/imp-matched"), 2),
+              (("Llama2-influence/transfer", "Llama2-influence/imp-matched"),
+               ("Llama2/transfer", "Llama2/imp-matched"), 2)]),
 }
+
+
+def _plans(res: Mapping[str, Any]) -> str:
+    """Which source blocks each target's transfer used, over seeds (``layer_density[].mapping``)."""
+    by: dict[str, dict[str, list[int]]] = {}
+    for e in res.get("layer_density", []):
+        if e.get("mapping"):
+            by.setdefault(e["target"], {}).setdefault(e["mapping"], []).append(e["seed"])
+    if not by:
+        return ""
+    rows = [[t, f"`{m}`", ", ".join(map(str, sorted(seeds))), str(len(seeds))]
+            for t, ms in by.items() for m, seeds in sorted(ms.items(), key=lambda kv: -len(kv[1]))]
+    return ("Plans used (source block: target blocks, the paper code's format), by seed:\n\n"
+            + _table(["model", "plan", "seeds", "n"], rows) + "\n\n")
+
+
+def _gaps(res: Mapping[str, Any], gaps: list[tuple[tuple[str, str], tuple[str, str], int]]) -> str:
+    """Paired tests of (a - a_ref) - (b - b_ref): two tickets at different sparsities, each
+    measured against the target's own IMP ticket at its exact sparsity."""
+    m = metric_of(res)
+    f = f"test_{m.key}"
+    cells = cells_by_seed(res["records"], f)
+    rows = []
+    for (a, ar), (b, br), level in gaps:
+        ks = [(*x.split("/"), level) for x in (a, ar, b, br)]
+        if not all(cells.get(k) for k in ks):
+            continue
+        seeds = sorted(set.intersection(*(set(cells[k]) for k in ks)))
+        if len(seeds) < 2:
+            continue
+        v = [[float(cells[k][s][f]) for s in seeds] for k in ks]
+        t = paired_test([x - y for x, y in zip(v[0], v[1])], [x - y for x, y in zip(v[2], v[3])],
+                        higher_is_better=m.higher_is_better)
+        verdict = {"a better": f"{a.split('/')[0]} closer to its IMP", "b better": f"{b.split('/')[0]} closer to its IMP"}
+        rows.append([f"({a} − {ar}) vs ({b} − {br})", _f(t.diff.mean, sign=True),
+                     f"[{_f(t.diff.low)}, {_f(t.diff.high)}]", str(t.diff.n), _p(t.p),
+                     verdict.get(t.verdict, t.verdict)])
+    if not rows:
+        return ""
+    return ("The strategies keep blocks of different density, so the three tickets are not at one sparsity "
+            "(table above). Sparsity-matched reading, descriptive: each ticket minus the 2-layer model's own IMP "
+            "ticket at that ticket's exact sparsity, compared between strategies (paired by seed, uncorrected):\n\n"
+            + _table(["comparison of gaps", "difference", "95% interval", "n", "p (uncorrected)", "verdict"], rows)
+            + "\n")
 
 
 def _study_section(name: str, recipe: str, res: Mapping[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
@@ -262,8 +312,12 @@ def _study_section(name: str, recipe: str, res: Mapping[str, Any] | None) -> tup
         text += _hypotheses_table(hyp) + "\n\n"
         text += "\n".join(_claim_sentence(r, m.label, m.higher_is_better) for r in hyp) + "\n\n"
     text += "Every cell (mean ± sample sd over seeds, 95% t-interval):\n\n" + _summary_table(res) + "\n\n"
+    text += _plans(res)
     text += ("Descriptive comparisons (paired by seed, 95% interval, **not** corrected for multiple testing, "
              "so not claims):\n\n" + _descriptive(res, spec["descriptive"]) + "\n")
+    if spec.get("gaps"):
+        gap = _gaps(res, spec["gaps"])
+        text += ("\n" + gap) if gap else ""
     return text, hyp
 
 

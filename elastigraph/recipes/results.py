@@ -184,7 +184,9 @@ class Record:
 
 
 LAYER_KEYS = ("source", "transfer", "imp")
-"""The tickets of a ``layer_density`` entry: ``{tensor name: density}`` each."""
+"""The tickets of a ``layer_density`` entry: ``{tensor name: density}`` each. An entry
+also carries ``mapping``, the transfer's plan in the paper code's format (``0:0;3:1``:
+which source block fed which target block), where the transfer has one."""
 
 
 @dataclass(frozen=True)

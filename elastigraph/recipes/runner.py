@@ -561,6 +561,8 @@ class Runner(Stages):
             "seed": seed, "target": name, "level": lv,
             "source": tr.result["source_layers"], "transfer": tr.result["layers"],
         }
+        if tr.result.get("mapping"):  # which source block fed which target block ("0:0;3:1")
+            entry["mapping"] = tr.result["mapping"]
         for b, rb in zip(per_level, rbs):
             if rb is not None:
                 out.append(Record.of(seed, "target", model, name, lv, b.name, rb))
